@@ -1,0 +1,2 @@
+//! ringmq integration tests: one binary, one module per area.
+#![forbid(unsafe_code)]
