@@ -105,6 +105,8 @@ pub enum BatchError {
     },
     #[error("{extra} bytes after the last of {records} records")]
     TrailingBytes { records: u32, extra: usize },
+    #[error("base offset {base_offset} plus {record_count} records overflows u64")]
+    OffsetOverflow { base_offset: u64, record_count: u32 },
     #[error("max timestamp {declared} but records reach {actual}")]
     BadMaxTimestamp { declared: i64, actual: i64 },
 }
@@ -230,14 +232,16 @@ impl BatchHeader {
         })
     }
 
-    /// Offset of the batch's last record.
+    /// Offset of the batch's last record. Saturates on an unvalidated header.
     pub fn last_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count.saturating_sub(1))
+        self.base_offset
+            .saturating_add(u64::from(self.record_count.saturating_sub(1)))
     }
 
-    /// Offset just after the batch.
+    /// Offset just after the batch. Saturates on an unvalidated header.
     pub fn next_offset(&self) -> u64 {
-        self.base_offset + u64::from(self.record_count)
+        self.base_offset
+            .saturating_add(u64::from(self.record_count))
     }
 
     /// The compression codec in the attributes (0 = none).
@@ -258,6 +262,18 @@ impl BatchHeader {
         }
         if self.record_count == 0 || self.record_count > BATCH_RECORDS_MAX {
             return Err(BatchError::BadRecordCount(self.record_count));
+        }
+        // The crc does not cover the base offset, so a damaged disk or a hostile peer can
+        // put anything there; every record's offset must still fit in u64.
+        if self
+            .base_offset
+            .checked_add(u64::from(self.record_count))
+            .is_none()
+        {
+            return Err(BatchError::OffsetOverflow {
+                base_offset: self.base_offset,
+                record_count: self.record_count,
+            });
         }
         let idempotent = self.producer_id >= 0;
         let consistent = if idempotent {
@@ -525,7 +541,7 @@ impl<'a> Iterator for Records<'a> {
         let (raw, used) = RawRecord::decode(self.rest).ok()?;
         self.rest = self.rest.get(used..).unwrap_or_default();
         let record = Record {
-            offset: self.base_offset + u64::from(self.index),
+            offset: self.base_offset.saturating_add(u64::from(self.index)),
             timestamp_ms: self
                 .first_timestamp_ms
                 .saturating_add(raw.timestamp_delta.into()),
@@ -866,7 +882,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn batch_roundtrip(records in prop::collection::vec(any_record(), 1..200), base in any::<u64>()) {
+        fn batch_roundtrip(records in prop::collection::vec(any_record(), 1..200), base in 0..u64::MAX - 200) {
             let mut bytes = build(&records);
             set_base_offset(&mut bytes, base).unwrap();
             let view = BatchView::new(&bytes).unwrap();
@@ -878,7 +894,7 @@ mod tests {
             let decoded: Vec<Record<'_>> = view.records().collect();
             prop_assert_eq!(decoded.len(), records.len());
             for (i, (got, want)) in decoded.iter().zip(&records).enumerate() {
-                prop_assert_eq!(got.offset, base.wrapping_add(i as u64));
+                prop_assert_eq!(got.offset, base + i as u64);
                 prop_assert_eq!(got.timestamp_ms, want.timestamp_ms);
                 prop_assert_eq!(got.key, &want.key[..]);
                 prop_assert_eq!(got.value, &want.value[..]);
@@ -1136,6 +1152,25 @@ mod tests {
             rejected_by_walk > 1000,
             "the walker saw too few cases: seed {seed}"
         );
+    }
+
+    /// Found by the `validate_batch` fuzz target: a base offset near u64::MAX made record
+    /// iteration overflow. The base offset is outside the crc, so validation must bound it.
+    #[test]
+    fn base_offset_that_overflows_is_rejected() {
+        let mut bytes = build(&sample_records(3));
+        set_base_offset(&mut bytes, u64::MAX - 1).unwrap();
+        assert_eq!(
+            BatchView::new(&bytes).unwrap_err(),
+            BatchError::OffsetOverflow {
+                base_offset: u64::MAX - 1,
+                record_count: 3
+            }
+        );
+        set_base_offset(&mut bytes, u64::MAX - 3).unwrap();
+        let view = BatchView::new(&bytes).unwrap();
+        assert_eq!(view.records().last().unwrap().offset, u64::MAX - 1);
+        assert_eq!(view.next_offset(), u64::MAX);
     }
 
     #[test]
