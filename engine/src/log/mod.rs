@@ -1,0 +1,237 @@
+//! The partition log: one replica's append-only, segmented log, owned by one shard.
+//!
+//! - Segments `<base-offset>.log` are created at full size and pre-zeroed (or fallocated),
+//!   so appends never change a file's size and an fdatasync never has to journal one.
+//! - Appended batches are copied into a 4 KiB-aligned tail buffer. A **group commit** writes
+//!   every pending block in one O_DIRECT write and, when a caller waits for durability, one
+//!   fdatasync covers every batch that arrived meanwhile (or the files are opened O_DSYNC).
+//! - The partly filled last block is rewritten by the next commit with the same leading
+//!   bytes, so a torn rewrite cannot destroy what a sync already made durable (proven by the
+//!   torn-write simulation tests).
+//! - After a failed write or fdatasync the log fails stop: it refuses further appends and
+//!   never reports the lost data as durable.
+//! - Recovery walks the tail from the last index entry, checking every batch's length and
+//!   crc32c, truncates a torn tail, and marks the log damaged when an invalid batch sits in
+//!   data that was durable (below the checkpointed durable point).
+//!
+//! All I/O goes through [`storage::Storage`]: [`storage::DmaStorage`] in production,
+//! [`sim::SimStorage`] in tests.
+
+mod checkpoint;
+pub mod index;
+mod notify;
+mod partition_log;
+mod recovery;
+mod segment;
+pub mod sim;
+pub mod storage;
+mod tail;
+
+use std::io;
+
+pub use partition_log::{Appended, Log, LogOffsets, LogStats, MaintainReport};
+pub use recovery::{Recovery, Truncation};
+
+use protocol::limits::BATCH_BYTES_MAX;
+use storage::BLOCK_BYTES;
+
+/// How a durable acknowledgement is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// One fdatasync per group commit that has a waiter for durability.
+    Fdatasync,
+    /// Segment files opened with O_DSYNC: every completed write is durable.
+    Dsync,
+}
+
+/// How a new segment file is prepared before its first append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preallocate {
+    /// fallocate, then write zeros over the whole file once: later overwrites need no
+    /// extent conversion, so each fdatasync flushes data only.
+    Zero,
+    /// fallocate only: cheaper to create, but the first write to each extent converts it,
+    /// which the next fdatasync must journal.
+    Fallocate,
+}
+
+/// Retention of a partition: whole sealed segments go when either bound is passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Delete a sealed segment once its newest record is older than this.
+    pub ms: Option<u64>,
+    /// Delete the oldest sealed segments while the log holds more than this.
+    pub bytes: Option<u64>,
+}
+
+/// Settings of one partition log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Size of each segment file, a multiple of 4 KiB.
+    pub segment_bytes: u64,
+    /// An index entry for every this many bytes of log.
+    pub index_interval_bytes: u64,
+    /// Capacity of the tail buffer: the most one group-commit write carries.
+    pub write_buffer_bytes: u64,
+    pub durability: Durability,
+    pub preallocate: Preallocate,
+    pub retention: Retention,
+}
+
+/// Smallest segment: two of the largest batches, so a roll always makes room.
+pub const SEGMENT_BYTES_MIN: u64 = 2 * BATCH_BYTES_MAX as u64;
+/// Largest segment: positions in the index are 32-bit, and recovery of a torn tail may scan
+/// the rest of the active segment.
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+/// Smallest tail buffer: one largest batch plus the carried partial block and padding.
+pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES as u64;
+
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64 + 1);
+const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES as u64));
+const _: () = assert!(WRITE_BUFFER_BYTES_MIN <= SEGMENT_BYTES_MIN);
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 << 20,
+            index_interval_bytes: 4096,
+            write_buffer_bytes: 2 << 20,
+            durability: Durability::Fdatasync,
+            preallocate: Preallocate::Zero,
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the bounds; returns the offending field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let block = BLOCK_BYTES as u64;
+        if !self.segment_bytes.is_multiple_of(block)
+            || !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes)
+        {
+            return Err((
+                "segment_bytes",
+                format!(
+                    "must be a multiple of {block} in {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}; got {}",
+                    self.segment_bytes
+                ),
+            ));
+        }
+        if !self.write_buffer_bytes.is_multiple_of(block)
+            || self.write_buffer_bytes < WRITE_BUFFER_BYTES_MIN
+            || self.write_buffer_bytes > self.segment_bytes
+        {
+            return Err((
+                "write_buffer_bytes",
+                format!(
+                    "must be a multiple of {block} in {WRITE_BUFFER_BYTES_MIN}..=segment_bytes; got {}",
+                    self.write_buffer_bytes
+                ),
+            ));
+        }
+        if !(512..=self.segment_bytes).contains(&self.index_interval_bytes) {
+            return Err((
+                "index_interval_bytes",
+                format!(
+                    "must be in 512..=segment_bytes; got {}",
+                    self.index_interval_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the log refuses writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// A write or fdatasync failed: nothing after it is acknowledged, ever (fail-stop).
+    Failed {
+        op: &'static str,
+        errno: Option<i32>,
+    },
+    /// A batch that was durable is invalid: reported, kept on disk, never truncated away.
+    Damaged {
+        segment_base: u64,
+        position: u64,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// Errors of the partition log. `server::dispatch` maps them to protocol error codes.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log failed at {op} (errno {errno:?}); it accepts no more writes")]
+    Failed {
+        op: &'static str,
+        errno: Option<i32>,
+    },
+    #[error(
+        "log damaged at segment {segment_base} position {position} (offset {offset}): {reason}"
+    )]
+    Damaged {
+        segment_base: u64,
+        position: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error("no space left on the device for a new segment")]
+    NoSpace,
+    #[error("offset {offset} outside the log's {start}..={end}")]
+    OffsetOutOfRange { offset: u64, start: u64, end: u64 },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(protocol::BatchError),
+    #[error("corrupt batch in segment {segment_base} at position {position}: {error}")]
+    Corrupt {
+        segment_base: u64,
+        position: u64,
+        error: protocol::BatchError,
+    },
+    #[error("log configuration: {field}: {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("{op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("log is closed")]
+    Closed,
+}
+
+impl LogError {
+    fn io(op: &'static str) -> impl FnOnce(io::Error) -> LogError {
+        move |source| {
+            if source.raw_os_error() == Some(libc::ENOSPC) {
+                LogError::NoSpace
+            } else {
+                LogError::Io { op, source }
+            }
+        }
+    }
+}
+
+impl Health {
+    fn check(&self) -> Result<(), LogError> {
+        match self {
+            Health::Healthy => Ok(()),
+            Health::Failed { op, errno } => Err(LogError::Failed { op, errno: *errno }),
+            Health::Damaged {
+                segment_base,
+                position,
+                offset,
+                reason,
+            } => Err(LogError::Damaged {
+                segment_base: *segment_base,
+                position: *position,
+                offset: *offset,
+                reason: reason.clone(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,823 @@
+//! `Log`: append, group commit, segment roll, reads, retention and shutdown of one
+//! partition replica's log.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use protocol::batch::{set_base_offset, set_leader_epoch};
+use protocol::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
+use protocol::{BatchHeader, BatchView};
+
+use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
+use super::index::{Index, SegmentSummary};
+use super::notify::Notify;
+use super::recovery::{self, Recovery, SPARE_READY, SPARE_TMP};
+use super::segment::{Segment, index_path, log_path};
+use super::storage::{BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor};
+use super::tail::{Inflight, Tail};
+use super::{Durability, Health, LogConfig, LogError};
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    /// Offset after the batch: pass it to `wait_written` / `wait_synced`.
+    pub next_offset: u64,
+}
+
+/// The log's offsets. Invariant: `log_start <= synced <= written <= next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOffsets {
+    /// First offset still in the log (retention moves it).
+    pub log_start: u64,
+    /// Offset the next appended record gets.
+    pub next: u64,
+    /// Every offset below this is in a completed write.
+    pub written: u64,
+    /// Every offset below this is durable (write and fdatasync completed, or O_DSYNC).
+    pub synced: u64,
+}
+
+/// Counters for metrics and tests. Plain integers: the log never leaves its shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub appends: u64,
+    /// Group-commit writes issued.
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub syncs: u64,
+    pub rolls: u64,
+    pub segments_deleted: u64,
+}
+
+/// What one `maintain` pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintainReport {
+    pub spare_prepared: bool,
+    pub segments_deleted: usize,
+    pub checkpoint_written: bool,
+}
+
+/// One partition replica's log.
+///
+/// Owner: one shard. Shared by that shard's tasks through `&self` (typically in an `Rc`);
+/// never `Send`. No `RefCell` borrow is held across an `.await`.
+/// Invariants: see `State::check_invariants`.
+/// Durability: `append` makes a batch readable at once; it is written once a group commit
+/// covering it completes (`wait_written`), durable once a sync covering it completes
+/// (`wait_synced`). After a failed write or sync the log fails stop.
+pub struct Log<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<State<S::File>>,
+    changed: Notify,
+}
+
+struct State<F: StorageFile> {
+    sealed: BTreeMap<u64, Segment<F>>,
+    active: Segment<F>,
+    tail: Tail<F::Buffer>,
+    inflight: Option<Inflight<F::Buffer>>,
+    /// Bytes of the active segment in completed writes.
+    written_end: u64,
+    /// Bytes of the active segment known durable.
+    synced_end: u64,
+    next_offset: u64,
+    written_offset: u64,
+    synced_offset: u64,
+    /// Highest offset a waiter wants durable: the next commit syncs if it is above `synced`.
+    sync_wanted: u64,
+    flushing: bool,
+    rolling: bool,
+    closed: bool,
+    health: Health,
+    spare_ready: bool,
+    checkpoint: Option<Checkpoint>,
+    stats: LogStats,
+}
+
+impl<F: StorageFile> State<F> {
+    fn writable(&self) -> Result<(), LogError> {
+        if self.closed {
+            return Err(LogError::Closed);
+        }
+        self.health.check()
+    }
+
+    fn log_start(&self) -> u64 {
+        self.sealed
+            .values()
+            .next()
+            .map_or(self.active.base_offset, |s| s.base_offset)
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.synced_offset <= self.written_offset);
+        assert!(self.written_offset <= self.next_offset);
+        assert!(self.synced_end <= self.written_end);
+        assert!(self.written_end <= self.active.data_end);
+        assert_eq!(self.tail.data_end(), self.active.data_end);
+        assert_eq!(self.active.next_offset, self.next_offset);
+        self.active.check_invariants();
+    }
+}
+
+impl<S: Storage> Log<S> {
+    /// Opens the log in `dir` (creating it if new), recovering from whatever a crash left.
+    pub async fn open(
+        storage: S,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<(Log<S>, Recovery), LogError> {
+        config
+            .validate()
+            .map_err(|(field, reason)| LogError::Config { field, reason })?;
+        let (opened, report) = recovery::open(&storage, dir, &config).await?;
+        let active = opened.active;
+        let tail_pos = block_floor(active.data_end);
+        let mut tail = Tail::new(
+            active.file.alloc_buffer(config.write_buffer_bytes as usize),
+            tail_pos,
+        );
+        // The tail starts at the block holding the end of the data, with that block's bytes:
+        // the next commit rewrites it whole.
+        if active.data_end > tail_pos {
+            let head = active
+                .file
+                .read_at(tail_pos, BLOCK_BYTES)
+                .await
+                .map_err(LogError::io("read tail block"))?;
+            let carried = head
+                .get(..(active.data_end - tail_pos) as usize)
+                .unwrap_or_default();
+            tail.push(carried);
+            tail.mark_written();
+        }
+        let next = active.next_offset;
+        let data_end = active.data_end;
+        let state = State {
+            sealed: opened.sealed,
+            active,
+            tail,
+            inflight: None,
+            written_end: data_end,
+            synced_end: data_end,
+            next_offset: next,
+            written_offset: next,
+            synced_offset: next,
+            sync_wanted: next,
+            flushing: false,
+            rolling: false,
+            closed: false,
+            health: opened.health,
+            spare_ready: opened.spare_ready,
+            checkpoint: opened.checkpoint,
+            stats: LogStats::default(),
+        };
+        state.check_invariants();
+        let log = Log {
+            storage,
+            dir: dir.to_path_buf(),
+            config,
+            state: RefCell::new(state),
+            changed: Notify::default(),
+        };
+        Ok((log, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        let st = self.state.borrow();
+        LogOffsets {
+            log_start: st.log_start(),
+            next: st.next_offset,
+            written: st.written_offset,
+            synced: st.synced_offset,
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.state.borrow().health.clone()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.state.borrow().stats
+    }
+
+    /// Appends one validated batch, stamping its base offset and `leader_epoch`. Readable at
+    /// once; call `wait_written` or `wait_synced` with the returned `next_offset` before
+    /// acknowledging it. Waits only to roll a full segment or to free tail space.
+    pub async fn append(&self, batch: &[u8], leader_epoch: u32) -> Result<Appended, LogError> {
+        let header = BatchHeader::parse(batch).map_err(LogError::InvalidBatch)?;
+        let len = batch.len() as u64;
+        if u64::from(header.batch_len) != len || len > u64::from(BATCH_BYTES_MAX) {
+            return Err(LogError::InvalidBatch(
+                protocol::BatchError::LengthMismatch {
+                    declared: header.batch_len,
+                    actual: batch.len(),
+                },
+            ));
+        }
+        debug_assert!(
+            BatchView::new(batch).is_ok(),
+            "append takes validated batches"
+        );
+        loop {
+            let seen = self.changed.epoch();
+            let mut st = self.state.borrow_mut();
+            st.writable()?;
+            if st.rolling {
+                drop(st);
+                self.changed.changed(seen).await;
+                continue;
+            }
+            if st.active.data_end + len > st.active.capacity_bytes {
+                st.rolling = true;
+                drop(st);
+                let rolled = self.roll().await;
+                self.state.borrow_mut().rolling = false;
+                self.changed.notify();
+                rolled?;
+                continue;
+            }
+            if (st.tail.free_bytes() as u64) < len {
+                drop(st);
+                self.commit_step(seen).await?;
+                continue;
+            }
+            let base_offset = st.next_offset;
+            let position = st.active.data_end;
+            let copy = st.tail.push(batch);
+            // Both fields lie outside the crc; the copy is at least a header long.
+            let _ = set_base_offset(copy, base_offset);
+            let _ = set_leader_epoch(copy, leader_epoch);
+            let next_offset = base_offset + u64::from(header.record_count);
+            st.active
+                .index
+                .observe(base_offset, position, header.max_timestamp_ms);
+            st.active.data_end += len;
+            st.active.next_offset = next_offset;
+            st.next_offset = next_offset;
+            st.stats.appends += 1;
+            st.check_invariants();
+            return Ok(Appended {
+                base_offset,
+                next_offset,
+            });
+        }
+    }
+
+    /// Waits until every offset below `offset` is in a completed write (survives a crash of
+    /// the process, not of the machine).
+    pub async fn wait_written(&self, offset: u64) -> Result<(), LogError> {
+        self.commit(offset, false).await
+    }
+
+    /// Waits until every offset below `offset` is durable.
+    pub async fn wait_synced(&self, offset: u64) -> Result<(), LogError> {
+        self.commit(offset, true).await
+    }
+
+    /// Group commit: the first waiter becomes the committer and writes (and syncs) everything
+    /// appended so far; the others wait for it, and whoever is still not covered commits next.
+    async fn commit(&self, upto: u64, durable: bool) -> Result<(), LogError> {
+        loop {
+            let seen = self.changed.epoch();
+            {
+                let mut st = self.state.borrow_mut();
+                st.health.check()?;
+                assert!(
+                    upto <= st.next_offset,
+                    "commit of {upto} beyond {}",
+                    st.next_offset
+                );
+                let done = if durable {
+                    st.synced_offset
+                } else {
+                    st.written_offset
+                };
+                if done >= upto {
+                    return Ok(());
+                }
+                if durable {
+                    st.sync_wanted = st.sync_wanted.max(upto);
+                }
+            }
+            self.commit_step(seen).await?;
+        }
+    }
+
+    /// Runs one group commit if none is running, otherwise waits for the running one.
+    async fn commit_step(&self, seen: u64) -> Result<(), LogError> {
+        if self.state.borrow().flushing {
+            self.changed.changed(seen).await;
+            return Ok(());
+        }
+        self.state.borrow_mut().flushing = true;
+        let result = self.flush().await;
+        self.state.borrow_mut().flushing = false;
+        self.changed.notify();
+        result
+    }
+
+    /// One group commit: write the dirty tail blocks, then fdatasync if anyone waits for
+    /// durability. Only one runs at a time (`flushing`).
+    async fn flush(&self) -> Result<(), LogError> {
+        let job = {
+            let mut st = self.state.borrow_mut();
+            if st.tail.is_dirty() {
+                let fresh = st
+                    .active
+                    .file
+                    .alloc_buffer(self.config.write_buffer_bytes as usize);
+                let inflight = st.tail.take_dirty(fresh);
+                let job = (
+                    Rc::clone(&st.active.file),
+                    Rc::clone(&inflight.buf),
+                    inflight.pos,
+                    inflight.data_end(),
+                    st.next_offset,
+                );
+                st.inflight = Some(inflight);
+                Some(job)
+            } else {
+                None
+            }
+        };
+        if let Some((file, buf, pos, data_end, upto)) = job {
+            let len = (*buf).as_ref().len();
+            let written = file.write_at(buf, pos).await;
+            let mut st = self.state.borrow_mut();
+            st.inflight = None;
+            match written {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    let error = io::Error::other(format!("short write {n} of {len}"));
+                    return Err(self.fail(&mut st, "write", &error));
+                }
+                Err(error) => return Err(self.fail(&mut st, "write", &error)),
+            }
+            st.written_end = data_end;
+            st.written_offset = upto;
+            if self.config.durability == Durability::Dsync {
+                st.synced_end = data_end;
+                st.synced_offset = upto;
+            }
+            st.stats.writes += 1;
+            st.stats.write_bytes += len as u64;
+        }
+        if self.config.durability == Durability::Fdatasync {
+            let job = {
+                let st = self.state.borrow();
+                let wanted =
+                    st.sync_wanted > st.synced_offset && st.written_offset > st.synced_offset;
+                wanted.then(|| {
+                    (
+                        Rc::clone(&st.active.file),
+                        st.written_offset,
+                        st.written_end,
+                    )
+                })
+            };
+            if let Some((file, upto, end)) = job {
+                let synced = file.sync().await;
+                let mut st = self.state.borrow_mut();
+                if let Err(error) = synced {
+                    // The kernel may have dropped the dirty state; a retry could report data
+                    // as durable when it is not. Stop here, for good.
+                    return Err(self.fail(&mut st, "fdatasync", &error));
+                }
+                st.synced_offset = st.synced_offset.max(upto);
+                st.synced_end = st.synced_end.max(end);
+                st.stats.syncs += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&self, st: &mut State<S::File>, op: &'static str, error: &io::Error) -> LogError {
+        tracing::error!(dir = %self.dir.display(), op, %error, "log failed; refusing further writes");
+        st.health = Health::Failed {
+            op,
+            errno: error.raw_os_error(),
+        };
+        LogError::Failed {
+            op,
+            errno: error.raw_os_error(),
+        }
+    }
+
+    /// Seals the active segment and starts the next one at `next_offset`.
+    async fn roll(&self) -> Result<(), LogError> {
+        let upto = self.state.borrow().next_offset;
+        // Everything in the old segment is durable before a newer segment exists, so recovery
+        // may treat any invalid batch in a sealed segment as corruption.
+        self.commit(upto, true).await?;
+        self.write_active_index().await;
+        let base = upto;
+        let file = self.new_segment_file(base).await?;
+        self.storage
+            .sync_dir(&self.dir)
+            .await
+            .map_err(LogError::io("sync log directory"))?;
+        let tail_buf = file.alloc_buffer(self.config.write_buffer_bytes as usize);
+        let capacity_bytes = file.size().await.map_err(LogError::io("stat segment"))?;
+        {
+            let mut st = self.state.borrow_mut();
+            let segment = Segment {
+                base_offset: base,
+                file: Rc::new(file),
+                data_end: 0,
+                capacity_bytes,
+                next_offset: base,
+                index: Index::new(base, self.config.index_interval_bytes),
+            };
+            let old = std::mem::replace(&mut st.active, segment);
+            st.sealed.insert(old.base_offset, old);
+            st.tail = Tail::new(tail_buf, 0);
+            st.written_end = 0;
+            st.synced_end = 0;
+            st.stats.rolls += 1;
+            st.check_invariants();
+        }
+        // Best effort: a stale checkpoint only weakens damage detection.
+        let _ = self.write_checkpoint().await;
+        Ok(())
+    }
+
+    /// A prepared segment file for base offset `base`: the spare if one is ready, else a new
+    /// one made now (slow: the spare is normally prepared by `maintain`).
+    async fn new_segment_file(&self, base: u64) -> Result<S::File, LogError> {
+        let path = log_path(&self.dir, base);
+        let spare_ready = std::mem::take(&mut self.state.borrow_mut().spare_ready);
+        if spare_ready {
+            let spare = self.dir.join(SPARE_READY);
+            let renamed = self.storage.rename(&spare, &path).await;
+            if renamed.is_ok() {
+                let dsync = self.config.durability == Durability::Dsync;
+                let flags = OpenFlags {
+                    create: false,
+                    dsync,
+                };
+                return self
+                    .storage
+                    .open(&path, flags)
+                    .await
+                    .map_err(LogError::io("open segment"));
+            }
+        }
+        recovery::create_segment_file(&self.storage, &path, &self.config).await
+    }
+
+    /// Prepares the next segment file ahead of the roll: allocated, zeroed, synced, then
+    /// renamed to `spare.ready`. A crash mid-way leaves `spare.tmp`, which `open` removes.
+    async fn prepare_spare(&self) -> Result<(), LogError> {
+        let tmp = self.dir.join(SPARE_TMP);
+        let file = recovery::create_segment_file(&self.storage, &tmp, &self.config).await?;
+        file.close().await.map_err(LogError::io("close spare"))?;
+        self.storage
+            .rename(&tmp, &self.dir.join(SPARE_READY))
+            .await
+            .map_err(LogError::io("rename spare"))?;
+        self.state.borrow_mut().spare_ready = true;
+        Ok(())
+    }
+
+    /// Writes the active segment's index file (best effort: it is rebuilt when lost). Call
+    /// only when the active segment's data is synced.
+    async fn write_active_index(&self) {
+        let (path, image) = {
+            let st = self.state.borrow();
+            let summary = SegmentSummary {
+                data_end: st.active.data_end,
+                next_offset: st.active.next_offset,
+                max_timestamp_ms: st.active.max_timestamp_ms(),
+            };
+            (
+                index_path(&self.dir, st.active.base_offset),
+                st.active.index.encode(summary, BLOCK_BYTES),
+            )
+        };
+        if let Err(error) = recovery::write_small_file(&self.storage, &path, &image).await {
+            tracing::warn!(path = %path.display(), %error, "index not written; rebuilt on next open");
+        }
+    }
+
+    /// Records the synced position so recovery can tell corruption from a torn tail.
+    async fn write_checkpoint(&self) -> Result<bool, LogError> {
+        let point = {
+            let st = self.state.borrow();
+            let point = Checkpoint {
+                segment_base: st.active.base_offset,
+                position: st.synced_end,
+                next_offset: st.synced_offset,
+            };
+            if st.checkpoint == Some(point) {
+                return Ok(false);
+            }
+            point
+        };
+        let path = self.dir.join(CHECKPOINT_FILE);
+        let existed = self.state.borrow().checkpoint.is_some();
+        recovery::write_small_file(&self.storage, &path, &point.encode(BLOCK_BYTES)).await?;
+        if !existed {
+            self.storage
+                .sync_dir(&self.dir)
+                .await
+                .map_err(LogError::io("sync log directory"))?;
+        }
+        self.state.borrow_mut().checkpoint = Some(point);
+        Ok(true)
+    }
+
+    /// Background upkeep, run by the shard in its background task queue: prepares the next
+    /// segment, deletes segments past retention (`now_ms`: wall clock, ms since the epoch)
+    /// and records the durable point.
+    pub async fn maintain(&self, now_ms: i64) -> Result<MaintainReport, LogError> {
+        let mut report = MaintainReport::default();
+        let (writable, spare_ready) = {
+            let st = self.state.borrow();
+            (st.writable().is_ok(), st.spare_ready)
+        };
+        if !writable {
+            return Ok(report);
+        }
+        if !spare_ready {
+            self.prepare_spare().await?;
+            report.spare_prepared = true;
+        }
+        report.segments_deleted = self.enforce_retention(now_ms).await?;
+        report.checkpoint_written = self.write_checkpoint().await?;
+        Ok(report)
+    }
+
+    /// Deletes whole sealed segments past the retention bounds, oldest first. The active
+    /// segment is never deleted.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let retention = self.config.retention;
+        let doomed: Vec<(u64, Rc<S::File>)> = {
+            let mut st = self.state.borrow_mut();
+            let mut total: u64 =
+                st.sealed.values().map(|s| s.data_end).sum::<u64>() + st.active.data_end;
+            let mut doomed = Vec::new();
+            while let Some(oldest) = st.sealed.first_key_value().map(|(_, s)| s) {
+                let too_big = retention.bytes.is_some_and(|max| total > max);
+                let too_old = retention
+                    .ms
+                    .is_some_and(|ms| oldest.max_timestamp_ms() < now_ms.saturating_sub(ms as i64));
+                if !too_big && !too_old {
+                    break;
+                }
+                let Some((base, segment)) = st.sealed.pop_first() else {
+                    break;
+                };
+                total -= segment.data_end;
+                doomed.push((base, segment.file));
+            }
+            st.stats.segments_deleted += doomed.len() as u64;
+            doomed
+        };
+        // Readers still holding a segment's file keep reading it; the name goes now.
+        for (base, _file) in &doomed {
+            tracing::info!(dir = %self.dir.display(), base, "retention: deleting segment");
+            self.storage
+                .remove(&log_path(&self.dir, *base))
+                .await
+                .map_err(LogError::io("remove segment"))?;
+            let _ = self.storage.remove(&index_path(&self.dir, *base)).await;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Whole batches, as stored, starting with the one holding `offset`: at most `max_bytes`
+    /// unless the first batch alone is larger, never a batch reaching `max_offset` or beyond.
+    /// Empty when `offset` is at the end. Every batch is checked against its crc first, so a
+    /// corrupt batch is never served. Reads stay within one segment, like Kafka's fetch.
+    pub async fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_offset: u64,
+    ) -> Result<Vec<u8>, LogError> {
+        let (segment_base, mut position, segment_end, file) = {
+            let st = self.state.borrow();
+            let start = st.log_start();
+            let out_of_range = LogError::OffsetOutOfRange {
+                offset,
+                start,
+                end: st.next_offset,
+            };
+            if offset < start || offset > st.next_offset {
+                return Err(out_of_range);
+            }
+            if offset >= st.next_offset.min(max_offset) {
+                return Ok(Vec::new());
+            }
+            let segment = if offset >= st.active.base_offset {
+                &st.active
+            } else {
+                match st.sealed.range(..=offset).next_back() {
+                    Some((_, segment)) => segment,
+                    None => return Err(out_of_range),
+                }
+            };
+            let position = segment.index.lookup(offset);
+            (
+                segment.base_offset,
+                position,
+                segment.data_end,
+                Rc::clone(&segment.file),
+            )
+        };
+        // Read ahead in windows: the batches wanted plus the distance from the index entry.
+        let window = (max_bytes as u64)
+            .max(64 << 10)
+            .saturating_add(self.config.index_interval_bytes)
+            .saturating_add(BATCH_HEADER_BYTES as u64);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_pos = position;
+        let mut out = Vec::new();
+        while position < segment_end {
+            let header_end = (position + BATCH_HEADER_BYTES as u64).min(segment_end);
+            if !(position >= buf_pos && header_end <= buf_pos + buf.len() as u64) {
+                let to = segment_end.min(position + window);
+                buf = self.read_range(segment_base, &file, position, to).await?;
+                buf_pos = position;
+            }
+            let at = (position - buf_pos) as usize;
+            let header = BatchHeader::parse(buf.get(at..).unwrap_or_default())
+                .map_err(|error| self.corrupt(segment_base, position, error))?;
+            let len = u64::from(header.batch_len);
+            if len < BATCH_HEADER_BYTES as u64 || position + len > segment_end {
+                let error = protocol::BatchError::BadLength {
+                    len: header.batch_len,
+                };
+                return Err(self.corrupt(segment_base, position, error));
+            }
+            if position + len > buf_pos + buf.len() as u64 {
+                let to = segment_end.min(position + len.max(window));
+                buf = self.read_range(segment_base, &file, position, to).await?;
+                buf_pos = position;
+            }
+            let at = (position - buf_pos) as usize;
+            let raw = buf.get(at..at + len as usize).unwrap_or_default();
+            let batch =
+                BatchView::new(raw).map_err(|error| self.corrupt(segment_base, position, error))?;
+            position += len;
+            if batch.next_offset() <= offset {
+                continue;
+            }
+            let over_budget = !out.is_empty() && out.len() + raw.len() > max_bytes;
+            if batch.next_offset() > max_offset || over_budget {
+                break;
+            }
+            out.extend_from_slice(raw);
+            if out.len() >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn corrupt(&self, segment_base: u64, position: u64, error: protocol::BatchError) -> LogError {
+        tracing::error!(dir = %self.dir.display(), segment_base, position, %error, "corrupt batch on disk; log marked damaged");
+        let mut st = self.state.borrow_mut();
+        if st.health == Health::Healthy {
+            st.health = Health::Damaged {
+                segment_base,
+                position,
+                offset: segment_base,
+                reason: format!("read found: {error}"),
+            };
+        }
+        LogError::Corrupt {
+            segment_base,
+            position,
+            error,
+        }
+    }
+
+    /// The bytes at positions `[from, to)` of a segment, from memory where the tail still holds
+    /// them and from the file otherwise.
+    async fn read_range(
+        &self,
+        segment_base: u64,
+        file: &Rc<S::File>,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u8>, LogError> {
+        let mut out = Vec::with_capacity((to - from) as usize);
+        let mut cur = from;
+        while cur < to {
+            let disk_until = {
+                let st = self.state.borrow();
+                if st.active.base_offset == segment_base {
+                    let tail_end = st.tail.data_end();
+                    let in_tail = st
+                        .tail
+                        .bytes(cur, to.min(tail_end))
+                        .filter(|b| !b.is_empty());
+                    let in_flight = st
+                        .inflight
+                        .as_ref()
+                        .and_then(|f| f.bytes(cur, to.min(f.data_end())).filter(|b| !b.is_empty()));
+                    if let Some(bytes) = in_tail.or(in_flight) {
+                        out.extend_from_slice(bytes);
+                        cur += bytes.len() as u64;
+                        continue;
+                    }
+                    to.min(st.written_end)
+                } else {
+                    to
+                }
+            };
+            if disk_until <= cur {
+                return Err(LogError::Io {
+                    op: "read",
+                    source: io::Error::other(format!(
+                        "bytes at {cur} neither in memory nor written"
+                    )),
+                });
+            }
+            let start = block_floor(cur);
+            let len = block_ceil(disk_until) - start;
+            let data = file
+                .read_at(start, len as usize)
+                .await
+                .map_err(LogError::io("read"))?;
+            let wanted = data.get((cur - start) as usize..(disk_until - start) as usize);
+            let Some(bytes) = wanted else {
+                return Err(LogError::Io {
+                    op: "read",
+                    source: io::Error::other(format!(
+                        "short read at {start}: {} bytes",
+                        data.len()
+                    )),
+                });
+            };
+            out.extend_from_slice(bytes);
+            cur = disk_until;
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` when
+    /// no record reaches it (the caller answers with the end of the log).
+    pub async fn offset_for_time(&self, timestamp_ms: i64) -> Result<Option<u64>, LogError> {
+        let candidates: Vec<(u64, u64)> = {
+            let st = self.state.borrow();
+            st.sealed
+                .values()
+                .chain(std::iter::once(&st.active))
+                .filter(|s| s.max_timestamp_ms() >= timestamp_ms)
+                .map(|s| (s.index.lookup_time(timestamp_ms).0, s.next_offset))
+                .collect()
+        };
+        for (mut offset, segment_next) in candidates {
+            while offset < segment_next {
+                let bytes = match self.read(offset, 1 << 20, segment_next).await {
+                    Err(LogError::OffsetOutOfRange { .. }) => break, // deleted by retention
+                    read => read?,
+                };
+                if bytes.is_empty() {
+                    break;
+                }
+                for batch in protocol::Batches::new(&bytes) {
+                    let batch = batch.map_err(LogError::InvalidBatch)?;
+                    let reaching = batch.max_timestamp_ms() >= timestamp_ms;
+                    let first = batch.records().find(|r| r.timestamp_ms >= timestamp_ms);
+                    if let (true, Some(record)) = (reaching, first) {
+                        return Ok(Some(record.offset));
+                    }
+                    offset = batch.next_offset();
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Graceful close: commits and syncs everything appended, writes the active segment's
+    /// index and the durable point (so the next open resumes from the index), closes files.
+    /// A failed log closes without syncing: nothing after the failure is ever reported.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let (healthy, next) = {
+            let st = self.state.borrow();
+            (st.health == Health::Healthy && !st.closed, st.next_offset)
+        };
+        if healthy {
+            self.commit(next, true).await?;
+            self.write_active_index().await;
+            self.write_checkpoint().await?;
+        }
+        self.state.borrow_mut().closed = true;
+        self.changed.notify();
+        Ok(())
+    }
+}

@@ -1,0 +1,606 @@
+//! Opening a log: load segments and indexes, walk the tail, cut a torn tail, spot damage.
+//!
+//! Sealed segments were synced before their index was written, so a sealed segment with a
+//! valid index file is trusted without reading its data (every read checks crcs anyway).
+//! A sealed segment without one is scanned in full and its index rebuilt. The last segment
+//! is walked from its last index entry to the first all-zero header (segments are
+//! pre-zeroed), checking every batch's length, crc32c and offset.
+//!
+//! An invalid batch in the last segment at or above the durable point (see `checkpoint`) is
+//! the remains of a write that did not complete: the log is cut there and the rest of the
+//! file is zeroed, so no remnant of the torn write can ever be mistaken for data. Below the
+//! durable point, or in a sealed segment, an invalid batch is corruption: the log opens
+//! `Damaged`, readable up to it and refusing writes, and nothing is truncated.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+
+use protocol::limits::BATCH_HEADER_BYTES;
+use protocol::{BatchHeader, BatchView};
+
+use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
+use super::index::Index;
+use super::segment::{Segment, index_path, log_path, parse_log_name};
+use super::storage::{BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor};
+use super::{Durability, Health, LogConfig, LogError, Preallocate};
+
+/// Name of a segment file being prepared ahead of the next roll.
+pub(crate) const SPARE_TMP: &str = "spare.tmp";
+/// Name of a prepared (allocated, zeroed, synced) segment file waiting for the next roll.
+pub(crate) const SPARE_READY: &str = "spare.ready";
+
+/// What recovery found and did, for the operator and for tests.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    pub segments: usize,
+    /// Bytes of batches read and checked.
+    pub scanned_bytes: u64,
+    /// Indexes rebuilt from their segments (missing or invalid index files).
+    pub indexes_rebuilt: usize,
+    /// A torn tail that was cut.
+    pub truncated: Option<Truncation>,
+    /// True when the last segment's scan started from an index entry (clean shutdown).
+    pub resumed_from_index: bool,
+}
+
+/// Where a torn tail was cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub segment_base: u64,
+    pub position: u64,
+    /// First offset that would have been stored at `position`.
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// The log state recovery hands to `Log`.
+pub(crate) struct Opened<F> {
+    pub sealed: BTreeMap<u64, Segment<F>>,
+    pub active: Segment<F>,
+    pub checkpoint: Option<Checkpoint>,
+    pub spare_ready: bool,
+    pub health: Health,
+}
+
+/// How a scan ended.
+#[derive(Debug)]
+enum ScanEnd {
+    /// An all-zero header or the end of the file: the data ends here.
+    Clean,
+    /// Bytes that are not the next batch.
+    Invalid { reason: String },
+}
+
+struct Scan {
+    data_end: u64,
+    next_offset: u64,
+    end: ScanEnd,
+    scanned_bytes: u64,
+}
+
+/// Reads a file in large aligned chunks and hands out byte ranges of it.
+struct ChunkReader<'f, F> {
+    file: &'f F,
+    file_size: u64,
+    chunk_bytes: u64,
+    buf: Vec<u8>,
+    buf_pos: u64,
+}
+
+impl<'f, F: StorageFile> ChunkReader<'f, F> {
+    fn new(file: &'f F, file_size: u64, chunk_bytes: u64) -> Self {
+        ChunkReader {
+            file,
+            file_size,
+            chunk_bytes,
+            buf: Vec::new(),
+            buf_pos: 0,
+        }
+    }
+
+    /// The bytes `[pos, pos + len)`, or fewer if the file ends first.
+    async fn get(&mut self, pos: u64, len: u64) -> Result<&[u8], LogError> {
+        let end = (pos + len).min(self.file_size);
+        let held = pos >= self.buf_pos && end <= self.buf_pos + self.buf.len() as u64;
+        if !held {
+            let start = block_floor(pos);
+            let want = (end - start).max(self.chunk_bytes);
+            let read_end = block_ceil(start + want).min(block_ceil(self.file_size));
+            let data = self
+                .file
+                .read_at(start, (read_end - start) as usize)
+                .await
+                .map_err(LogError::io("recovery read"))?;
+            self.buf.clear();
+            self.buf.extend_from_slice(&data);
+            self.buf_pos = start;
+        }
+        let from = (pos - self.buf_pos) as usize;
+        let to = (end.saturating_sub(self.buf_pos) as usize).min(self.buf.len());
+        Ok(self.buf.get(from..to.max(from)).unwrap_or_default())
+    }
+}
+
+/// Walks batches from `position` (holding `offset`) to the end of the data, adding them to
+/// `index`.
+async fn scan<F: StorageFile>(
+    file: &F,
+    file_size: u64,
+    mut position: u64,
+    mut offset: u64,
+    index: &mut Index,
+    chunk_bytes: u64,
+) -> Result<Scan, LogError> {
+    let mut reader = ChunkReader::new(file, file_size, chunk_bytes);
+    let start = position;
+    let end = loop {
+        let head = reader.get(position, BATCH_HEADER_BYTES as u64).await?;
+        if head.iter().all(|&b| b == 0) {
+            // Pre-zeroed space (or the end of the file): the data ends here.
+            break ScanEnd::Clean;
+        }
+        let header = match BatchHeader::parse(head) {
+            Ok(header) => header,
+            Err(error) => {
+                break ScanEnd::Invalid {
+                    reason: error.to_string(),
+                };
+            }
+        };
+        let len = u64::from(header.batch_len);
+        if len < BATCH_HEADER_BYTES as u64 || position + len > file_size {
+            break ScanEnd::Invalid {
+                reason: format!("batch length {len} runs past the file"),
+            };
+        }
+        let bytes = reader.get(position, len).await?;
+        match BatchView::new(bytes) {
+            Ok(batch) if batch.base_offset() == offset => {
+                index.observe(offset, position, batch.max_timestamp_ms());
+                offset = batch.next_offset();
+                position += len;
+            }
+            Ok(batch) => {
+                break ScanEnd::Invalid {
+                    reason: format!("base offset {} where {offset} was due", batch.base_offset()),
+                };
+            }
+            Err(error) => {
+                break ScanEnd::Invalid {
+                    reason: error.to_string(),
+                };
+            }
+        }
+    };
+    Ok(Scan {
+        data_end: position,
+        next_offset: offset,
+        end,
+        scanned_bytes: position - start,
+    })
+}
+
+/// Zeroes every byte of the file from `position` on, so that nothing a torn write left
+/// behind can be read as data later, then syncs. Returns the bytes that were not zero.
+async fn scrub_after<F: StorageFile>(
+    file: &F,
+    position: u64,
+    file_size: u64,
+    chunk_bytes: u64,
+) -> Result<u64, LogError> {
+    let mut at = block_floor(position);
+    let mut nonzero = 0;
+    while at < file_size {
+        let len = chunk_bytes.min(block_ceil(file_size) - at) as usize;
+        let data = file
+            .read_at(at, len)
+            .await
+            .map_err(LogError::io("scrub read"))?;
+        let keep = position.saturating_sub(at) as usize;
+        let stale = data.get(keep..).unwrap_or_default();
+        let stale_bytes = stale.iter().filter(|&&b| b != 0).count() as u64;
+        if stale_bytes > 0 {
+            nonzero += stale_bytes;
+            let mut buf = file.alloc_buffer(len);
+            let out = buf.as_mut();
+            out.fill(0);
+            if let (Some(dst), Some(src)) = (out.get_mut(..keep), data.get(..keep)) {
+                dst.copy_from_slice(src);
+            }
+            let written = file
+                .write_at(Rc::new(buf), at)
+                .await
+                .map_err(LogError::io("scrub write"))?;
+            if written != len {
+                return Err(LogError::Failed {
+                    op: "scrub write",
+                    errno: None,
+                });
+            }
+        }
+        at += len as u64;
+    }
+    file.sync().await.map_err(LogError::io("scrub sync"))?;
+    Ok(nonzero)
+}
+
+/// Creates a segment file at `path`: allocated to `segment_bytes`, zeroed if configured,
+/// synced. The caller syncs the directory. On error the partial file is removed.
+pub(crate) async fn create_segment_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    config: &LogConfig,
+) -> Result<S::File, LogError> {
+    let flags = OpenFlags {
+        create: true,
+        dsync: config.durability == Durability::Dsync,
+    };
+    let file = storage
+        .open(path, flags)
+        .await
+        .map_err(LogError::io("create segment"))?;
+    let prepared = prepare(&file, config).await;
+    if let Err(error) = prepared {
+        let _ = file.close().await;
+        let _ = storage.remove(path).await;
+        return Err(error);
+    }
+    Ok(file)
+}
+
+async fn prepare<F: StorageFile>(file: &F, config: &LogConfig) -> Result<(), LogError> {
+    file.allocate(config.segment_bytes)
+        .await
+        .map_err(LogError::io("allocate segment"))?;
+    if config.preallocate == Preallocate::Zero {
+        let chunk = config.write_buffer_bytes;
+        let mut at = 0;
+        while at < config.segment_bytes {
+            let len = chunk.min(config.segment_bytes - at) as usize;
+            let mut buf = file.alloc_buffer(len);
+            buf.as_mut().fill(0);
+            let written = file
+                .write_at(Rc::new(buf), at)
+                .await
+                .map_err(LogError::io("zero segment"))?;
+            if written != len {
+                return Err(LogError::Io {
+                    op: "zero segment",
+                    source: std::io::Error::other(format!("short write {written} of {len}")),
+                });
+            }
+            at += len as u64;
+        }
+    }
+    file.sync().await.map_err(LogError::io("sync new segment"))
+}
+
+async fn read_whole<F: StorageFile>(file: &F) -> Result<Vec<u8>, LogError> {
+    let size = file.size().await.map_err(LogError::io("stat"))?;
+    let data = file
+        .read_at(0, block_ceil(size) as usize)
+        .await
+        .map_err(LogError::io("read small file"))?;
+    Ok(data.to_vec())
+}
+
+/// Reads a small file (index, checkpoint) whole, or `None` if it does not exist.
+pub(crate) async fn read_small_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+) -> Result<Option<Vec<u8>>, LogError> {
+    let flags = OpenFlags {
+        create: false,
+        dsync: false,
+    };
+    let file = match storage.open(path, flags).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(LogError::io("open small file")(error)),
+    };
+    let data = read_whole(&file).await;
+    let _ = file.close().await;
+    data.map(Some)
+}
+
+/// Writes a small file (index, checkpoint) whole and syncs it. Creating it is not made
+/// durable with a directory sync: these files are rebuilt when lost.
+pub(crate) async fn write_small_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), LogError> {
+    let flags = OpenFlags {
+        create: true,
+        dsync: false,
+    };
+    let file = storage
+        .open(path, flags)
+        .await
+        .map_err(LogError::io("open small file"))?;
+    let len = block_ceil(bytes.len() as u64) as usize;
+    let mut buf = file.alloc_buffer(len);
+    let out = buf.as_mut();
+    out.fill(0);
+    if let Some(dst) = out.get_mut(..bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+    let written = file.write_at(Rc::new(buf), 0).await;
+    let synced = match written {
+        Ok(n) if n == len => file.sync().await.map_err(LogError::io("sync small file")),
+        Ok(n) => Err(LogError::Io {
+            op: "write small file",
+            source: std::io::Error::other(format!("short write {n} of {len}")),
+        }),
+        Err(error) => Err(LogError::io("write small file")(error)),
+    };
+    let closed = file.close().await.map_err(LogError::io("close small file"));
+    synced.and(closed)
+}
+
+/// Loads the index file of a segment if it exists and passes its checks.
+async fn load_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base_offset: u64,
+    config: &LogConfig,
+) -> Option<(Index, super::index::SegmentSummary)> {
+    let bytes = read_small_file(storage, &index_path(dir, base_offset))
+        .await
+        .ok()??;
+    Index::decode(&bytes, base_offset, config.index_interval_bytes).ok()
+}
+
+/// Opens the log in `dir`, creating it if it is new.
+pub(crate) async fn open<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<(Opened<S::File>, Recovery), LogError> {
+    storage
+        .create_dir_all(dir)
+        .await
+        .map_err(LogError::io("create log directory"))?;
+    if let Some(parent) = dir.parent() {
+        // A new partition directory must be durable before anything in it is acknowledged.
+        storage
+            .sync_dir(parent)
+            .await
+            .map_err(LogError::io("sync parent directory"))?;
+    }
+    let names = storage
+        .list_dir(dir)
+        .await
+        .map_err(LogError::io("list log directory"))?;
+    if names.iter().any(|n| n == SPARE_TMP) {
+        // A spare whose preparation was interrupted: it may not be zeroed or synced.
+        storage
+            .remove(&dir.join(SPARE_TMP))
+            .await
+            .map_err(LogError::io("remove stale spare"))?;
+    }
+    let spare_ready = names.iter().any(|n| n == SPARE_READY);
+    let checkpoint = read_small_file(storage, &dir.join(CHECKPOINT_FILE))
+        .await?
+        .and_then(|bytes| Checkpoint::decode(&bytes));
+    let mut bases: Vec<u64> = names.iter().filter_map(|n| parse_log_name(n)).collect();
+    bases.sort_unstable();
+
+    let mut recovery = Recovery::default();
+    let mut health = Health::Healthy;
+    let flags = OpenFlags {
+        create: false,
+        dsync: config.durability == Durability::Dsync,
+    };
+    let chunk_bytes = config.write_buffer_bytes;
+
+    let Some((&last_base, sealed_bases)) = bases.split_last() else {
+        let path = log_path(dir, 0);
+        let file = create_segment_file(storage, &path, config).await?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(LogError::io("sync log directory"))?;
+        let active = Segment {
+            base_offset: 0,
+            file: Rc::new(file),
+            data_end: 0,
+            capacity_bytes: config.segment_bytes,
+            next_offset: 0,
+            index: Index::new(0, config.index_interval_bytes),
+        };
+        recovery.segments = 1;
+        let opened = Opened {
+            sealed: BTreeMap::new(),
+            active,
+            checkpoint,
+            spare_ready,
+            health,
+        };
+        return Ok((opened, recovery));
+    };
+
+    let mut sealed = BTreeMap::new();
+    let mut expected_offset: Option<u64> = None;
+    for &base in sealed_bases {
+        let path = log_path(dir, base);
+        let file = storage
+            .open(&path, flags)
+            .await
+            .map_err(LogError::io("open segment"))?;
+        let size = file.size().await.map_err(LogError::io("stat segment"))?;
+        if let Some(expected) = expected_offset
+            && expected != base
+        {
+            health = damaged(
+                base,
+                0,
+                expected,
+                format!("segment starts at {base}, not {expected}"),
+            );
+            break;
+        }
+        let segment = match load_index(storage, dir, base, config).await {
+            Some((index, summary)) if summary.data_end <= size => Segment {
+                base_offset: base,
+                file: Rc::new(file),
+                data_end: summary.data_end,
+                capacity_bytes: size,
+                next_offset: summary.next_offset,
+                index,
+            },
+            _ => {
+                let mut index = Index::new(base, config.index_interval_bytes);
+                let scan = scan(&file, size, 0, base, &mut index, chunk_bytes).await?;
+                recovery.scanned_bytes += scan.scanned_bytes;
+                recovery.indexes_rebuilt += 1;
+                let segment = Segment {
+                    base_offset: base,
+                    file: Rc::new(file),
+                    data_end: scan.data_end,
+                    capacity_bytes: size,
+                    next_offset: scan.next_offset,
+                    index,
+                };
+                if let ScanEnd::Invalid { reason } = scan.end {
+                    // Sealed segments were synced whole before the next one was created.
+                    health = damaged(base, scan.data_end, scan.next_offset, reason);
+                    sealed.insert(base, segment);
+                    break;
+                }
+                let summary = super::index::SegmentSummary {
+                    data_end: segment.data_end,
+                    next_offset: segment.next_offset,
+                    max_timestamp_ms: segment.max_timestamp_ms(),
+                };
+                let image = segment.index.encode(summary, BLOCK_BYTES);
+                // Best effort: a lost index is rebuilt again next time.
+                let _ = write_small_file(storage, &index_path(dir, base), &image).await;
+                segment
+            }
+        };
+        expected_offset = Some(segment.next_offset);
+        sealed.insert(base, segment);
+    }
+
+    if health != Health::Healthy {
+        // Serve what is readable; the damaged segment stays the last one, and accepts nothing.
+        let Some((_, active)) = sealed.pop_last() else {
+            return Err(LogError::Config {
+                field: "dir",
+                reason: "no readable segment".into(),
+            });
+        };
+        recovery.segments = sealed.len() + 1;
+        return Ok((
+            Opened {
+                sealed,
+                active,
+                checkpoint,
+                spare_ready,
+                health,
+            },
+            recovery,
+        ));
+    }
+
+    // The last segment: walk its tail.
+    let path = log_path(dir, last_base);
+    let file = storage
+        .open(&path, flags)
+        .await
+        .map_err(LogError::io("open segment"))?;
+    let mut size = file.size().await.map_err(LogError::io("stat segment"))?;
+    if size < config.segment_bytes {
+        // Its allocation did not survive (created, then a crash before the size was synced).
+        // Zeroing from position 0 would be wrong if it holds data, so allocate only the rest
+        // and scrub it below as part of the tail.
+        file.allocate(config.segment_bytes)
+            .await
+            .map_err(LogError::io("allocate segment"))?;
+        size = config.segment_bytes;
+    }
+    if let Some(expected) = expected_offset
+        && expected != last_base
+    {
+        health = damaged(
+            last_base,
+            0,
+            expected,
+            format!("segment starts at {last_base}, not {expected}"),
+        );
+    }
+    let mut index = Index::new(last_base, config.index_interval_bytes);
+    let mut start = (0, last_base);
+    if let Some((loaded, _)) = load_index(storage, dir, last_base, config).await
+        && let Some(last) = loaded.entries().last().copied()
+        && entry_holds_batch(&file, last.position, last.offset).await
+    {
+        index = loaded;
+        index.truncate(last.position);
+        start = (last.position, last.offset);
+        recovery.resumed_from_index = true;
+    }
+    let scan = scan(&file, size, start.0, start.1, &mut index, chunk_bytes).await?;
+    recovery.scanned_bytes += scan.scanned_bytes;
+    if let ScanEnd::Invalid { reason } = scan.end {
+        let durable = checkpoint.is_some_and(|c| c.covers(last_base, scan.data_end));
+        if durable {
+            health = damaged(last_base, scan.data_end, scan.next_offset, reason);
+        } else {
+            scrub_after(&file, scan.data_end, size, chunk_bytes).await?;
+            recovery.truncated = Some(Truncation {
+                segment_base: last_base,
+                position: scan.data_end,
+                offset: scan.next_offset,
+                reason,
+            });
+        }
+    }
+    // What survived is on the device; one sync makes it durable against power loss too, so
+    // everything recovered counts as synced.
+    file.sync()
+        .await
+        .map_err(LogError::io("sync recovered segment"))?;
+    let active = Segment {
+        base_offset: last_base,
+        file: Rc::new(file),
+        data_end: scan.data_end,
+        capacity_bytes: size,
+        next_offset: scan.next_offset,
+        index,
+    };
+    recovery.segments = sealed.len() + 1;
+    Ok((
+        Opened {
+            sealed,
+            active,
+            checkpoint,
+            spare_ready,
+            health,
+        },
+        recovery,
+    ))
+}
+
+fn damaged(segment_base: u64, position: u64, offset: u64, reason: String) -> Health {
+    tracing::error!(segment_base, position, offset, %reason, "log damaged: durable data is invalid");
+    Health::Damaged {
+        segment_base,
+        position,
+        offset,
+        reason,
+    }
+}
+
+/// Whether a valid-looking batch with base offset `offset` starts at `position`.
+async fn entry_holds_batch<F: StorageFile>(file: &F, position: u64, offset: u64) -> bool {
+    let start = block_floor(position);
+    let len = block_ceil(position + BATCH_HEADER_BYTES as u64) - start;
+    let Ok(data) = file.read_at(start, len as usize).await else {
+        return false;
+    };
+    let head = data.get((position - start) as usize..).unwrap_or_default();
+    BatchHeader::parse(head).is_ok_and(|h| h.base_offset == offset && h.magic == 1)
+}

@@ -1,0 +1,234 @@
+//! The I/O seam of the log: every byte the log reads or writes goes through [`Storage`].
+//!
+//! Two backends implement it: [`DmaStorage`] (glommio `DmaFile`: O_DIRECT over io_uring, the
+//! production path) and `log::sim::SimStorage` (a deterministic simulated disk that separates
+//! pending from durable writes, crashes, tears writes and injects errors, for tests).
+//!
+//! Contract every backend keeps, and the log relies on:
+//! - Positions and lengths of `write_at` and `read_at` are multiples of [`BLOCK_BYTES`].
+//! - A completed `write_at` survives a process crash; it survives power loss only once a
+//!   later `sync` on that file completed (or at once, for files opened with `dsync`).
+//! - `allocate` sets the file size (never shrinks it); the new size survives power loss only
+//!   after `sync`. A new file or rename survives power loss only after `sync_dir` on its
+//!   directory.
+//! - Errors are `io::Error`s carrying the OS error code (EIO, ENOSPC, ...).
+//!
+//! Owner: one shard. Every type here is `!Send`: a log and its files never leave their core.
+
+use std::io;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// Alignment of every direct-I/O position and length. The devices here report 512-byte
+/// logical blocks but 4 KiB physical sectors; writing whole 4 KiB blocks avoids the device's
+/// read-modify-write.
+pub const BLOCK_BYTES: usize = 4096;
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenFlags {
+    /// Create the file if it does not exist.
+    pub create: bool,
+    /// Open with O_DSYNC: every completed write is durable, no `sync` needed.
+    pub dsync: bool,
+}
+
+/// A buffer for direct I/O: aligned, a multiple of [`BLOCK_BYTES`] long.
+pub trait IoBuffer: AsRef<[u8]> + AsMut<[u8]> {
+    /// Shortens the buffer to `len` bytes (a multiple of `BLOCK_BYTES`); cannot grow it.
+    fn truncate(&mut self, len: usize);
+}
+
+/// A file opened for direct I/O.
+#[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
+pub trait StorageFile {
+    type Buffer: IoBuffer;
+    type ReadBuf: Deref<Target = [u8]>;
+
+    /// An aligned buffer of `len` bytes (a multiple of `BLOCK_BYTES`). Its contents are
+    /// unspecified: callers zero what they write (the log pads only the last block, so a
+    /// group commit never pays for clearing a whole buffer).
+    fn alloc_buffer(&self, len: usize) -> Self::Buffer;
+
+    /// Writes the whole buffer at `pos`. Returns the bytes written; fewer than the buffer's
+    /// length is a short write, which the log treats as a failure.
+    async fn write_at(&self, buf: Rc<Self::Buffer>, pos: u64) -> io::Result<usize>;
+
+    /// Reads up to `len` bytes at `pos`; fewer only at the end of the file.
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Self::ReadBuf>;
+
+    /// fdatasync: every write completed before this call is durable once it returns Ok.
+    async fn sync(&self) -> io::Result<()>;
+
+    /// Grows the file to `len` bytes of allocated space (fallocate without KEEP_SIZE).
+    async fn allocate(&self, len: u64) -> io::Result<()>;
+
+    async fn size(&self) -> io::Result<u64>;
+
+    async fn close(self) -> io::Result<()>;
+}
+
+/// A file system as the log sees it.
+#[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
+pub trait Storage {
+    type File: StorageFile;
+
+    async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<Self::File>;
+
+    /// Creates `path` and any missing parents. New directories become durable only after
+    /// `sync_dir` of their parent.
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+
+    /// fsync of a directory: makes its entries (creations, renames, removals) durable.
+    async fn sync_dir(&self, path: &Path) -> io::Result<()>;
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    async fn remove(&self, path: &Path) -> io::Result<()>;
+
+    /// Names of the entries of a directory, sorted.
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+}
+
+/// Rounds `len` up to a whole number of blocks.
+pub const fn block_ceil(len: u64) -> u64 {
+    len.next_multiple_of(BLOCK_BYTES as u64)
+}
+
+/// Rounds `pos` down to the start of its block.
+pub const fn block_floor(pos: u64) -> u64 {
+    pos - pos % BLOCK_BYTES as u64
+}
+
+/// The production backend: glommio `DmaFile`s, O_DIRECT over the shard's io_uring.
+///
+/// Must be used inside a glommio executor. Per PLATFORM §1.5, each shard opens a non-empty
+/// probe file read-write in each data directory before any other DMA file ([`probe_dir`]),
+/// or glommio 0.9 may misdetect polled I/O and slow file-extending writes 35x.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DmaStorage;
+
+impl IoBuffer for glommio::io::DmaBuffer {
+    fn truncate(&mut self, len: usize) {
+        self.trim_to_size(len);
+    }
+}
+
+/// Wraps glommio's `ReadResult` so the seam does not leak glommio types to the log's users.
+pub struct DmaRead(glommio::io::ReadResult);
+
+impl Deref for DmaRead {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl StorageFile for glommio::io::DmaFile {
+    type Buffer = glommio::io::DmaBuffer;
+    type ReadBuf = DmaRead;
+
+    fn alloc_buffer(&self, len: usize) -> glommio::io::DmaBuffer {
+        self.alloc_dma_buffer(len)
+    }
+
+    async fn write_at(&self, buf: Rc<glommio::io::DmaBuffer>, pos: u64) -> io::Result<usize> {
+        Ok(self.write_rc_at(buf, pos).await?)
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<DmaRead> {
+        Ok(DmaRead(self.read_at_aligned(pos, len).await?))
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        Ok(self.fdatasync().await?)
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        Ok(self.pre_allocate(len, false).await?)
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        Ok(self.file_size().await?)
+    }
+
+    async fn close(self) -> io::Result<()> {
+        Ok(glommio::io::DmaFile::close(self).await?)
+    }
+}
+
+impl Storage for DmaStorage {
+    type File = glommio::io::DmaFile;
+
+    async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<glommio::io::DmaFile> {
+        let mut options = glommio::io::OpenOptions::new();
+        // Read-write even for files only written: a write-only open breaks glommio's iopoll
+        // probe (PLATFORM §1.5).
+        options.read(true).write(true).create(flags.create);
+        if flags.dsync {
+            options.custom_flags(libc::O_DSYNC);
+        }
+        Ok(options.dma_open(path).await?)
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        // glommio has no mkdir; directories are made at start-up and segment creation is
+        // the only other caller, so a blocking mkdir of an existing path is a cheap stat.
+        std::fs::create_dir_all(path)
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        let dir = glommio::io::Directory::open(path).await?;
+        let synced = dir.sync().await;
+        let closed = dir.close().await;
+        synced?;
+        Ok(closed?)
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        Ok(glommio::io::rename(from, to).await?)
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        Ok(glommio::io::remove(path).await?)
+    }
+
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        // Directory listing has no io_uring opcode; it runs at open and recovery only.
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(path)? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Name of the probe file [`probe_dir`] leaves in each data directory.
+pub const PROBE_FILE: &str = ".dma-probe";
+
+/// Opens a non-empty probe file read-write with direct I/O in `dir`, so glommio 0.9 decides
+/// correctly whether the device supports polled I/O (PLATFORM §1.5). Call it on each shard,
+/// for each data directory, before opening any other DMA file there.
+pub async fn probe_dir(dir: &Path) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(PROBE_FILE);
+    // A plain buffered write: the probe must be non-empty before its first direct open.
+    std::fs::write(&path, [0u8; BLOCK_BYTES])?;
+    let file = DmaStorage
+        .open(
+            &path,
+            OpenFlags {
+                create: false,
+                dsync: false,
+            },
+        )
+        .await?;
+    let read = StorageFile::read_at(&file, 0, BLOCK_BYTES).await;
+    StorageFile::close(file).await?;
+    read?;
+    Ok(path)
+}

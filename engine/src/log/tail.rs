@@ -1,0 +1,185 @@
+//! The in-memory tail of the active segment: appended batches wait here for the next group
+//! commit, and readers are served from here until the bytes are on disk.
+
+use std::rc::Rc;
+
+use super::storage::{BLOCK_BYTES, IoBuffer};
+
+/// Blocks of the active segment that are appended but not yet written.
+///
+/// Owner: the partition log, on one shard.
+/// Invariant: `pos` is block-aligned; `written <= len <= capacity`; `buf[len..]` is zero up
+/// to the end of the block holding `len` by the time those blocks are written.
+/// Durability: nothing here is on disk until an [`Inflight`] taken from it completes.
+pub(crate) struct Tail<B> {
+    buf: B,
+    /// File position of `buf[0]`.
+    pos: u64,
+    /// Bytes of batches in `buf`.
+    len: usize,
+    /// Prefix of `buf` that is written or being written.
+    written: usize,
+}
+
+/// Blocks handed to the disk: readable from memory until the write completes.
+pub(crate) struct Inflight<B> {
+    pub buf: Rc<B>,
+    /// File position of `buf[0]`.
+    pub pos: u64,
+    /// Bytes of batches in `buf` (the rest of the last block is zero padding).
+    pub len: usize,
+}
+
+impl<B: IoBuffer> Tail<B> {
+    pub fn new(buf: B, pos: u64) -> Tail<B> {
+        assert!(pos.is_multiple_of(BLOCK_BYTES as u64));
+        Tail {
+            buf,
+            pos,
+            len: 0,
+            written: 0,
+        }
+    }
+
+    /// File position just after the last appended byte.
+    pub fn data_end(&self) -> u64 {
+        self.pos + self.len as u64
+    }
+
+    pub fn free_bytes(&self) -> usize {
+        self.buf.as_ref().len() - self.len
+    }
+
+    /// Marks everything pushed so far as already on disk (the block re-read at open).
+    pub fn mark_written(&mut self) {
+        self.written = self.len;
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.len > self.written
+    }
+
+    /// Copies `batch` in and returns the copy, so the caller can stamp its offset.
+    pub fn push(&mut self, batch: &[u8]) -> &mut [u8] {
+        let start = self.len;
+        let end = start + batch.len();
+        assert!(
+            end <= self.buf.as_ref().len(),
+            "tail overflow: caller checks free_bytes"
+        );
+        self.len = end;
+        let slot = self.buf.as_mut().get_mut(start..end).unwrap_or_default();
+        slot.copy_from_slice(batch);
+        slot
+    }
+
+    /// The bytes at file positions `[from, to)` if this tail holds all of them.
+    pub fn bytes(&self, from: u64, to: u64) -> Option<&[u8]> {
+        slice_at(self.buf.as_ref(), self.pos, self.len, from, to)
+    }
+
+    /// Hands the dirty blocks to the disk. `fresh` becomes the new tail; it starts with a copy
+    /// of the last, partly filled block, which the next commit rewrites with more data. The
+    /// rewrite carries the same leading bytes, so a torn rewrite leaves each sector either old
+    /// or new and never damages what was there before.
+    pub fn take_dirty(&mut self, mut fresh: B) -> Inflight<B> {
+        debug_assert!(self.is_dirty());
+        let write_len = self.len.next_multiple_of(BLOCK_BYTES);
+        if let Some(padding) = self.buf.as_mut().get_mut(self.len..write_len) {
+            padding.fill(0);
+        }
+        let keep_from = self.len - self.len % BLOCK_BYTES;
+        let carried = self.len - keep_from;
+        if let (Some(dst), Some(src)) = (
+            fresh.as_mut().get_mut(..carried),
+            self.buf.as_ref().get(keep_from..self.len),
+        ) {
+            dst.copy_from_slice(src);
+        }
+        let mut old = std::mem::replace(&mut self.buf, fresh);
+        old.truncate(write_len);
+        let inflight = Inflight {
+            buf: Rc::new(old),
+            pos: self.pos,
+            len: self.len,
+        };
+        self.pos += keep_from as u64;
+        self.len = carried;
+        self.written = carried;
+        inflight
+    }
+}
+
+impl<B: IoBuffer> Inflight<B> {
+    pub fn bytes(&self, from: u64, to: u64) -> Option<&[u8]> {
+        slice_at((*self.buf).as_ref(), self.pos, self.len, from, to)
+    }
+
+    pub fn data_end(&self) -> u64 {
+        self.pos + self.len as u64
+    }
+}
+
+fn slice_at(buf: &[u8], pos: u64, len: usize, from: u64, to: u64) -> Option<&[u8]> {
+    if from < pos || to > pos + len as u64 || from > to {
+        return None;
+    }
+    buf.get((from - pos) as usize..(to - pos) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct VecBuf(Vec<u8>);
+    impl AsRef<[u8]> for VecBuf {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+    impl AsMut<[u8]> for VecBuf {
+        fn as_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+    }
+    impl IoBuffer for VecBuf {
+        fn truncate(&mut self, len: usize) {
+            self.0.truncate(len);
+        }
+    }
+
+    #[test]
+    fn take_dirty_carries_the_partial_block_and_pads_with_zeros() {
+        let mut tail = Tail::new(VecBuf(vec![0xee; 16384]), 8192);
+        tail.push(&[1; 5000]);
+        let inflight = tail.take_dirty(VecBuf(vec![0xdd; 16384]));
+        assert_eq!(inflight.pos, 8192);
+        assert_eq!(inflight.buf.0.len(), 8192);
+        assert!(inflight.buf.0[..5000].iter().all(|&b| b == 1));
+        assert!(inflight.buf.0[5000..].iter().all(|&b| b == 0));
+        // The new tail starts at the partial block, holding the same 904 bytes.
+        assert_eq!(tail.data_end(), 8192 + 5000);
+        assert!(!tail.is_dirty());
+        assert_eq!(tail.bytes(8192 + 4096, 8192 + 5000).unwrap(), &[1; 904][..]);
+        assert_eq!(inflight.bytes(8192, 8192 + 10).unwrap(), &[1; 10][..]);
+        assert!(tail.bytes(8192, 8192 + 10).is_none());
+        tail.push(&[2; 100]);
+        assert!(tail.is_dirty());
+        let next = tail.take_dirty(VecBuf(vec![0; 16384]));
+        assert_eq!(next.pos, 8192 + 4096);
+        assert_eq!(&next.buf.0[..904], &[1; 904][..]);
+        assert_eq!(&next.buf.0[904..1004], &[2; 100][..]);
+        assert!(next.buf.0[1004..4096].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn block_aligned_tail_carries_nothing() {
+        let mut tail = Tail::new(VecBuf(vec![0; 8192]), 0);
+        tail.push(&[3; 4096]);
+        let inflight = tail.take_dirty(VecBuf(vec![9; 8192]));
+        assert_eq!(inflight.buf.0.len(), 4096);
+        assert_eq!(tail.data_end(), 4096);
+        assert_eq!(tail.free_bytes(), 8192);
+        assert!(!tail.is_dirty());
+    }
+}

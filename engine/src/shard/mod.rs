@@ -1,0 +1,3 @@
+//! Shards: mailboxes between cores and routing.
+
+pub mod mailbox;

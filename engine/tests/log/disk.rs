@@ -1,0 +1,259 @@
+//! The log on the real disk: glommio `DmaFile`s (O_DIRECT over io_uring) in a temp directory.
+
+use std::rc::Rc;
+
+use engine::log::storage::{DmaStorage, probe_dir};
+use engine::log::{Log, LogError, Retention};
+
+use crate::common::{batch, read_all, records, run, small_config};
+
+#[test]
+fn dropped_log_reopens_with_every_written_batch() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let dir = tmp.path().join("orders-0");
+        {
+            let (log, recovery) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+            assert_eq!(recovery.segments, 1);
+            for i in 0..300u32 {
+                let appended = log.append(&batch(1, i * 4, 4, 2000), 1).await.unwrap();
+                assert_eq!(appended.base_offset, u64::from(i) * 4);
+                if i % 3 == 0 {
+                    log.wait_synced(appended.next_offset).await.unwrap();
+                } else {
+                    log.wait_written(appended.next_offset).await.unwrap();
+                }
+            }
+            assert!(
+                log.stats().rolls >= 1,
+                "300 x 8 KiB batches roll a 2 MiB segment"
+            );
+            // Dropped without close: no index for the active segment, no clean marker.
+        }
+        let (log, recovery) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+        assert_eq!(recovery.truncated, None);
+        assert!(!recovery.resumed_from_index);
+        assert_eq!(log.offsets().next, 1200);
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 1200);
+        for (offset, value) in all {
+            assert!(value.starts_with(format!("1:{offset}:").as_bytes()));
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn torn_tail_on_disk_is_cut_at_the_first_invalid_batch() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let dir = tmp.path().join("t-0");
+        let batch_bytes = batch(2, 0, 3, 300).len() as u64;
+        {
+            let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+            for i in 0..10 {
+                let appended = log.append(&batch(2, i * 3, 3, 300), 1).await.unwrap();
+                log.wait_synced(appended.next_offset).await.unwrap();
+            }
+        }
+        // Cut the 10th batch in half and leave garbage after it, as a torn write would.
+        let segment = dir.join("00000000000000000000.log");
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&segment)
+                .unwrap();
+            file.seek(SeekFrom::Start(9 * batch_bytes + batch_bytes / 2))
+                .unwrap();
+            file.write_all(&[0xab; 5000]).unwrap();
+            file.sync_all().unwrap();
+        }
+        let (log, recovery) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+        let cut = recovery.truncated.expect("torn tail reported");
+        assert_eq!(cut.position, 9 * batch_bytes);
+        assert_eq!(cut.offset, 27);
+        assert_eq!(log.offsets().next, 27);
+        // The garbage is gone from the file, so new appends can't be confused with it.
+        let raw = std::fs::read(&segment).unwrap();
+        assert!(raw[(9 * batch_bytes) as usize..].iter().all(|&b| b == 0));
+        let appended = log.append(&batch(3, 0, 2, 100), 2).await.unwrap();
+        assert_eq!(appended.base_offset, 27);
+        log.wait_synced(appended.next_offset).await.unwrap();
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 29);
+        assert!(all[27].1.starts_with(b"3:0:"));
+        log.close().await.unwrap();
+        let (log, recovery) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+        assert_eq!(recovery.truncated, None);
+        assert!(
+            recovery.resumed_from_index,
+            "clean close resumes from the index"
+        );
+        assert_eq!(log.offsets().next, 29);
+    });
+}
+
+#[test]
+fn reads_span_segments_memory_and_disk() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let (log, _) = Log::open(DmaStorage, &tmp.path().join("r-0"), small_config())
+            .await
+            .unwrap();
+        let mut next = 0;
+        for i in 0..900u32 {
+            next = log
+                .append(&batch(4, i * 2, 2, 2500), 1)
+                .await
+                .unwrap()
+                .next_offset;
+            if i % 50 == 0 {
+                log.wait_written(next).await.unwrap();
+            }
+        }
+        // The last batches are still in the tail buffer: reads are served from memory.
+        assert!(log.offsets().written < next);
+        assert!(log.stats().rolls >= 2);
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), 1800);
+        // A read from the middle starts at the batch holding the offset.
+        let mid = log.read(1001, 10_000, u64::MAX).await.unwrap();
+        let got = records(&mid);
+        assert_eq!(got[0].0, 1000);
+        assert!(
+            got.iter()
+                .all(|(o, v)| v.starts_with(format!("4:{o}:").as_bytes()))
+        );
+        assert!(mid.len() <= 10_000);
+        // max_offset cuts at batch boundaries; max_bytes still returns one whole batch.
+        let capped = log.read(0, 1, 4).await.unwrap();
+        assert_eq!(records(&capped).len(), 2);
+        assert!(log.read(1800, 1000, u64::MAX).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(1801, 1000, u64::MAX).await,
+            Err(LogError::OffsetOutOfRange { offset: 1801, .. })
+        ));
+        log.wait_synced(next).await.unwrap();
+        assert_eq!(read_all(&log, 0).await.len(), 1800);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_deletes_whole_sealed_segments_only() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let mut config = small_config();
+        config.retention = Retention {
+            ms: None,
+            bytes: Some(3 << 20),
+        };
+        let dir = tmp.path().join("ret-0");
+        let (log, _) = Log::open(DmaStorage, &dir, config).await.unwrap();
+        for i in 0..3000u32 {
+            log.append(&batch(5, i, 1, 3000), 1).await.unwrap();
+        }
+        log.wait_synced(3000).await.unwrap();
+        let before = log.offsets();
+        let deleted = log.enforce_retention(i64::MAX).await.unwrap();
+        assert!(deleted >= 1);
+        let after = log.offsets();
+        assert!(after.log_start > before.log_start);
+        assert_eq!(after.next, 3000);
+        assert!(matches!(
+            log.read(0, 100, u64::MAX).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            read_all(&log, after.log_start).await.len() as u64,
+            3000 - after.log_start
+        );
+        // Age: every sealed record is older than now + 1 day, so all sealed segments go, and
+        // the active one stays.
+        let mut config = small_config();
+        config.retention = Retention {
+            ms: Some(1),
+            bytes: None,
+        };
+        drop(log);
+        let (log, _) = Log::open(DmaStorage, &dir, config).await.unwrap();
+        log.enforce_retention(i64::MAX / 2).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!(offsets.next, 3000);
+        assert!(
+            offsets.log_start < 3000,
+            "the active segment is never deleted"
+        );
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let logs = names
+            .iter()
+            .filter(|n| n.to_str().unwrap().ends_with(".log"))
+            .count();
+        assert_eq!(logs, 1);
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_fdatasyncs() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let (log, _) = Log::open(DmaStorage, &tmp.path().join("gc-0"), small_config())
+            .await
+            .unwrap();
+        let log = Rc::new(log);
+        let mut tasks = Vec::new();
+        for producer in 0..16u32 {
+            let log = Rc::clone(&log);
+            tasks.push(glommio::spawn_local(async move {
+                for seq in 0..50 {
+                    let appended = log.append(&batch(producer, seq, 1, 1000), 1).await.unwrap();
+                    log.wait_synced(appended.next_offset).await.unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        let stats = log.stats();
+        assert_eq!(stats.appends, 800);
+        assert!(
+            stats.syncs < 400,
+            "group commit: {} syncs for 800 durable appends",
+            stats.syncs
+        );
+        assert_eq!(log.offsets().synced, 800);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn maintain_prepares_the_next_segment_and_the_roll_uses_it() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let dir = tmp.path().join("m-0");
+        let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+        let report = log.maintain(0).await.unwrap();
+        assert!(report.spare_prepared);
+        assert!(dir.join("spare.ready").exists());
+        for i in 0..800u32 {
+            log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
+        }
+        log.wait_synced(800).await.unwrap();
+        assert!(log.stats().rolls >= 1);
+        assert!(
+            !dir.join("spare.ready").exists(),
+            "the roll consumed the spare"
+        );
+        assert_eq!(read_all(&log, 0).await.len(), 800);
+    });
+}
