@@ -24,6 +24,7 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::log::{Durability, LogConfig, Preallocate, Retention};
 use protocol::limits::{BATCH_BYTES_MAX, FRAME_BYTES_MAX};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -236,7 +237,7 @@ fn position(line: &usize, column: &usize) -> String {
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub broker: BrokerConfig,
-    pub log: LogConfig,
+    pub log: LogSection,
     pub shards: ShardDefaults,
     /// `[[shard]]` sections: per-core overrides of `[shards]`.
     #[serde(default, rename = "shard")]
@@ -270,10 +271,11 @@ pub struct BrokerConfig {
     pub connection_buffer_bytes: u64,
 }
 
-/// `[log]`: defaults for every partition log.
+/// `[log]`: defaults for every partition log. [`LogSection::log_config`] turns it, with a
+/// shard's durability, into the `log::LogConfig` a partition log opens with.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogConfig {
+pub struct LogSection {
     /// Size of one segment file; segments are created at this size.
     pub segment_bytes: u64,
     /// Bytes of log between two sparse-index entries.
@@ -291,29 +293,22 @@ pub struct LogConfig {
     pub retention_bytes: Option<u64>,
 }
 
-/// How segments are pre-sized. Appends never change a segment's size either way; the two differ
-/// in what the first write into each block costs (PLATFORM §2b).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preallocate {
-    /// Write zeros over the whole segment once (in the background) before it is used; every
-    /// append is then a pure overwrite and fdatasync commits no metadata.
-    Zero,
-    /// `fallocate` without KEEP_SIZE: instant, but each first write into a block converts an
-    /// unwritten extent, which costs a journal commit (+35-55 us per fdatasync on ext4).
-    Fallocate,
-}
-
-/// How an append becomes durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// Group commit: write the pending appends, then one fdatasync covers them all. Best
-    /// throughput; two io_uring round trips per group.
-    Fdatasync,
-    /// Segments opened with O_DSYNC: every write is durable when it completes. The lowest
-    /// single-append latency (one op); every write pays the device flush.
-    Dsync,
+impl LogSection {
+    /// The settings of one partition log on a shard with `durability`, with the topic's
+    /// `retention` (the `[log]` retention defaults fill what the topic leaves unset).
+    pub fn log_config(&self, durability: Durability, retention: Retention) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            index_interval_bytes: self.index_interval_bytes,
+            write_buffer_bytes: self.write_buffer_bytes,
+            durability,
+            preallocate: self.preallocate,
+            retention: Retention {
+                ms: retention.ms.or(self.retention_ms),
+                bytes: retention.bytes.or(self.retention_bytes),
+            },
+        }
+    }
 }
 
 /// Which cores run shards.
@@ -514,6 +509,10 @@ impl Profile {
     /// Checks every bound. `parse` calls it; call it again after changing fields by hand.
     /// Checks that need the allowed cores (for `cores = "all"`) happen in [`Profile::resolve`].
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // First: the port checks below depend on the shard count.
+        if let Cores::List(cores) = &self.shards.cores {
+            self.check_core_list(cores)?;
+        }
         self.validate_broker()?;
         self.validate_log()?;
         self.validate_shards()?;
@@ -645,8 +644,8 @@ impl Profile {
             return Err(self.invalid(
                 "broker.connection_buffer_bytes",
                 format!(
-                    "times broker.max_connections_per_shard ({}) must be at most {} so idle \
-                     connections cannot take more than that per shard; got {} ({})",
+                    "times broker.max_connections_per_shard ({}) must be at most {}, so idle \
+                     connections cannot take more than that per shard; got {}, which makes {}",
                     broker.max_connections_per_shard,
                     bytes_text(CONNECTION_BUFFERS_BYTES_MAX),
                     broker.connection_buffer_bytes,
@@ -745,9 +744,6 @@ impl Profile {
     }
 
     fn validate_shards(&self) -> Result<(), ConfigError> {
-        if let Cores::List(cores) = &self.shards.cores {
-            self.check_core_list(cores)?;
-        }
         let shards = &self.shards;
         self.check_io_memory_bytes("shards.io_memory_bytes", shards.io_memory_bytes)?;
         self.check_ring_depth("shards.ring_depth", shards.ring_depth)?;
@@ -951,7 +947,7 @@ impl Profile {
                 format!(
                     "must leave room for {shard_count} shard ports (shard_port_base + index), \
                      so at most {}; got {first}",
-                    u64::from(u16::MAX) + 1 - shard_count as u64
+                    (u64::from(u16::MAX) + 1).saturating_sub(shard_count as u64)
                 ),
             ));
         }
@@ -1164,6 +1160,26 @@ pub fn parse_cap_ipc_lock(proc_self_status: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipped_log_sections_make_valid_log_configs() {
+        for profile in [Profile::default(), Profile::tiny()] {
+            for durability in [Durability::Fdatasync, Durability::Dsync] {
+                let config = profile.log.log_config(durability, Retention::default());
+                assert_eq!(config.validate(), Ok(()), "{}", profile.source_name());
+                assert_eq!(config.durability, durability);
+                assert_eq!(config.retention.ms, profile.log.retention_ms);
+            }
+        }
+        let topic = Retention {
+            ms: Some(5),
+            bytes: None,
+        };
+        let config = Profile::default()
+            .log
+            .log_config(Durability::Fdatasync, topic);
+        assert_eq!(config.retention.ms, Some(5), "the topic's retention wins");
+    }
 
     const LOW_LATENCY_PROFILE_TOML: &str = include_str!("../../tuning/low-latency.toml");
     const THROUGHPUT_PROFILE_TOML: &str = include_str!("../../tuning/throughput.toml");
@@ -1639,7 +1655,8 @@ mod tests {
         });
         assert_invalid(profile.validate(), "shard[core=1].ring_depth");
 
-        let cases: [(&str, fn(&mut ShardOverride)); 5] = [
+        type SetKnob = fn(&mut ShardOverride);
+        let cases: [(&str, SetKnob); 5] = [
             ("io_memory_bytes", |o| o.io_memory_bytes = Some(1)),
             ("spin_before_park_us", |o| {
                 o.spin_before_park_us = Some(SPIN_BEFORE_PARK_US_MAX + 1)
@@ -1728,10 +1745,8 @@ mod tests {
 
     #[test]
     fn duplicate_cores_are_rejected_by_resolve() {
-        let mut profile = tiny_on(&[1, 1]);
-        // Bypass `validate` to reach resolve's own check through the allowed list.
-        profile.shards.cores = Cores::All;
-        assert_invalid(profile.resolve(&[1, 1]), "shards.cores");
+        // "all" passes `validate`; a duplicate in the allowed list reaches resolve's own check.
+        assert_invalid(Profile::tiny().resolve(&[1, 1]), "shards.cores");
         assert_invalid(tiny_on(&[1, 1]).resolve(&[0, 1]), "shards.cores");
     }
 

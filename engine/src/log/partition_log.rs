@@ -61,6 +61,17 @@ pub struct MaintainReport {
     pub checkpoint_written: bool,
 }
 
+/// What `append` must do next.
+enum AppendStep {
+    Done(Appended),
+    /// Another append is rolling the segment.
+    WaitForRoll,
+    /// This append rolls the segment (`rolling` is set).
+    Roll,
+    /// The tail buffer is full: commit it first.
+    MakeRoom,
+}
+
 /// One partition replica's log.
 ///
 /// Owner: one shard. Shared by that shard's tasks through `&self` (typically in an `Rc`);
@@ -231,47 +242,60 @@ impl<S: Storage> Log<S> {
         );
         loop {
             let seen = self.changed.epoch();
-            let mut st = self.state.borrow_mut();
-            st.writable()?;
-            if st.rolling {
-                drop(st);
-                self.changed.changed(seen).await;
-                continue;
+            match self.try_append(batch, &header, leader_epoch)? {
+                AppendStep::Done(appended) => return Ok(appended),
+                AppendStep::WaitForRoll => self.changed.changed(seen).await,
+                AppendStep::Roll => {
+                    let rolled = self.roll().await;
+                    self.state.borrow_mut().rolling = false;
+                    self.changed.notify();
+                    rolled?;
+                }
+                AppendStep::MakeRoom => self.commit_step(seen).await?,
             }
-            if st.active.data_end + len > st.active.capacity_bytes {
-                st.rolling = true;
-                drop(st);
-                let rolled = self.roll().await;
-                self.state.borrow_mut().rolling = false;
-                self.changed.notify();
-                rolled?;
-                continue;
-            }
-            if (st.tail.free_bytes() as u64) < len {
-                drop(st);
-                self.commit_step(seen).await?;
-                continue;
-            }
-            let base_offset = st.next_offset;
-            let position = st.active.data_end;
-            let copy = st.tail.push(batch);
-            // Both fields lie outside the crc; the copy is at least a header long.
-            let _ = set_base_offset(copy, base_offset);
-            let _ = set_leader_epoch(copy, leader_epoch);
-            let next_offset = base_offset + u64::from(header.record_count);
-            st.active
-                .index
-                .observe(base_offset, position, header.max_timestamp_ms);
-            st.active.data_end += len;
-            st.active.next_offset = next_offset;
-            st.next_offset = next_offset;
-            st.stats.appends += 1;
-            st.check_invariants();
-            return Ok(Appended {
-                base_offset,
-                next_offset,
-            });
         }
+    }
+
+    /// The synchronous part of `append`: copies the batch into the tail if it fits, or says
+    /// what must happen first. Never awaits, so its borrow of the state cannot span one.
+    fn try_append(
+        &self,
+        batch: &[u8],
+        header: &BatchHeader,
+        leader_epoch: u32,
+    ) -> Result<AppendStep, LogError> {
+        let len = batch.len() as u64;
+        let mut st = self.state.borrow_mut();
+        st.writable()?;
+        if st.rolling {
+            return Ok(AppendStep::WaitForRoll);
+        }
+        if st.active.data_end + len > st.active.capacity_bytes {
+            st.rolling = true;
+            return Ok(AppendStep::Roll);
+        }
+        if (st.tail.free_bytes() as u64) < len {
+            return Ok(AppendStep::MakeRoom);
+        }
+        let base_offset = st.next_offset;
+        let position = st.active.data_end;
+        let copy = st.tail.push(batch);
+        // Both fields lie outside the crc; the copy is at least a header long.
+        let _ = set_base_offset(copy, base_offset);
+        let _ = set_leader_epoch(copy, leader_epoch);
+        let next_offset = base_offset + u64::from(header.record_count);
+        st.active
+            .index
+            .observe(base_offset, position, header.max_timestamp_ms);
+        st.active.data_end += len;
+        st.active.next_offset = next_offset;
+        st.next_offset = next_offset;
+        st.stats.appends += 1;
+        st.check_invariants();
+        Ok(AppendStep::Done(Appended {
+            base_offset,
+            next_offset,
+        }))
     }
 
     /// Waits until every offset below `offset` is in a completed write (survives a crash of
@@ -292,7 +316,6 @@ impl<S: Storage> Log<S> {
             let seen = self.changed.epoch();
             {
                 let mut st = self.state.borrow_mut();
-                st.health.check()?;
                 assert!(
                     upto <= st.next_offset,
                     "commit of {upto} beyond {}",
@@ -303,9 +326,11 @@ impl<S: Storage> Log<S> {
                 } else {
                     st.written_offset
                 };
+                // What is covered stays truthfully covered, even after a failure.
                 if done >= upto {
                     return Ok(());
                 }
+                st.health.check()?;
                 if durable {
                     st.sync_wanted = st.sync_wanted.max(upto);
                 }

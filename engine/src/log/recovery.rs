@@ -362,8 +362,9 @@ pub(crate) async fn open<S: Storage>(
         .create_dir_all(dir)
         .await
         .map_err(LogError::io("create log directory"))?;
-    if let Some(parent) = dir.parent() {
-        // A new partition directory must be durable before anything in it is acknowledged.
+    // A new partition directory, and any parent `create_dir_all` made on the way, must be
+    // durable before anything in it is acknowledged: sync each one's entry in its parent.
+    for parent in dir.ancestors().skip(1) {
         storage
             .sync_dir(parent)
             .await
