@@ -4,13 +4,26 @@
 //! partition replicas and their logs. Nothing on the hot path is shared between shards; data
 //! crosses cores only through the bounded mailboxes in [`shard::mailbox`].
 //!
-//! - [`log`]: a partition replica's append-only, segmented log on O_DIRECT files, with group
-//!   commit, crash recovery and retention, behind the [`log::storage::Storage`] seam.
+//! Imports run downhill: [`broker`] -> [`server`] -> [`partition`] -> [`log`] -> `protocol`,
+//! with [`control`], [`shard`] (mailboxes, routing) and [`config`] below the server.
+//!
+//! - [`broker`]: checks the machine, starts one executor per shard and wires them.
+//! - [`server`]: listeners, connections, request dispatch, cross-shard messages.
+//! - [`control`]: the topic catalogue, owned by shard 0.
+//! - [`partition`]: a partition replica: its log plus produce and fetch semantics.
+//! - [`log`]: the append-only segmented log on O_DIRECT files, with group commit, crash
+//!   recovery and retention, behind the [`log::storage::Storage`] seam.
 //! - [`shard`]: mailboxes between cores and routing.
 //! - [`config`]: per-core profiles, parsed and validated.
 #![deny(unsafe_code)]
 
+pub mod broker;
 pub mod config;
+pub mod control;
+pub mod limits;
 pub mod log;
+pub mod partition;
+pub mod preflight;
+pub mod server;
 pub mod shard;
 mod sync;

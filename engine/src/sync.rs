@@ -6,6 +6,9 @@
 //! model-checked versions at once. Code inside one shard is single-threaded and does not use
 //! this module.
 //!
+//! A busy-wait calls `spin_loop`: a pause instruction normally, and under loom a yield that
+//! tells the model checker this thread cannot progress until another one runs.
+//!
 //! `UnsafeCell` always has loom's closure API (`with` / `with_mut`), so the same code compiles
 //! against both; the std stand-in below adds nothing at run time.
 
@@ -14,6 +17,7 @@
 #[cfg(loom)]
 pub(crate) use loom::{
     cell::UnsafeCell,
+    hint::spin_loop,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},
@@ -23,6 +27,7 @@ pub(crate) use loom::{
 
 #[cfg(not(loom))]
 pub(crate) use std::{
+    hint::spin_loop,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence},

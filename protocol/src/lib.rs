@@ -29,5 +29,5 @@ pub use batch::{
 };
 pub use frame::{
     DecodeError, EncodeError, Frame, FrameBuf, FrameHeader, decode_frame, encode_frame,
-    patch_correlation_id,
+    patch_correlation_id, trusted_frame,
 };

@@ -19,7 +19,7 @@
 
 mod checkpoint;
 pub mod index;
-mod notify;
+pub(crate) mod notify;
 mod partition_log;
 mod recovery;
 mod segment;

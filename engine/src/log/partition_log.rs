@@ -309,6 +309,26 @@ impl<S: Storage> Log<S> {
         self.commit(offset, true).await
     }
 
+    /// Waits until the log holds written data at `offset` (`written > offset`): the wake-up
+    /// of a long-poll fetch. Returns early with an error if the log fails or closes. Never
+    /// starts a commit itself: every append has a waiter that does.
+    pub async fn wait_written_beyond(&self, offset: u64) -> Result<(), LogError> {
+        loop {
+            let seen = self.changed.epoch();
+            {
+                let st = self.state.borrow();
+                if st.written_offset > offset {
+                    return Ok(());
+                }
+                if st.closed {
+                    return Err(LogError::Closed);
+                }
+                st.health.check()?;
+            }
+            self.changed.changed(seen).await;
+        }
+    }
+
     /// Group commit: the first waiter becomes the committer and writes (and syncs) everything
     /// appended so far; the others wait for it, and whoever is still not covered commits next.
     async fn commit(&self, upto: u64, durable: bool) -> Result<(), LogError> {

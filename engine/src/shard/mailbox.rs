@@ -55,7 +55,7 @@ use std::mem::MaybeUninit;
 use std::ops::Deref;
 use std::task::{Context, Poll, Waker};
 
-use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, UnsafeCell, fence};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Ordering, UnsafeCell, fence, spin_loop};
 
 /// Slots per (source, target) shard pair. When the mailbox is full, the sender waits; the
 /// mailbox never grows.
@@ -209,7 +209,9 @@ impl<T: Send> Sender<T> {
             return Poll::Ready(());
         }
         if !wait.park(cx.waker()) {
-            // The receiver is ringing this doorbell right now; look again at once.
+            // The receiver is ringing this doorbell right now, for a few instructions: let it
+            // finish, and poll again at once without blocking this shard's other tasks.
+            spin_loop();
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -280,7 +282,9 @@ impl<T: Send> Receiver<T> {
             return Poll::Ready(());
         }
         if !wait.park(cx.waker()) {
-            // The sender is ringing this doorbell right now; look again at once.
+            // The sender is ringing this doorbell right now, for a few instructions: let it
+            // finish, and poll again at once without blocking this shard's other tasks.
+            spin_loop();
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

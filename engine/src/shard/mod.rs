@@ -1,3 +1,4 @@
 //! Shards: mailboxes between cores and routing.
 
 pub mod mailbox;
+pub mod router;

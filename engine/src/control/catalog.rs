@@ -1,0 +1,367 @@
+//! The topic catalogue: which topics exist, their settings, and where each partition's
+//! replicas live. Owned and changed by shard 0 (the control plane); every shard keeps a
+//! read-only copy for routing.
+//!
+//! Stored as `catalog.toml` in shard 0's data directory, replaced atomically (write a temp
+//! file, fdatasync, rename, fsync the directory) before any change is acknowledged.
+
+use std::path::{Path, PathBuf};
+
+use ahash::AHashMap;
+use protocol::ErrorCode;
+use protocol::api::CreateTopicRequest;
+use protocol::limits::TOPIC_PARTITIONS_MAX;
+use serde::{Deserialize, Serialize};
+
+/// File name of the catalogue in shard 0's data directory.
+pub const CATALOG_FILE: &str = "catalog.toml";
+const CATALOG_TMP: &str = "catalog.toml.tmp";
+/// Format version written in the file; a newer one is refused, not misread.
+const CATALOG_VERSION: u32 = 1;
+
+/// Replication factor this build serves. Replicas on other shards arrive with replication.
+pub const REPLICATION_FACTOR_MAX: u16 = 1;
+
+/// One partition's placement. `replicas[0]` is the leader's shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionEntry {
+    pub replicas: Vec<u16>,
+    pub leader_epoch: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicEntry {
+    pub name: String,
+    /// Never reused, so a deleted topic's leftovers can never be mistaken for a new one's.
+    pub id: u64,
+    pub replication_factor: u16,
+    pub min_insync: u16,
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+    pub partitions: Vec<PartitionEntry>,
+}
+
+impl TopicEntry {
+    pub fn leader_shard(&self, partition: u32) -> Option<u16> {
+        self.partitions
+            .get(partition as usize)?
+            .replicas
+            .first()
+            .copied()
+    }
+}
+
+/// The catalogue. Immutable once built: a change makes a new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    version: u32,
+    next_topic_id: u64,
+    #[serde(default)]
+    topics: Vec<TopicEntry>,
+    #[serde(skip)]
+    by_name: AHashMap<String, usize>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog {
+            version: CATALOG_VERSION,
+            next_topic_id: 1,
+            topics: Vec::new(),
+            by_name: AHashMap::new(),
+        }
+    }
+}
+
+/// Why the catalogue could not be loaded. The broker refuses to start rather than guess.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// A refused change, with the code and a sentence for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: String) -> Refusal {
+    Refusal { code, message }
+}
+
+impl Catalog {
+    /// Loads `dir/catalog.toml`; `Ok(None)` when there is none yet.
+    pub fn load(dir: &Path) -> Result<Option<Catalog>, CatalogError> {
+        let path = dir.join(CATALOG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(CatalogError::Read { path, source }),
+        };
+        let mut catalog: Catalog = toml::from_str(&text).map_err(|error| CatalogError::Parse {
+            path: path.clone(),
+            message: error.to_string(),
+        })?;
+        if catalog.version != CATALOG_VERSION {
+            let message = format!(
+                "catalog version {} is not {CATALOG_VERSION}",
+                catalog.version
+            );
+            return Err(CatalogError::Parse { path, message });
+        }
+        catalog.reindex();
+        Ok(Some(catalog))
+    }
+
+    fn reindex(&mut self) {
+        self.by_name = self
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+    }
+
+    pub fn topics(&self) -> &[TopicEntry] {
+        &self.topics
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicEntry> {
+        self.topics.get(*self.by_name.get(name)?)
+    }
+
+    /// The catalogue with the requested topic added, its partitions placed round-robin over
+    /// `shards` starting after the previous topic's last partition, so leaders spread evenly.
+    pub fn with_topic(
+        &self,
+        request: &CreateTopicRequest,
+        shards: u16,
+    ) -> Result<Catalog, Refusal> {
+        if let Err(error) = protocol::names::validate_topic_name(&request.name) {
+            return Err(refuse(
+                ErrorCode::INVALID_TOPIC,
+                format!("topic name: {error}"),
+            ));
+        }
+        if self.topic(&request.name).is_some() {
+            return Err(refuse(
+                ErrorCode::TOPIC_ALREADY_EXISTS,
+                format!("topic '{}' already exists", request.name),
+            ));
+        }
+        if request.partitions == 0 || request.partitions > TOPIC_PARTITIONS_MAX {
+            return Err(refuse(
+                ErrorCode::INVALID_PARTITIONS,
+                format!(
+                    "partitions must be in 1..={TOPIC_PARTITIONS_MAX}; got {}",
+                    request.partitions
+                ),
+            ));
+        }
+        let rf = request.replication_factor;
+        if rf == 0 || rf > shards || rf > REPLICATION_FACTOR_MAX {
+            return Err(refuse(
+                ErrorCode::INVALID_REPLICATION_FACTOR,
+                format!(
+                    "replication factor must be in 1..={}; got {rf} (replicas live on distinct shards)",
+                    shards.min(REPLICATION_FACTOR_MAX)
+                ),
+            ));
+        }
+        let min_insync = request.min_insync.max(1);
+        if min_insync > rf {
+            return Err(refuse(
+                ErrorCode::INVALID_REPLICATION_FACTOR,
+                format!("min_insync {min_insync} exceeds the replication factor {rf}"),
+            ));
+        }
+        let start = self
+            .topics
+            .iter()
+            .map(|t| t.partitions.len() as u64)
+            .sum::<u64>();
+        let partitions = (0..u64::from(request.partitions))
+            .map(|p| {
+                let leader = ((start + p) % u64::from(shards)) as u16;
+                let replicas = (0..rf).map(|r| (leader + r) % shards).collect();
+                PartitionEntry {
+                    replicas,
+                    leader_epoch: 1,
+                }
+            })
+            .collect();
+        let mut next = self.clone();
+        next.topics.push(TopicEntry {
+            name: request.name.clone(),
+            id: self.next_topic_id,
+            replication_factor: rf,
+            min_insync,
+            retention_ms: request.retention_ms,
+            retention_bytes: request.retention_bytes,
+            partitions,
+        });
+        next.next_topic_id += 1;
+        next.reindex();
+        Ok(next)
+    }
+
+    /// The catalogue without topic `name`.
+    pub fn without_topic(&self, name: &str) -> Result<Catalog, Refusal> {
+        if self.topic(name).is_none() {
+            return Err(refuse(
+                ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("topic '{name}' does not exist"),
+            ));
+        }
+        let mut next = self.clone();
+        next.topics.retain(|t| t.name != name);
+        next.reindex();
+        Ok(next)
+    }
+
+    /// The file image.
+    pub fn encode(&self) -> String {
+        let header = "# ringmq topic catalogue: written by shard 0, replaced atomically. Do not edit\n# while the broker runs.\n";
+        match toml::to_string(self) {
+            Ok(body) => format!("{header}{body}"),
+            // Plain structs of strings and integers always serialize.
+            Err(error) => unreachable!("catalog serialization: {error}"),
+        }
+    }
+
+    /// Replaces `dir/catalog.toml` atomically and durably: temp file, fdatasync, rename,
+    /// directory fsync. Runs on shard 0's executor.
+    pub async fn persist(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join(CATALOG_TMP);
+        let bytes = self.encode().into_bytes();
+        let file = glommio::io::BufferedFile::create(&tmp).await?;
+        let len = bytes.len();
+        let written = file.write_at(bytes, 0).await;
+        let synced = match written {
+            Ok(n) if n == len => file.fdatasync().await.map_err(std::io::Error::from),
+            Ok(n) => Err(std::io::Error::other(format!("short write {n} of {len}"))),
+            Err(error) => Err(error.into()),
+        };
+        file.close().await?;
+        synced?;
+        glommio::io::rename(&tmp, dir.join(CATALOG_FILE)).await?;
+        let directory = glommio::io::Directory::open(dir).await?;
+        let synced = directory.sync().await;
+        directory.close().await?;
+        Ok(synced?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, partitions: u32) -> CreateTopicRequest {
+        CreateTopicRequest {
+            name: name.into(),
+            partitions,
+            replication_factor: 1,
+            min_insync: 1,
+            retention_ms: Some(60_000),
+            retention_bytes: None,
+        }
+    }
+
+    #[test]
+    fn partitions_are_placed_round_robin_across_topics() {
+        let catalog = Catalog::default().with_topic(&request("a", 3), 2).unwrap();
+        let catalog = catalog.with_topic(&request("b", 3), 2).unwrap();
+        let leaders = |name| {
+            let topic = catalog.topic(name).unwrap();
+            (0..3)
+                .map(|p| topic.leader_shard(p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(leaders("a"), [0, 1, 0]);
+        assert_eq!(leaders("b"), [1, 0, 1]);
+        assert_eq!(catalog.topic("b").unwrap().id, 2);
+    }
+
+    #[test]
+    fn bad_topics_are_refused_with_a_reason() {
+        let catalog = Catalog::default().with_topic(&request("a", 1), 2).unwrap();
+        let code = |result: Result<Catalog, Refusal>| result.unwrap_err().code;
+        assert_eq!(
+            code(catalog.with_topic(&request("a", 1), 2)),
+            ErrorCode::TOPIC_ALREADY_EXISTS
+        );
+        assert_eq!(
+            code(catalog.with_topic(&request("../x", 1), 2)),
+            ErrorCode::INVALID_TOPIC
+        );
+        assert_eq!(
+            code(catalog.with_topic(&request("z", 0), 2)),
+            ErrorCode::INVALID_PARTITIONS
+        );
+        assert_eq!(
+            code(catalog.with_topic(&request("z", 5000), 2)),
+            ErrorCode::INVALID_PARTITIONS
+        );
+        let mut replicated = request("z", 1);
+        replicated.replication_factor = 2;
+        let refusal = catalog.with_topic(&replicated, 2).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::INVALID_REPLICATION_FACTOR);
+        assert!(refusal.message.contains("1..=1"), "{}", refusal.message);
+        assert_eq!(
+            code(catalog.without_topic("nope")),
+            ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+        );
+    }
+
+    #[test]
+    fn catalog_file_roundtrips_and_rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::default()
+            .with_topic(&request("orders", 4), 2)
+            .unwrap();
+        let catalog = catalog
+            .without_topic("orders")
+            .unwrap()
+            .with_topic(&request("x", 1), 2)
+            .unwrap();
+        std::fs::write(dir.path().join(CATALOG_FILE), catalog.encode()).unwrap();
+        let loaded = Catalog::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded, catalog);
+        assert_eq!(loaded.topic("x").unwrap().id, 2, "ids are never reused");
+        std::fs::write(
+            dir.path().join(CATALOG_FILE),
+            "version = 1\nnext_topic_id = \"x\"",
+        )
+        .unwrap();
+        assert!(matches!(
+            Catalog::load(dir.path()),
+            Err(CatalogError::Parse { .. })
+        ));
+        std::fs::write(
+            dir.path().join(CATALOG_FILE),
+            "version = 9\nnext_topic_id = 1",
+        )
+        .unwrap();
+        assert!(matches!(
+            Catalog::load(dir.path()),
+            Err(CatalogError::Parse { .. })
+        ));
+        assert!(
+            Catalog::load(&dir.path().join("missing"))
+                .unwrap()
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Checks made before any shard starts. Each failure stops the broker with a message that
+//! says what to change; glommio itself would only warn and run without its fast path.
+
+use std::fs::{File, TryLockError};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::Path;
+
+use io_uring::{IoUring, Probe, opcode};
+
+use crate::config::{ShardConfig, check_memlock, memlock_budget_bytes};
+
+/// Why the broker refuses to start.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{0}")]
+    Memlock(String),
+    #[error(
+        "io_uring is not available ({0}); ringmq needs Linux 5.8 or newer with io_uring enabled \
+         (check /proc/sys/kernel/io_uring_disabled and the container's seccomp profile)"
+    )]
+    IoUring(std::io::Error),
+    #[error("io_uring lacks opcode {0}; ringmq needs Linux 5.8 or newer")]
+    Opcode(&'static str),
+    #[error("data directory {dir}: {error}")]
+    DataDir { dir: String, error: std::io::Error },
+    #[error(
+        "data directory {dir} is in use by another ringmq process (it holds {dir}/ringmq.lock); \
+         stop it or use another --data-dir"
+    )]
+    DataDirLocked { dir: String },
+    #[error(
+        "port {addr} is already in use (another ringmq would silently share it through \
+         SO_REUSEPORT); stop it or use another --port: {error}"
+    )]
+    PortInUse {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// The memlock budget (3 x io_memory per shard) against `ulimit -l` and CAP_IPC_LOCK.
+pub fn check_memory_lock(shards: &[ShardConfig]) -> Result<(), PreflightError> {
+    check_memlock(memlock_budget_bytes(shards))
+        .map_err(|error| PreflightError::Memlock(error.to_string()))
+}
+
+/// Creates a ring and checks the opcodes glommio and the log use.
+pub fn check_io_uring() -> Result<(), PreflightError> {
+    let ring = IoUring::new(8).map_err(PreflightError::IoUring)?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(PreflightError::IoUring)?;
+    let needed = [
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
+        (opcode::Fsync::CODE, "FSYNC"),
+        (opcode::Fallocate::CODE, "FALLOCATE"),
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::Timeout::CODE, "TIMEOUT"),
+        (opcode::OpenAt::CODE, "OPENAT"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(PreflightError::Opcode(name));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` and takes its lock file, held for as long as the returned file lives, so
+/// two brokers never share a data directory.
+pub fn lock_data_dir(dir: &Path) -> Result<File, PreflightError> {
+    let shown = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|error| PreflightError::DataDir {
+        dir: shown.clone(),
+        error,
+    })?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("ringmq.lock"))
+        .map_err(|error| PreflightError::DataDir {
+            dir: shown.clone(),
+            error,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(PreflightError::DataDirLocked { dir: shown }),
+        Err(TryLockError::Error(error)) => Err(PreflightError::DataDir { dir: shown, error }),
+    }
+}
+
+/// Fails if something already listens on (or holds) `host:port`. Binding without
+/// SO_REUSEPORT fails even against a socket that set it, which is the point.
+pub fn check_port_free(host: IpAddr, port: u16) -> Result<(), PreflightError> {
+    let addr = SocketAddr::new(host, port);
+    TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|error| PreflightError::PortInUse { addr, error })
+}
+
+/// Reserves a free port for the shards to bind with SO_REUSEPORT: a socket bound but never
+/// listening, so it takes no connections. Hold it until the shards are listening.
+///
+/// The port comes from a plain `bind(0)`: with SO_REUSEPORT set, `bind(0)` may hand out a
+/// port another reuse-port socket of this user already holds, and two brokers would then
+/// share it silently.
+pub fn reserve_port(host: IpAddr) -> std::io::Result<(socket2::Socket, u16)> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let port = TcpListener::bind(SocketAddr::new(host, 0))?
+            .local_addr()?
+            .port();
+        let domain = if host.is_ipv6() {
+            socket2::Domain::IPV6
+        } else {
+            socket2::Domain::IPV4
+        };
+        let socket =
+            socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        socket.set_reuse_port(true)?;
+        match socket.bind(&SocketAddr::new(host, port).into()) {
+            Ok(()) => return Ok((socket, port)),
+            // Someone took it between the two binds: pick another.
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_on_a_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        assert!(matches!(
+            lock_data_dir(dir.path()),
+            Err(PreflightError::DataDirLocked { .. })
+        ));
+        drop(held);
+        assert!(lock_data_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn busy_port_is_refused_even_with_reuseport_holders() {
+        let (_held, port) = reserve_port(IpAddr::from([127, 0, 0, 1])).unwrap();
+        let error = check_port_free(IpAddr::from([127, 0, 0, 1]), port).unwrap_err();
+        assert!(error.to_string().contains("already in use"), "{error}");
+    }
+
+    #[test]
+    fn io_uring_is_available_here() {
+        check_io_uring().unwrap();
+    }
+}

@@ -1,0 +1,344 @@
+//! The per-shard server: one `Shard` per executor owns its listeners, connections, partition
+//! replicas and mailboxes. `run` is the body of a shard's executor.
+
+pub mod connection;
+pub mod dispatch;
+pub mod messages;
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use glommio::{Latency, Shares, TaskQueueHandle};
+use protocol::api::ShardAddress;
+
+use crate::config::{LogSection, ShardConfig};
+use crate::control::catalog::Catalog;
+use crate::limits::{MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
+use crate::log::Retention;
+use crate::log::notify::Notify;
+use crate::partition::Partition;
+use crate::shard::mailbox::{Receiver, Sender};
+use crate::shard::router::{Replies, ShardId};
+use messages::{Control, ShardMessage};
+
+/// Broker-wide settings every shard needs.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub host: IpAddr,
+    pub shared_port: u16,
+    pub max_connections_per_shard: usize,
+    pub idle_timeout: Duration,
+    pub frame_read_timeout: Duration,
+    pub connection_buffer_bytes: usize,
+}
+
+/// Everything a shard's executor starts from. Built on the main thread, moved to the shard.
+pub struct ShardInit {
+    pub id: ShardId,
+    pub shards: u16,
+    pub config: ShardConfig,
+    pub log: LogSection,
+    pub settings: BrokerSettings,
+    pub addresses: Vec<ShardAddress>,
+    pub catalog: Catalog,
+    /// Shard 0: where the catalogue is persisted.
+    pub catalog_dir: Option<PathBuf>,
+    /// Indexed by target shard; `None` at this shard's own index.
+    pub outboxes: Vec<Option<Sender<ShardMessage>>>,
+    /// Indexed by source shard; `None` at this shard's own index.
+    pub inboxes: Vec<Option<Receiver<ShardMessage>>>,
+    pub control: Receiver<Control>,
+    /// Reports start-up success or the reason for failure to the main thread.
+    pub ready: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
+/// Counters of one shard. Plain integers: only this shard writes them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub frames_rejected: u64,
+    pub requests: u64,
+    pub requests_forwarded: u64,
+}
+
+/// One shard's state.
+///
+/// Owner: its executor (`!Send`); shared by its tasks through `Rc`.
+pub struct Shard {
+    pub id: ShardId,
+    pub shards: u16,
+    pub config: ShardConfig,
+    pub settings: BrokerSettings,
+    pub addresses: Vec<ShardAddress>,
+    log: LogSection,
+    catalog: RefCell<Rc<Catalog>>,
+    /// Partitions this shard leads: topic -> partition index -> replica.
+    partitions: RefCell<AHashMap<String, AHashMap<u32, Rc<Partition>>>>,
+    outboxes: Vec<Option<Sender<ShardMessage>>>,
+    pub(crate) replies: Replies<ShardMessage>,
+    catalog_dir: Option<PathBuf>,
+    /// Serializes catalogue changes on shard 0.
+    control_lock: glommio::sync::Semaphore,
+    shutting_down: Cell<bool>,
+    /// Wakes listeners and idle connections at shutdown, and drain waiters as requests end.
+    pub(crate) changed: Notify,
+    pub(crate) connections: Cell<usize>,
+    pub(crate) requests_in_flight: Cell<usize>,
+    pub(crate) hot: TaskQueueHandle,
+    pub stats: RefCell<ShardStats>,
+}
+
+impl Shard {
+    pub fn catalog(&self) -> Rc<Catalog> {
+        Rc::clone(&self.catalog.borrow())
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(topic)?
+            .get(&partition)
+            .cloned()
+    }
+
+    pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .values()
+            .flat_map(|p| p.values().cloned())
+            .collect()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    pub(crate) fn outbox(&self, shard: u16) -> Option<&Sender<ShardMessage>> {
+        self.outboxes.get(usize::from(shard))?.as_ref()
+    }
+
+    pub(crate) fn catalog_dir(&self) -> Option<&PathBuf> {
+        self.catalog_dir.as_ref()
+    }
+
+    pub(crate) fn control_lock(&self) -> &glommio::sync::Semaphore {
+        &self.control_lock
+    }
+
+    /// Brings this shard's partitions in line with `next`: opens the partitions it now leads,
+    /// closes and deletes the ones whose topic is gone. Then `next` becomes the routing view.
+    pub async fn apply_catalog(&self, next: Catalog) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for topic in next.topics() {
+            for (index, placement) in topic.partitions.iter().enumerate() {
+                let index = index as u32;
+                if placement.replicas.first() != Some(&self.id.0) {
+                    continue;
+                }
+                let existing = self.partition(&topic.name, index).map(|p| p.topic_id);
+                if existing == Some(topic.id) {
+                    continue;
+                }
+                let retention = Retention {
+                    ms: topic.retention_ms,
+                    bytes: topic.retention_bytes,
+                };
+                let config = self.log.log_config(self.config.durability, retention);
+                let dir = self.partition_dir(&topic.name, index);
+                match Partition::open(
+                    &dir,
+                    config,
+                    &topic.name,
+                    topic.id,
+                    index,
+                    placement.leader_epoch,
+                )
+                .await
+                {
+                    Ok((partition, recovery)) => {
+                        if let Some(cut) = &recovery.truncated {
+                            tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
+                                position = cut.position, offset = cut.offset, reason = %cut.reason,
+                                "recovery cut a torn tail");
+                        }
+                        self.partitions
+                            .borrow_mut()
+                            .entry(topic.name.clone())
+                            .or_default()
+                            .insert(index, Rc::new(partition));
+                    }
+                    Err(error) => errors.push(format!("{}-{index}: {error}", topic.name)),
+                }
+            }
+        }
+        let gone: Vec<Rc<Partition>> = self
+            .local_partitions()
+            .into_iter()
+            .filter(|p| next.topic(&p.topic).is_none_or(|t| t.id != p.topic_id))
+            .collect();
+        for partition in gone {
+            if let Some(topic) = self.partitions.borrow_mut().get_mut(&partition.topic) {
+                topic.remove(&partition.index);
+            }
+            self.partitions
+                .borrow_mut()
+                .retain(|_, partitions| !partitions.is_empty());
+            let _ = partition.log.close().await;
+            let dir = partition.log.dir().to_path_buf();
+            // Deleting a topic is rare; a blocking unlink of its files is acceptable here.
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                errors.push(format!("removing {}: {error}", dir.display()));
+            }
+        }
+        *self.catalog.borrow_mut() = Rc::new(next);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    pub fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.config.data_dir.join(format!("{topic}-{partition}"))
+    }
+
+    /// Stops the shard: refuse new work, let in-flight requests finish (bounded), then
+    /// commit, sync and close every log.
+    async fn drain_and_close(&self) {
+        self.shutting_down.set(true);
+        self.changed.notify();
+        let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
+        while self.requests_in_flight.get() > 0 && std::time::Instant::now() < deadline {
+            let seen = self.changed.epoch();
+            let _ = glommio::timer::timeout(Duration::from_millis(50), async {
+                self.changed.changed(seen).await;
+                Ok(())
+            })
+            .await;
+        }
+        for partition in self.local_partitions() {
+            if let Err(error) = partition.log.close().await {
+                tracing::error!(shard = %self.id, topic = %partition.topic, partition = partition.index, %error, "close failed");
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for retention by age.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The body of a shard's executor: start, serve until told to stop, drain, close.
+pub async fn run(init: ShardInit) {
+    let ShardInit {
+        id,
+        shards,
+        config,
+        log,
+        settings,
+        addresses,
+        catalog,
+        catalog_dir,
+        outboxes,
+        inboxes,
+        control,
+        ready,
+    } = init;
+    let executor = glommio::executor();
+    let hot = executor.create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_micros(200)),
+        "hot",
+    );
+    let background =
+        executor.create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
+    if let Err(error) = crate::log::storage::probe_dir(&config.data_dir).await {
+        let _ = ready.send(Err(format!(
+            "{id}: probing {}: {error}",
+            config.data_dir.display()
+        )));
+        return;
+    }
+    let shard = Rc::new(Shard {
+        id,
+        shards,
+        config,
+        settings,
+        addresses,
+        log,
+        catalog: RefCell::new(Rc::new(Catalog::default())),
+        partitions: RefCell::new(AHashMap::new()),
+        outboxes,
+        replies: Replies::default(),
+        catalog_dir,
+        control_lock: glommio::sync::Semaphore::new(1),
+        shutting_down: Cell::new(false),
+        changed: Notify::default(),
+        connections: Cell::new(0),
+        requests_in_flight: Cell::new(0),
+        hot,
+        stats: RefCell::new(ShardStats::default()),
+    });
+    if let Err(error) = shard.apply_catalog(catalog).await {
+        let _ = ready.send(Err(format!("{id}: opening partitions: {error}")));
+        return;
+    }
+    let listeners = match connection::bind_listeners(&shard) {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            let _ = ready.send(Err(format!("{id}: {error}")));
+            return;
+        }
+    };
+    for listener in listeners {
+        let shard = Rc::clone(&shard);
+        glommio::spawn_local_into(connection::accept_loop(shard, listener), hot)
+            .ok()
+            .map(|t| t.detach());
+    }
+    for (source, inbox) in inboxes.into_iter().enumerate() {
+        if let Some(inbox) = inbox {
+            let shard = Rc::clone(&shard);
+            glommio::spawn_local_into(messages::receive_loop(shard, source as u16, inbox), hot)
+                .ok()
+                .map(|t| t.detach());
+        }
+    }
+    let maintenance = glommio::spawn_local_into(maintain_loop(Rc::clone(&shard)), background).ok();
+    let _ = ready.send(Ok(()));
+    tracing::info!(shard = %shard.id, core = shard.config.core, port = shard.config.port, "shard serving");
+
+    // Serve until the broker says stop (or the control channel closes: the broker is gone).
+    while let Some(message) = control.recv().await {
+        match message {
+            Control::Shutdown => break,
+        }
+    }
+    tracing::info!(shard = %shard.id, "shard stopping");
+    shard.drain_and_close().await;
+    if let Some(task) = maintenance {
+        task.cancel().await;
+    }
+}
+
+async fn maintain_loop(shard: Rc<Shard>) {
+    while !shard.is_shutting_down() {
+        glommio::timer::sleep(MAINTENANCE_INTERVAL).await;
+        for partition in shard.local_partitions() {
+            if shard.is_shutting_down() {
+                return;
+            }
+            if let Err(error) = partition.log.maintain(now_ms()).await {
+                tracing::warn!(shard = %shard.id, topic = %partition.topic, partition = partition.index, %error, "log upkeep failed");
+            }
+        }
+    }
+}
