@@ -583,18 +583,21 @@ impl<S: Storage> Log<S> {
     }
 
     /// Background upkeep, run by the shard in its background task queue: prepares the next
-    /// segment, deletes segments past retention (`now_ms`: wall clock, ms since the epoch)
+    /// segment once the active one is half full, deletes segments past retention (`now_ms`: wall clock, ms since the epoch)
     /// and records the durable point.
     pub async fn maintain(&self, now_ms: i64) -> Result<MaintainReport, LogError> {
         let mut report = MaintainReport::default();
-        let (writable, spare_ready) = {
+        let (writable, spare_wanted) = {
             let st = self.state.borrow();
-            (st.writable().is_ok(), st.spare_ready)
+            // Prepare the next segment only once this one is half full: zeroing a spare for
+            // every idle partition would double the disk writes of a quiet broker.
+            let half_full = st.active.data_end * 2 >= st.active.capacity_bytes;
+            (st.writable().is_ok(), !st.spare_ready && half_full)
         };
         if !writable {
             return Ok(report);
         }
-        if !spare_ready {
+        if spare_wanted {
             self.prepare_spare().await?;
             report.spare_prepared = true;
         }

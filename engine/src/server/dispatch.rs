@@ -466,7 +466,12 @@ async fn partition_offsets(
     offsets
 }
 
-async fn create_topic(shard: &Rc<Shard>, request: CreateTopicRequest) -> CreateTopicResponse {
+async fn create_topic(shard: &Rc<Shard>, mut request: CreateTopicRequest) -> CreateTopicResponse {
+    // The profile's retention applies where the request sets none; the catalogue records the
+    // effective values, so `describe` shows what the broker enforces.
+    let defaults = shard.log_defaults();
+    request.retention_ms = request.retention_ms.or(defaults.retention_ms);
+    request.retention_bytes = request.retention_bytes.or(defaults.retention_bytes);
     let change = |catalog: &Catalog| catalog.with_topic(&request, shard.shards);
     match change_catalog(shard, change).await {
         Ok(()) => CreateTopicResponse {

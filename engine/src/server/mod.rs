@@ -114,6 +114,11 @@ impl Shard {
             .collect()
     }
 
+    /// The profile's `[log]` section: defaults for every partition log.
+    pub fn log_defaults(&self) -> &LogSection {
+        &self.log
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
     }

@@ -243,9 +243,19 @@ fn maintain_prepares_the_next_segment_and_the_roll_uses_it() {
         let dir = tmp.path().join("m-0");
         let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
         let report = log.maintain(0).await.unwrap();
+        assert!(
+            !report.spare_prepared,
+            "an empty segment needs no spare yet"
+        );
+        // 400 x 3 KiB: past half of the 2 MiB segment.
+        for i in 0..400u32 {
+            log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
+        }
+        log.wait_synced(400).await.unwrap();
+        let report = log.maintain(0).await.unwrap();
         assert!(report.spare_prepared);
         assert!(dir.join("spare.ready").exists());
-        for i in 0..800u32 {
+        for i in 400..800u32 {
             log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
         }
         log.wait_synced(800).await.unwrap();
