@@ -1,5 +1,64 @@
-//! The ringmq client library: connect, metadata, produce and fetch over the `protocol` crate.
+//! The ringmq client library (blocking): connect, metadata, produce and fetch over the
+//! `protocol` crate. It never depends on `engine`, so a client cannot share a server code path
+//! by accident.
 //!
-//! Built out with the broker (issue "the shard-per-core broker"); until then this crate holds
-//! nothing, so nothing here can be mistaken for a working client.
+//! - [`Connection`]: one TCP connection; pipelined requests matched by correlation id, with
+//!   read and write timeouts and a bound on requests in flight.
+//! - [`Client`]: bootstrap, metadata cache, a connection per leader shard
+//!   ([`Routing::ShardAware`]) or everything through the shared port
+//!   ([`Routing::SharedPort`]); create, delete and list topics, list offsets.
+//! - [`Producer`]: per-partition batching by size and linger, `acks`, pipelining, retries
+//!   with backoff, `flush` with per-batch results.
+//! - [`Consumer`]: assigned partitions, long-poll fetches, zero-copy record iteration,
+//!   leader following, `OffsetOutOfRange` reported rather than reset.
+//!
+//! Everything is blocking std sockets, owned by one thread per object. Every error is a
+//! [`ClientError`]; none of this code panics on what a broker sends.
+//!
+//! ```no_run
+//! use client::{Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset};
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut admin = Client::connect("127.0.0.1:9092", ClientConfig::default())?;
+//! admin.create_topic("orders", 4, 1)?;
+//!
+//! let client = Client::connect("127.0.0.1:9092", ClientConfig::default())?;
+//! let mut producer = Producer::new(client, ProducerConfig::default())?;
+//! producer.send("orders", 0, b"key", b"value")?;
+//! for ack in producer.flush()? {
+//!     println!("{}/{} stored at {:?}", ack.topic, ack.partition, ack.base_offset);
+//! }
+//!
+//! let client = Client::connect("127.0.0.1:9092", ClientConfig::default())?;
+//! let mut consumer = Consumer::new(client, ConsumerConfig::default())?;
+//! consumer.assign("orders", 0, StartOffset::Earliest)?;
+//! for record in consumer.poll(Duration::from_millis(500))? {
+//!     println!("{} {:?}", record.offset, record.value);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![forbid(unsafe_code)]
+
+mod accumulator;
+mod client;
+pub mod connection;
+mod consumer;
+pub mod error;
+pub mod limits;
+pub mod metadata;
+mod producer;
+mod reader;
+pub mod retry;
+
+pub use client::{Client, ClientConfig, ConnectionId, Routing};
+pub use connection::{Connection, ConnectionConfig, OwnedReply, Reply, Request, Response};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartOffset};
+pub use error::ClientError;
+pub use metadata::Metadata;
+pub use producer::{BatchAck, FailedBatch, FlushError, Producer, ProducerConfig, ProducerStats};
+pub use retry::RetryPolicy;
+
+/// Re-exported so callers need not depend on `protocol` for the common types.
+pub use protocol::{Acks, ErrorCode, Header, OffsetSpec, Record};

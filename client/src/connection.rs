@@ -1,0 +1,529 @@
+//! One TCP connection to a broker: framing, pipelining and correlation-id matching.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use protocol::api::{ApiVersionRange, ApiVersionsRequest, ApiVersionsResponse};
+use protocol::{ApiKey, Body, Frame, FrameBuf, encode_frame};
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor::{Failure, Strategy};
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+use crate::error::ClientError;
+use crate::limits::IN_FLIGHT_MAX;
+use crate::reader::{FrameReader, OwnedFrame, ReadError};
+
+/// A body this client can frame and send: every request type in `protocol::api`.
+pub trait Request:
+    Body + for<'a, 'b> Serialize<HighSerializer<&'b mut FrameBuf, ArenaHandle<'a>, Failure>>
+{
+}
+
+impl<T> Request for T where
+    T: Body + for<'a, 'b> Serialize<HighSerializer<&'b mut FrameBuf, ArenaHandle<'a>, Failure>>
+{
+}
+
+/// A body this client can validate and read in place: every response type in `protocol::api`.
+pub trait Reply: Body<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, Failure>>> {}
+
+impl<T> Reply for T where
+    T: Body<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, Failure>>>
+{
+}
+
+/// A [`Reply`] that can also be deserialized into an owned value (small control messages).
+pub trait OwnedReply:
+    Reply + Sized + Archive<Archived: Deserialize<Self, Strategy<rkyv::de::Pool, Failure>>>
+{
+}
+
+impl<T> OwnedReply for T where
+    T: Reply + Archive<Archived: Deserialize<T, Strategy<rkyv::de::Pool, Failure>>>
+{
+}
+
+/// Timeouts and bounds of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// Longest a TCP connect may take, per resolved address.
+    pub connect_timeout: Duration,
+    /// How long a request waits for its response, from when it was written. A request that
+    /// expects a long poll (`Fetch`) adds its own wait on top (`send_with_timeout`).
+    pub request_timeout: Duration,
+    /// Longest one blocking socket write may stall (the broker is not reading).
+    pub write_timeout: Duration,
+    /// Most requests in flight (sent and not yet taken by `recv`/`wait`), 1..=`IN_FLIGHT_MAX`.
+    pub in_flight_max: usize,
+}
+
+impl Default for ConnectionConfig {
+    /// 5 s to connect, 30 s per request and per write, 64 requests in flight.
+    fn default() -> Self {
+        ConnectionConfig {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            in_flight_max: 64,
+        }
+    }
+}
+
+impl ConnectionConfig {
+    /// Checks the fields; names the bad one.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let positive = [
+            ("connection.connect_timeout", self.connect_timeout),
+            ("connection.request_timeout", self.request_timeout),
+            ("connection.write_timeout", self.write_timeout),
+        ];
+        if let Some((field, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(ClientError::Config {
+                field,
+                reason: "must be more than zero".into(),
+            });
+        }
+        if !(1..=IN_FLIGHT_MAX).contains(&self.in_flight_max) {
+            return Err(ClientError::Config {
+                field: "connection.in_flight_max",
+                reason: format!("{} is outside 1..={IN_FLIGHT_MAX}", self.in_flight_max),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A response that matched a request in flight: a checked frame that owns its bytes.
+#[derive(Debug)]
+pub struct Response {
+    peer: SocketAddr,
+    frame: OwnedFrame,
+}
+
+impl Response {
+    /// The correlation id of the request this answers.
+    pub fn correlation_id(&self) -> u64 {
+        self.frame.header().correlation_id
+    }
+
+    /// The api of the request this answers.
+    pub fn api_key(&self) -> u16 {
+        self.frame.header().api_key
+    }
+
+    /// The frame, for callers that want `protocol` directly.
+    pub fn frame(&self) -> Frame<'_> {
+        self.frame.frame()
+    }
+
+    /// Validates the body as `T` (bytecheck) and borrows it in place: no copy, whatever the
+    /// size of a record payload. `Decode` if the body is not a valid `T`.
+    pub fn access<T: Reply>(&self) -> Result<&T::Archived, ClientError> {
+        self.frame
+            .frame()
+            .access::<T>()
+            .map_err(|source| ClientError::Decode {
+                peer: self.peer,
+                source,
+            })
+    }
+
+    /// Validates and deserializes the body into an owned `T` (allocates; for control
+    /// messages). `Decode` if the body is not a valid `T`.
+    pub fn deserialize<T: OwnedReply>(&self) -> Result<T, ClientError> {
+        let archived = self.access::<T>()?;
+        rkyv::deserialize::<T, Failure>(archived).map_err(|_| ClientError::Decode {
+            peer: self.peer,
+            source: protocol::DecodeError::InvalidBody { api: T::API },
+        })
+    }
+}
+
+/// A request whose response has not arrived yet.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    api: ApiKey,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// One blocking TCP connection (TCP_NODELAY) to a broker address.
+///
+/// Owner: one thread; `&mut self` on every call. Requests are pipelined: `send` writes a
+/// frame and returns its correlation id at once; responses may come back in any order and are
+/// matched by correlation id (`wait` for one, `recv` for whichever comes first). Responses that
+/// arrive while waiting for another are kept until asked for.
+///
+/// Invariant: `pending.len() + ready.len() <= config.in_flight_max`; every response in `ready`
+/// answered a request that was in `pending`.
+///
+/// On error: an i/o error, a bad frame, a response nobody asked for, the peer closing, or a
+/// request outliving its timeout closes the connection. The call that saw it returns the
+/// cause; later calls return `Disconnected` (responses already received can still be taken).
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: ConnectionConfig,
+    next_correlation_id: u64,
+    send_buf: FrameBuf,
+    reader: FrameReader,
+    pending: HashMap<u64, Pending>,
+    ready: VecDeque<Response>,
+    /// What the broker serves, once the handshake told us.
+    apis: Option<Vec<ApiVersionRange>>,
+    /// Why the connection was closed, once it was.
+    closed: Option<String>,
+}
+
+impl Connection {
+    /// Opens a connection to `address` (`host:port`), trying each resolved address in turn
+    /// within `connect_timeout`. `Connect` if none accepts; `Config` for a bad config.
+    pub fn connect(address: &str, config: ConnectionConfig) -> Result<Connection, ClientError> {
+        config.validate()?;
+        let connect_error = |source| ClientError::Connect {
+            address: address.to_string(),
+            source,
+        };
+        let candidates = address.to_socket_addrs().map_err(connect_error)?;
+        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
+        for candidate in candidates {
+            match TcpStream::connect_timeout(&candidate, config.connect_timeout) {
+                Ok(stream) => {
+                    return Connection::from_stream(stream, config).map_err(connect_error);
+                }
+                Err(error) => last_error = error,
+            }
+        }
+        Err(connect_error(last_error))
+    }
+
+    fn from_stream(stream: TcpStream, config: ConnectionConfig) -> io::Result<Connection> {
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(config.write_timeout))?;
+        Ok(Connection {
+            peer: stream.peer_addr()?,
+            stream,
+            config,
+            next_correlation_id: 1,
+            send_buf: FrameBuf::new(),
+            reader: FrameReader::new(),
+            pending: HashMap::new(),
+            ready: VecDeque::new(),
+            apis: None,
+            closed: None,
+        })
+    }
+
+    /// The broker's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    /// Requests sent whose responses have not been taken yet (pending or received).
+    pub fn in_flight(&self) -> usize {
+        self.pending.len() + self.ready.len()
+    }
+
+    /// Whether an error closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// The apis the broker listed at the handshake, if there was one.
+    pub fn broker_apis(&self) -> Option<&[ApiVersionRange]> {
+        self.apis.as_deref()
+    }
+
+    /// `ApiVersions`: tells the broker who we are and learns what it serves. From then on,
+    /// sending a request the broker does not serve fails with `UnsupportedApi` before anything
+    /// is written. `Broker` if the broker answers with an error.
+    pub fn handshake(&mut self, client_software: &str) -> Result<ApiVersionsResponse, ClientError> {
+        let response: ApiVersionsResponse = self.request(&ApiVersionsRequest {
+            client_software: client_software.to_string(),
+        })?;
+        if !response.error.is_ok() {
+            return Err(ClientError::broker(ApiKey::ApiVersions, response.error, ""));
+        }
+        self.apis = Some(response.apis.clone());
+        Ok(response)
+    }
+
+    /// Writes a request and returns its correlation id; its response is due within
+    /// `request_timeout`. `InFlightFull` when `in_flight_max` requests are in flight.
+    pub fn send<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
+        self.send_with_timeout(body, self.config.request_timeout)
+    }
+
+    /// Like [`send`](Self::send), with the response due within `response_timeout` (a fetch
+    /// passes its long-poll wait plus the request timeout).
+    pub fn send_with_timeout<T: Request>(
+        &mut self,
+        body: &T,
+        response_timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        self.check_open()?;
+        if self.in_flight() >= self.config.in_flight_max {
+            return Err(ClientError::InFlightFull {
+                peer: self.peer,
+                in_flight_max: self.config.in_flight_max,
+            });
+        }
+        let correlation_id = self.write(body)?;
+        let pending = Pending {
+            api: T::API,
+            deadline: Instant::now() + response_timeout,
+            timeout: response_timeout,
+        };
+        self.pending.insert(correlation_id, pending);
+        Ok(correlation_id)
+    }
+
+    /// Writes a request the broker will not answer (a produce with `Acks::None`). Returns once
+    /// the whole frame is in the socket's send buffer; nothing says the broker read it.
+    pub fn send_without_response<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
+        self.check_open()?;
+        self.write(body)
+    }
+
+    /// Sends `body`, waits for its response and deserializes it. For control messages.
+    pub fn request<Req: Request, Resp: OwnedReply>(
+        &mut self,
+        body: &Req,
+    ) -> Result<Resp, ClientError> {
+        let correlation_id = self.send(body)?;
+        self.wait(correlation_id)?.deserialize::<Resp>()
+    }
+
+    /// Waits for the response to `correlation_id`, keeping responses to other requests that
+    /// arrive first. `Timeout` (and the connection closes) once the request's timeout passed;
+    /// `NotInFlight` for an id that is not in flight.
+    pub fn wait(&mut self, correlation_id: u64) -> Result<Response, ClientError> {
+        if let Some(at) = self
+            .ready
+            .iter()
+            .position(|r| r.correlation_id() == correlation_id)
+            && let Some(response) = self.ready.remove(at)
+        {
+            return Ok(response);
+        }
+        self.check_open()?;
+        let Some(deadline) = self.pending.get(&correlation_id).map(|p| p.deadline) else {
+            return Err(ClientError::NotInFlight {
+                peer: self.peer,
+                correlation_id,
+            });
+        };
+        // Each turn takes one pending request off the table, so this ends within
+        // `in_flight_max` turns, or at the deadline.
+        loop {
+            let Some(frame) = self.read_until(deadline)? else {
+                return Err(self.time_out(correlation_id));
+            };
+            let response = self.accept(frame)?;
+            if response.correlation_id() == correlation_id {
+                return Ok(response);
+            }
+            self.ready.push_back(response);
+        }
+    }
+
+    /// Returns the next response to any request in flight: one already received, or the
+    /// first to arrive. `Ok(None)` when nothing is in flight. `Timeout` (and the connection
+    /// closes) when the oldest deadline passes first.
+    pub fn recv(&mut self) -> Result<Option<Response>, ClientError> {
+        self.poll_until(None)
+    }
+
+    /// Like [`recv`](Self::recv), but gives up after `wait` and returns `Ok(None)`; a request
+    /// is still only timed out at its own deadline.
+    pub fn poll(&mut self, wait: Duration) -> Result<Option<Response>, ClientError> {
+        self.poll_until(Some(Instant::now() + wait))
+    }
+
+    fn poll_until(&mut self, until: Option<Instant>) -> Result<Option<Response>, ClientError> {
+        if let Some(response) = self.ready.pop_front() {
+            return Ok(Some(response));
+        }
+        self.check_open()?;
+        let Some((&oldest, pending)) = self.pending.iter().min_by_key(|(_, p)| p.deadline) else {
+            return Ok(None);
+        };
+        let request_deadline = pending.deadline;
+        let deadline = until.map_or(request_deadline, |until| until.min(request_deadline));
+        match self.read_until(deadline)? {
+            Some(frame) => self.accept(frame).map(Some),
+            None if deadline < request_deadline => Ok(None),
+            None => Err(self.time_out(oldest)),
+        }
+    }
+
+    /// A response that already arrived (while `wait` looked for another), without reading
+    /// the socket. Works on a closed connection too: answers received before the failure
+    /// still count.
+    pub fn take_received(&mut self) -> Option<Response> {
+        self.ready.pop_front()
+    }
+
+    /// Closes the connection; later calls return `Disconnected` with `reason`.
+    pub fn close(&mut self, reason: impl Into<String>) {
+        if self.closed.is_none() {
+            self.closed = Some(reason.into());
+            self.pending.clear();
+            // The socket may already be gone; there is nothing more to do about it.
+            let _ = self.stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn check_open(&self) -> Result<(), ClientError> {
+        match &self.closed {
+            None => Ok(()),
+            Some(reason) => Err(ClientError::Disconnected {
+                peer: self.peer,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn check_api(&self, api: ApiKey, version: u16) -> Result<(), ClientError> {
+        let Some(apis) = &self.apis else {
+            return Ok(());
+        };
+        let served = apis.iter().any(|range| {
+            range.api_key == api as u16
+                && range.min_version <= version
+                && version <= range.max_version
+        });
+        if served {
+            Ok(())
+        } else {
+            Err(ClientError::UnsupportedApi {
+                peer: self.peer,
+                api,
+                version,
+            })
+        }
+    }
+
+    fn write<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
+        self.check_api(T::API, T::VERSION)?;
+        let correlation_id = self.next_correlation_id;
+        self.send_buf.clear();
+        encode_frame(&mut self.send_buf, correlation_id, body)?;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        if let Err(source) = self.stream.write_all(&self.send_buf) {
+            // Part of the frame may be on the wire; the stream cannot carry another.
+            self.close(format!("write failed: {source}"));
+            return Err(ClientError::Io {
+                peer: self.peer,
+                source,
+            });
+        }
+        Ok(correlation_id)
+    }
+
+    /// Reads one frame, or `Ok(None)` once `deadline` has passed.
+    fn read_until(&mut self, deadline: Instant) -> Result<Option<OwnedFrame>, ClientError> {
+        // Each turn reads bytes or sleeps in a read timeout, so this ends by the deadline.
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Ok(None);
+            };
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // A zero timeout means "block forever" to the socket: never pass one.
+            let timeout = left.max(Duration::from_millis(1));
+            if let Err(source) = self.stream.set_read_timeout(Some(timeout)) {
+                return Err(self.fail_io(source));
+            }
+            match self.reader.next_frame(&mut self.stream) {
+                Ok(frame) => return Ok(Some(frame)),
+                Err(ReadError::Io(source)) if is_timeout(&source) => {}
+                Err(ReadError::Io(source)) => return Err(self.fail_io(source)),
+                Err(ReadError::Closed { mid_frame }) => {
+                    let reason = if mid_frame {
+                        "the broker closed the connection in the middle of a frame"
+                    } else {
+                        "the broker closed the connection"
+                    };
+                    self.close(reason);
+                    return Err(ClientError::Disconnected {
+                        peer: self.peer,
+                        reason: reason.into(),
+                    });
+                }
+                Err(ReadError::Decode(source)) => {
+                    self.close(format!("bad frame: {source}"));
+                    return Err(ClientError::Decode {
+                        peer: self.peer,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Matches a frame to the request it answers.
+    fn accept(&mut self, frame: OwnedFrame) -> Result<Response, ClientError> {
+        let header = *frame.header();
+        let reason = match self.pending.remove(&header.correlation_id) {
+            Some(pending) if pending.api as u16 == header.api_key => {
+                return Ok(Response {
+                    peer: self.peer,
+                    frame,
+                });
+            }
+            Some(pending) => format!(
+                "response to {:?} request {} carries api {}",
+                pending.api, header.correlation_id, header.api_key
+            ),
+            None => format!(
+                "response with correlation id {}, which is not in flight",
+                header.correlation_id
+            ),
+        };
+        self.close(reason.clone());
+        Err(ClientError::Protocol {
+            peer: self.peer,
+            reason,
+        })
+    }
+
+    fn time_out(&mut self, correlation_id: u64) -> ClientError {
+        let pending = self.pending.get(&correlation_id).copied();
+        self.close(format!("request {correlation_id} timed out"));
+        let (api, timeout) = pending.map_or((ApiKey::ApiVersions, Duration::ZERO), |p| {
+            (p.api, p.timeout)
+        });
+        ClientError::Timeout {
+            peer: self.peer,
+            api,
+            correlation_id,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    fn fail_io(&mut self, source: io::Error) -> ClientError {
+        self.close(format!("i/o error: {source}"));
+        ClientError::Io {
+            peer: self.peer,
+            source,
+        }
+    }
+}
+
+fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
