@@ -105,14 +105,16 @@ impl Partition {
         max_wait: Duration,
     ) -> Result<Fetched, LogError> {
         let offsets = self.log.offsets();
-        if offset < offsets.log_start || offset > offsets.written {
+        // Above the written offset but within the log (appended, commit running): wait for it,
+        // as for the end. Only past the log's end is out of range.
+        if offset < offsets.log_start || offset > offsets.next {
             return Err(LogError::OffsetOutOfRange {
                 offset,
                 start: offsets.log_start,
-                end: offsets.written,
+                end: offsets.next,
             });
         }
-        if offset == offsets.written && !max_wait.is_zero() {
+        if offset >= offsets.written && !max_wait.is_zero() {
             let waited = glommio::timer::timeout(max_wait, async {
                 Ok(self.log.wait_written_beyond(offset).await)
             })

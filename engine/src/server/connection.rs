@@ -45,7 +45,7 @@ pub fn bind_listeners(shard: &Shard) -> io::Result<Vec<TcpListener>> {
 /// closed at once (the client sees a reset and may retry another shard).
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
-        let seen = shard.changed.epoch();
+        let seen = shard.shutdown.epoch();
         if shard.is_shutting_down() {
             return;
         }
@@ -77,11 +77,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// Resolves when the shard starts shutting down (checked each time `changed` fires).
+/// Resolves when the shard starts shutting down.
 async fn wait_for_shutdown(shard: &Shard, mut seen: u64) {
     while !shard.is_shutting_down() {
-        shard.changed.changed(seen).await;
-        seen = shard.changed.epoch();
+        shard.shutdown.changed(seen).await;
+        seen = shard.shutdown.epoch();
     }
 }
 
@@ -279,7 +279,7 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut reader: ReadHalf<TcpS
                 } else {
                     None // a request is in progress: the client is not idle
                 };
-                let seen = shard.changed.epoch();
+                let seen = shard.shutdown.epoch();
                 let space = rx.as_mut_slice().get_mut(end..).unwrap_or_default();
                 let read = futures_lite::future::or(
                     async { Some(read_some(&mut reader, space, deadline).await) },
@@ -393,7 +393,7 @@ fn accept_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: FrameBuf) -> Result<(
         shard
             .requests_in_flight
             .set(shard.requests_in_flight.get() - 1);
-        shard.changed.notify();
+        shard.requests_done.notify();
     };
     if let Ok(task) = glommio::spawn_local_into(task, shard.hot) {
         task.detach();

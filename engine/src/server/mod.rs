@@ -85,8 +85,10 @@ pub struct Shard {
     /// Serializes catalogue changes on shard 0.
     control_lock: glommio::sync::Semaphore,
     shutting_down: Cell<bool>,
-    /// Wakes listeners and idle connections at shutdown, and drain waiters as requests end.
-    pub(crate) changed: Notify,
+    /// Fires once, at shutdown: wakes listeners and idle connections.
+    pub(crate) shutdown: Notify,
+    /// Fires as requests end: wakes the shutdown drain.
+    pub(crate) requests_done: Notify,
     pub(crate) connections: Cell<usize>,
     pub(crate) requests_in_flight: Cell<usize>,
     pub(crate) hot: TaskQueueHandle,
@@ -216,12 +218,12 @@ impl Shard {
     /// commit, sync and close every log.
     async fn drain_and_close(&self) {
         self.shutting_down.set(true);
-        self.changed.notify();
+        self.shutdown.notify();
         let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_MAX;
         while self.requests_in_flight.get() > 0 && std::time::Instant::now() < deadline {
-            let seen = self.changed.epoch();
+            let seen = self.requests_done.epoch();
             let _ = glommio::timer::timeout(Duration::from_millis(50), async {
-                self.changed.changed(seen).await;
+                self.requests_done.changed(seen).await;
                 Ok(())
             })
             .await;
@@ -286,7 +288,8 @@ pub async fn run(init: ShardInit) {
         catalog_dir,
         control_lock: glommio::sync::Semaphore::new(1),
         shutting_down: Cell::new(false),
-        changed: Notify::default(),
+        shutdown: Notify::default(),
+        requests_done: Notify::default(),
         connections: Cell::new(0),
         requests_in_flight: Cell::new(0),
         hot,
