@@ -65,10 +65,11 @@ fn garbage_bytes_close_the_connection() {
 }
 
 #[test]
-fn header_announcing_4_gib_is_refused_without_allocating_it() {
+fn header_announcing_4_gib_is_refused() {
+    // Memory growth is measured on the real binary in cli/tests/hostile_memory.rs, where
+    // no other test shares the process.
     let broker = TestBroker::start();
-    let before = rss_bytes();
-    for _ in 0..20 {
+    for _ in 0..5 {
         let mut frame = FrameBuf::new();
         encode_frame(&mut frame, 1, &MetadataRequest { topics: vec![] }).unwrap();
         let mut header = frame[..32].to_vec();
@@ -78,11 +79,6 @@ fn header_announcing_4_gib_is_refused_without_allocating_it() {
         conn.stream.write_all(&header).unwrap();
         assert!(conn.closed_by_peer());
     }
-    let grown = rss_bytes().saturating_sub(before);
-    assert!(
-        grown < u64::from(protocol::limits::FRAME_BYTES_MAX),
-        "RSS grew {grown} bytes"
-    );
     still_serves(&broker);
 }
 

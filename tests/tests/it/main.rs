@@ -8,5 +8,6 @@
     clippy::indexing_slicing
 )]
 
+mod clients;
 mod hostile;
 mod raw;
