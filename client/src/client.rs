@@ -29,7 +29,9 @@ pub enum Routing {
 /// How a [`Client`] connects and retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
+    /// Where partition requests go.
     pub routing: Routing,
+    /// Timeouts and bounds of every connection the client opens.
     pub connection: ConnectionConfig,
     /// Retries of idempotent calls (metadata, list offsets) on retriable errors.
     pub retry: RetryPolicy,
@@ -96,10 +98,12 @@ impl Client {
         Ok(client)
     }
 
+    /// The configuration the client was made with.
     pub fn config(&self) -> &ClientConfig {
         &self.config
     }
 
+    /// The `host:port` the client bootstrapped from (the broker's shared port).
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }

@@ -224,6 +224,7 @@ impl Connection {
         self.peer
     }
 
+    /// The timeouts and bounds this connection was opened with.
     pub fn config(&self) -> &ConnectionConfig {
         &self.config
     }

@@ -62,14 +62,19 @@ impl ConsumerConfig {
 /// A record copied out of a fetch response, owned by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumedRecord {
+    /// Topic the record came from (shared by every record of the topic).
     pub topic: Arc<str>,
+    /// Partition the record came from.
     pub partition: u32,
+    /// Position of the record in its partition's log.
     pub offset: u64,
     /// Milliseconds since the Unix epoch, as the producer set it.
     pub timestamp_ms: i64,
     /// Empty when the record has no key.
     pub key: Vec<u8>,
+    /// The record's payload.
     pub value: Vec<u8>,
+    /// `(key, value)` pairs, in the order the producer gave them.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 

@@ -45,6 +45,7 @@ impl Metadata {
         &self.topics
     }
 
+    /// One topic by name; `None` if the broker did not list it.
     pub fn topic(&self, name: &str) -> Option<&TopicMetadata> {
         self.by_name.get(name).and_then(|&at| self.topics.get(at))
     }

@@ -80,7 +80,9 @@ impl ProducerConfig {
 /// A batch the broker stored (or, with `Acks::None`, that was written to the socket).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchAck {
+    /// Topic the batch went to.
     pub topic: String,
+    /// Partition the batch went to.
     pub partition: u32,
     /// Offset of the batch's first record; record `i` has `base_offset + i`. `None` with
     /// `Acks::None`, where the broker says nothing.
@@ -94,8 +96,11 @@ pub struct BatchAck {
 /// A batch that could not be stored.
 #[derive(Debug)]
 pub struct FailedBatch {
+    /// Topic the batch was for.
     pub topic: String,
+    /// Partition the batch was for.
     pub partition: u32,
+    /// Records in the batch, none of which is known to be stored.
     pub records: u32,
     /// Sequence (as returned by `send`) of the batch's first record.
     pub first_sequence: u64,
@@ -107,7 +112,9 @@ pub struct FailedBatch {
 #[derive(Debug, thiserror::Error)]
 #[error("{} of {} batches failed; first: {}", .failed.len(), .failed.len() + .acked.len(), first_error(.failed))]
 pub struct FlushError {
+    /// Batches stored since the last flush, in the order their answers arrived.
     pub acked: Vec<BatchAck>,
+    /// Batches that could not be stored since the last flush.
     pub failed: Vec<FailedBatch>,
 }
 
@@ -122,7 +129,9 @@ fn first_error(failed: &[FailedBatch]) -> String {
 pub struct ProducerStats {
     /// Produce requests written (first attempts and retries).
     pub batches_sent: u64,
+    /// Batches the broker acknowledged (or, with `Acks::None`, that were written).
     pub batches_acked: u64,
+    /// Batches given up on (see [`FailedBatch`]).
     pub batches_failed: u64,
     /// Batches scheduled again after a retriable failure.
     pub retries: u64,
@@ -204,10 +213,12 @@ impl Producer {
         })
     }
 
+    /// The configuration the producer was made with.
     pub fn config(&self) -> &ProducerConfig {
         &self.config
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> ProducerStats {
         self.stats
     }

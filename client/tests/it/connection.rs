@@ -478,3 +478,30 @@ fn a_bad_config_names_its_field() {
         })
     ));
 }
+
+#[test]
+fn answers_received_before_a_failure_can_still_be_taken() {
+    let (listener, address) = listen();
+    let peer = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        let first = peer.read().unwrap();
+        let second = peer.read().unwrap();
+        peer.reply(first.id(), &offset_reply(1));
+        peer.reply(second.id(), &offset_reply(2));
+        // The third request is never answered: the peer hangs up.
+        peer.read().unwrap();
+    });
+    let mut connection = Connection::connect(&address, config()).unwrap();
+    let first = connection.send(&list_offsets(0)).unwrap();
+    let second = connection.send(&list_offsets(0)).unwrap();
+    assert_eq!(offset_of(&connection.wait(second).unwrap()), 2);
+    let third = connection.send(&list_offsets(0)).unwrap();
+    assert!(matches!(
+        connection.wait(third),
+        Err(ClientError::Disconnected { .. })
+    ));
+    let kept = connection.take_received().unwrap();
+    assert_eq!((kept.correlation_id(), offset_of(&kept)), (first, 1));
+    assert!(connection.take_received().is_none());
+    peer.join().unwrap();
+}
