@@ -294,19 +294,21 @@ pub struct LogSection {
 }
 
 impl LogSection {
-    /// The settings of one partition log on a shard with `durability`, with the topic's
-    /// `retention` (the `[log]` retention defaults fill what the topic leaves unset).
-    pub fn log_config(&self, durability: Durability, retention: Retention) -> LogConfig {
+    /// The settings of one partition log on `shard` (its durability and group-commit window),
+    /// with the topic's `retention` (the `[log]` defaults fill what the topic leaves unset).
+    pub fn log_config(&self, shard: &ShardConfig, retention: Retention) -> LogConfig {
         LogConfig {
             segment_bytes: self.segment_bytes,
             index_interval_bytes: self.index_interval_bytes,
             write_buffer_bytes: self.write_buffer_bytes,
-            durability,
+            durability: shard.durability,
             preallocate: self.preallocate,
             retention: Retention {
                 ms: retention.ms.or(self.retention_ms),
                 bytes: retention.bytes.or(self.retention_bytes),
             },
+            group_commit_window_us: shard.group_commit_window_us,
+            group_commit_bytes: shard.group_commit_bytes,
         }
     }
 }
@@ -1163,11 +1165,16 @@ mod tests {
 
     #[test]
     fn shipped_log_sections_make_valid_log_configs() {
-        for profile in [Profile::default(), Profile::tiny()] {
-            for durability in [Durability::Fdatasync, Durability::Dsync] {
-                let config = profile.log.log_config(durability, Retention::default());
+        let profiles = ["default", "low-latency", "throughput", "tiny"].map(|name| {
+            let path = format!("{}/../tuning/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+            Profile::load(path).unwrap()
+        });
+        for profile in &profiles {
+            for shard in profile.resolve(&[0, 1]).unwrap() {
+                let config = profile.log.log_config(&shard, Retention::default());
                 assert_eq!(config.validate(), Ok(()), "{}", profile.source_name());
-                assert_eq!(config.durability, durability);
+                assert_eq!(config.durability, shard.durability);
+                assert_eq!(config.group_commit_window_us, shard.group_commit_window_us);
                 assert_eq!(config.retention.ms, profile.log.retention_ms);
             }
         }
@@ -1175,9 +1182,8 @@ mod tests {
             ms: Some(5),
             bytes: None,
         };
-        let config = Profile::default()
-            .log
-            .log_config(Durability::Fdatasync, topic);
+        let shard = &Profile::default().resolve(&[0]).unwrap()[0];
+        let config = Profile::default().log.log_config(shard, topic);
         assert_eq!(config.retention.ms, Some(5), "the topic's retention wins");
     }
 

@@ -78,6 +78,11 @@ pub struct LogConfig {
     pub durability: Durability,
     pub preallocate: Preallocate,
     pub retention: Retention,
+    /// The group-commit window: a committer waits up to this long for more appends before
+    /// it writes, unless `group_commit_bytes` are already pending. 0: write at once.
+    pub group_commit_window_us: u64,
+    /// Pending bytes that end the window early.
+    pub group_commit_bytes: u64,
 }
 
 /// Smallest segment: two of the largest batches, so a roll always makes room.
@@ -87,6 +92,9 @@ pub const SEGMENT_BYTES_MIN: u64 = 2 * BATCH_BYTES_MAX as u64;
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 /// Smallest tail buffer: one largest batch plus the carried partial block and padding.
 pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES as u64;
+
+/// Longest group-commit window: past 10 ms it costs more latency than any batching saves.
+pub const GROUP_COMMIT_WINDOW_US_MAX: u64 = 10_000;
 
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64 + 1);
 const _: () = assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES as u64));
@@ -101,6 +109,8 @@ impl Default for LogConfig {
             durability: Durability::Fdatasync,
             preallocate: Preallocate::Zero,
             retention: Retention::default(),
+            group_commit_window_us: 0,
+            group_commit_bytes: 1 << 20,
         }
     }
 }
@@ -129,6 +139,24 @@ impl LogConfig {
                 format!(
                     "must be a multiple of {block} in {WRITE_BUFFER_BYTES_MIN}..=segment_bytes; got {}",
                     self.write_buffer_bytes
+                ),
+            ));
+        }
+        if self.group_commit_window_us > GROUP_COMMIT_WINDOW_US_MAX {
+            return Err((
+                "group_commit_window_us",
+                format!(
+                    "must be at most {GROUP_COMMIT_WINDOW_US_MAX}; got {}",
+                    self.group_commit_window_us
+                ),
+            ));
+        }
+        if self.group_commit_bytes > self.write_buffer_bytes {
+            return Err((
+                "group_commit_bytes",
+                format!(
+                    "must be at most write_buffer_bytes; got {}",
+                    self.group_commit_bytes
                 ),
             ));
         }

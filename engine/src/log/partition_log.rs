@@ -366,10 +366,27 @@ impl<S: Storage> Log<S> {
             return Ok(());
         }
         self.state.borrow_mut().flushing = true;
+        self.gather().await;
         let result = self.flush().await;
         self.state.borrow_mut().flushing = false;
         self.changed.notify();
         result
+    }
+
+    /// The group-commit window: before writing, wait up to `group_commit_window_us` for more
+    /// appends to join, unless `group_commit_bytes` are already pending. Runs while this task
+    /// holds `flushing`, so the appends that arrive meanwhile ride the same write and sync.
+    async fn gather(&self) {
+        let window_us = self.config.group_commit_window_us;
+        if window_us == 0 {
+            return;
+        }
+        let pending = self.state.borrow().tail.dirty_bytes() as u64;
+        if pending < self.config.group_commit_bytes {
+            self.storage
+                .sleep(std::time::Duration::from_micros(window_us))
+                .await;
+        }
     }
 
     /// One group commit: write the dirty tail blocks, then fdatasync if anyone waits for

@@ -55,6 +55,7 @@ use std::path::{Component, Path};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use super::storage::{BLOCK_BYTES, IoBuffer, OpenFlags, Storage, StorageFile};
 
@@ -365,6 +366,16 @@ impl Storage for SimStorage {
         let mut disk = self.disk.borrow_mut();
         disk.finish(&ticket, libc::ECANCELED)?;
         disk.remove(&names)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        // No clock: a window becomes a few scheduling rounds, enough for other tasks to
+        // append meanwhile, and deterministic.
+        let rounds = 1 + (duration.as_micros() as u64).min(YIELDS_MAX * 4);
+        Latency {
+            yields_left: rounds,
+        }
+        .await;
     }
 
     async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {

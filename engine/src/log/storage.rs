@@ -19,6 +19,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 /// Alignment of every direct-I/O position and length. The devices here report 512-byte
 /// logical blocks but 4 KiB physical sectors; writing whole 4 KiB blocks avoids the device's
@@ -89,6 +90,10 @@ pub trait Storage {
 
     /// Names of the entries of a directory, sorted.
     async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+
+    /// Waits about `duration` without blocking the shard: the group-commit window. The
+    /// simulated disk has no clock; it yields to the executor instead.
+    async fn sleep(&self, duration: Duration);
 }
 
 /// Rounds `len` up to a whole number of blocks.
@@ -204,6 +209,10 @@ impl Storage for DmaStorage {
         }
         names.sort();
         Ok(names)
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        glommio::timer::sleep(duration).await;
     }
 }
 

@@ -55,6 +55,11 @@ impl<B: IoBuffer> Tail<B> {
         self.written = self.len;
     }
 
+    /// Bytes appended and not yet handed to the disk.
+    pub fn dirty_bytes(&self) -> usize {
+        self.len - self.written
+    }
+
     pub fn is_dirty(&self) -> bool {
         self.len > self.written
     }

@@ -155,7 +155,7 @@ impl Shard {
                     ms: topic.retention_ms,
                     bytes: topic.retention_bytes,
                 };
-                let config = self.log.log_config(self.config.durability, retention);
+                let config = self.log.log_config(&self.config, retention);
                 let dir = self.partition_dir(&topic.name, index);
                 match Partition::open(
                     &dir,

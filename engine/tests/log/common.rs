@@ -30,6 +30,8 @@ pub fn small_config() -> LogConfig {
         durability: Durability::Fdatasync,
         preallocate: Preallocate::Zero,
         retention: Retention::default(),
+        group_commit_window_us: 0,
+        group_commit_bytes: 64 << 10,
     }
 }
 

@@ -267,3 +267,46 @@ fn maintain_prepares_the_next_segment_and_the_roll_uses_it() {
         assert_eq!(read_all(&log, 0).await.len(), 800);
     });
 }
+
+#[test]
+fn group_commit_window_gathers_appends_that_arrive_apart() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let mut syncs = Vec::new();
+        for (name, window_us) in [("no-window", 0), ("window", 2000)] {
+            let mut config = small_config();
+            config.group_commit_window_us = window_us;
+            config.group_commit_bytes = 1 << 20;
+            let (log, _) = Log::open(DmaStorage, &tmp.path().join(name), config)
+                .await
+                .unwrap();
+            let log = Rc::new(log);
+            let tasks: Vec<_> = (0..8u32)
+                .map(|producer| {
+                    let log = Rc::clone(&log);
+                    glommio::spawn_local(async move {
+                        // Arrivals 50 us apart: too far apart to share a commit by chance.
+                        glommio::timer::sleep(std::time::Duration::from_micros(
+                            50 * u64::from(producer),
+                        ))
+                        .await;
+                        let appended = log.append(&batch(producer, 0, 1, 100), 1).await.unwrap();
+                        log.wait_synced(appended.next_offset).await.unwrap();
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await;
+            }
+            syncs.push(log.stats().syncs);
+            log.close().await.unwrap();
+        }
+        let (without, with) = (syncs[0], syncs[1]);
+        assert!(
+            with <= 2,
+            "a 2 ms window should gather 8 appends within 0.4 ms: {with} syncs"
+        );
+        assert!(with < without, "window {with} syncs vs none {without}");
+    });
+}
