@@ -1,0 +1,282 @@
+//! brokerbench: the broker on one core, a simple client on another, 1 KiB records.
+//!
+//! Cases (each names its durability mode, record and batch size):
+//! - throughput, acks `leader` and `leader+fsync`: one producer, 64 KiB batches
+//!   (64 records of 1 KiB), batches pipelined;
+//! - latency, acks `leader+fsync`: single-record batches sent open-loop at a fixed rate
+//!   (10,000/s by default); produce-to-ack measured from each send's *intended* time, so a
+//!   stall counts against every send it delays (no coordinated omission).
+//!
+//! The cases are interleaved across runs and medians reported, since this machine is shared.
+//!
+//! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use client::connection::{Connection, ConnectionConfig};
+use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
+use engine::broker::{self, BrokerOptions};
+use engine::config::{Cores, Profile};
+use hdrhistogram::Histogram;
+use protocol::BatchBuilder;
+use protocol::api::{ProduceRequest, ProduceResponse};
+
+const RECORD_BYTES: usize = 1024;
+const BATCH_RECORDS: usize = 64;
+
+struct Args {
+    seconds: u64,
+    runs: usize,
+    rate: u64,
+    broker_core: usize,
+    client_core: usize,
+    dir: std::path::PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let cores = engine::config::allowed_cores();
+    let mut args = Args {
+        seconds: 10,
+        runs: 3,
+        rate: 10_000,
+        broker_core: cores.last().copied().unwrap_or(0),
+        client_core: cores.first().copied().unwrap_or(0),
+        dir: std::env::current_dir()?.join("brokerbench-data"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--runs" => args.runs = value()?.parse()?,
+            "--rate" => args.rate = value()?.parse()?,
+            "--broker-core" => args.broker_core = value()?.parse()?,
+            "--client-core" => args.client_core = value()?.parse()?,
+            "--dir" => args.dir = value()?.into(),
+            "--help" | "-h" => {
+                println!(
+                    "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
+                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown flag {other} (see --help)"),
+        }
+    }
+    Ok(args)
+}
+
+fn pin(core: usize) {
+    if let Some(id) =
+        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|id| id.id == core))
+    {
+        core_affinity::set_for_current(id);
+    }
+}
+
+/// Records per second from one producer, 64 KiB batches, pipelined.
+fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::Result<f64> {
+    let client = Client::connect(address, ClientConfig::default())?;
+    let config = ProducerConfig {
+        acks,
+        batch_bytes: BATCH_RECORDS * (RECORD_BYTES + 16) + 64,
+        linger: Duration::from_millis(5),
+        max_in_flight: 16,
+        ..ProducerConfig::default()
+    };
+    let mut producer = Producer::new(client, config)?;
+    let value = vec![b'x'; RECORD_BYTES];
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        for _ in 0..BATCH_RECORDS {
+            producer.send(topic, 0, b"", &value)?;
+        }
+        sent += BATCH_RECORDS as u64;
+    }
+    producer
+        .flush()
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Open-loop single-record produce at `rate`/s with `leader+fsync`; latency from the intended
+/// send time to the ack, in microseconds.
+fn latency(
+    address: &str,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    let shard = {
+        let mut client = Client::connect(address, ClientConfig::default())?;
+        client.partition_address(topic, 0)?
+    };
+    let config = ConnectionConfig {
+        in_flight_max: 1024,
+        ..ConnectionConfig::default()
+    };
+    let mut conn = Connection::connect(&shard, config)?;
+    let mut builder = BatchBuilder::new();
+    builder.append(0, b"", &vec![b'y'; RECORD_BYTES], &[])?;
+    let batch = builder.seal()?.to_vec();
+    let request = ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        acks: Acks::LeaderFsync,
+        timeout_ms: 10_000,
+        batch,
+    };
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let total = rate * seconds;
+    let mut intended: VecDeque<(u64, Instant)> = VecDeque::new();
+    let started = Instant::now();
+    let mut worst_send_lag = Duration::ZERO;
+    let mut next = 0u64;
+    while next < total || !intended.is_empty() {
+        let due = started + interval * next as u32;
+        if next < total && Instant::now() >= due {
+            worst_send_lag = worst_send_lag.max(Instant::now() - due);
+            let id = conn.send(&request)?;
+            intended.push_back((id, due));
+            next += 1;
+            continue;
+        }
+        let wait = if next < total {
+            due.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Some(response) = conn.poll(wait.max(Duration::from_micros(1)))? {
+            let acked = Instant::now();
+            let body: ProduceResponse = response.deserialize()?;
+            if !body.error.is_ok() {
+                bail!("produce failed: {}", body.error);
+            }
+            let position = intended
+                .iter()
+                .position(|(id, _)| *id == response.correlation_id());
+            if let Some((_, due)) = position.and_then(|i| intended.remove(i)) {
+                histogram.record((acked - due).as_micros().max(1) as u64)?;
+            }
+        }
+    }
+    Ok((histogram, worst_send_lag))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let data = tempfile_dir(&args.dir)?;
+    let mut profile = Profile::default();
+    profile.shards.cores = Cores::List(vec![args.broker_core]);
+    let options = BrokerOptions {
+        data_dir: Some(data.clone()),
+        port: Some(0),
+    };
+    let handle = broker::start(profile, options)?;
+    let address = handle.address.to_string();
+    pin(args.client_core);
+    let mut admin = Client::connect(&address, ClientConfig::default())?;
+    admin.create_topic("bench-leader", 1, 1)?;
+    admin.create_topic("bench-fsync", 1, 1)?;
+    admin.create_topic("bench-latency", 1, 1)?;
+
+    println!(
+        "brokerbench: broker on core {}, client on core {}, {}-byte records, {} s per case, {} runs, data in {}",
+        args.broker_core,
+        args.client_core,
+        RECORD_BYTES,
+        args.seconds,
+        args.runs,
+        data.display()
+    );
+    let (mut leader, mut fsync, mut p50, mut p99, mut p999, mut max) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for run in 1..=args.runs {
+        let a = throughput(&address, "bench-leader", Acks::Leader, args.seconds)?;
+        let b = throughput(&address, "bench-fsync", Acks::LeaderFsync, args.seconds)?;
+        let (histogram, lag) = latency(&address, "bench-latency", args.rate, args.seconds)?;
+        println!(
+            "run {run}: acks=leader {a:.0} rec/s ({:.1} MB/s); acks=leader+fsync {b:.0} rec/s; \
+             single records at {}/s leader+fsync: p50 {} us p99 {} us p99.9 {} us max {} us (n={}, worst send lag {:?})",
+            a * RECORD_BYTES as f64 / 1e6,
+            args.rate,
+            histogram.value_at_quantile(0.5),
+            histogram.value_at_quantile(0.99),
+            histogram.value_at_quantile(0.999),
+            histogram.max(),
+            histogram.len(),
+            lag
+        );
+        leader.push(a);
+        fsync.push(b);
+        p50.push(histogram.value_at_quantile(0.5) as f64);
+        p99.push(histogram.value_at_quantile(0.99) as f64);
+        p999.push(histogram.value_at_quantile(0.999) as f64);
+        max.push(histogram.max() as f64);
+    }
+    let (fsync_median, p99_median) = (median(&mut fsync), median(&mut p99));
+    println!();
+    println!(
+        "| case (1 KiB records) | durability | median of {} runs |",
+        args.runs
+    );
+    println!("|---|---|---|");
+    println!(
+        "| throughput, 64 KiB batches, 1 producer | acks=leader (O_DIRECT write, no fsync) | {:.0} rec/s ({:.1} MB/s) |",
+        median(&mut leader),
+        median(&mut leader.clone()) * RECORD_BYTES as f64 / 1e6
+    );
+    println!(
+        "| throughput, 64 KiB batches, 1 producer | acks=leader+fsync | {fsync_median:.0} rec/s |"
+    );
+    println!(
+        "| produce-to-ack, single records at {}/s | acks=leader+fsync | p50 {:.0} us, p99 {p99_median:.0} us, p99.9 {:.0} us, max {:.0} us |",
+        args.rate,
+        median(&mut p50),
+        median(&mut p999),
+        median(&mut max)
+    );
+    println!();
+    println!(
+        "target: p99 produce-to-ack with fsync < 250 us: {} ({p99_median:.0} us)",
+        if p99_median < 250.0 { "PASS" } else { "MISS" }
+    );
+    println!(
+        "target: throughput with fsync >= 150,000 rec/s: {} ({fsync_median:.0})",
+        if fsync_median >= 150_000.0 {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
+    handle.shutdown().map_err(anyhow::Error::msg)?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
+}
+
+/// A fresh directory under `parent` for this run's data.
+fn tempfile_dir(parent: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = parent.join(format!("run-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
