@@ -83,7 +83,7 @@ fn hostile_headers_do_not_grow_memory_by_the_frame_limit() {
             // A header announcing 4 GiB (with a valid header crc).
             let mut header = frame[..32].to_vec();
             header[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-            let crc = crc32c(&header[..28]);
+            let crc = crc32c::crc32c(&header[..28]);
             header[28..32].copy_from_slice(&crc.to_le_bytes());
             stream.write_all(&header).unwrap();
         } else {
@@ -100,20 +100,4 @@ fn hostile_headers_do_not_grow_memory_by_the_frame_limit() {
     broker.wait().unwrap();
     eprintln!("S2 hostile-memory cases=40 rss_growth={grown}B limit={FRAME_BYTES_MAX}B");
     assert!(grown < u64::from(FRAME_BYTES_MAX), "RSS grew {grown} bytes");
-}
-
-fn crc32c(bytes: &[u8]) -> u32 {
-    // Castagnoli, reflected: the frame header's checksum, computed independently.
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
