@@ -1,0 +1,139 @@
+//! `ringmq serve` as an operator meets it: a bad profile is refused with a message naming the
+//! field, and SIGTERM stops the broker cleanly with every acknowledged record kept.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
+};
+
+fn ringmq() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ringmq"))
+}
+
+fn tiny() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/tiny.toml")).unwrap()
+}
+
+/// Runs `serve` on a profile made from tiny.toml by `edit`; returns (exit ok, stderr).
+fn serve_with(edit: impl Fn(String) -> String) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("bad.toml");
+    std::fs::write(&profile, edit(tiny())).unwrap();
+    let output = ringmq()
+        .args(["serve", "--port", "0", "--config"])
+        .arg(&profile)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_profiles_are_refused_with_the_field_and_the_reason() {
+    let (ok, stderr) =
+        serve_with(|text| text.replace("ring_depth = 32", "ring_depth = 32\nring_dept = 64"));
+    assert!(!ok);
+    assert!(stderr.contains("ring_dept"), "{stderr}");
+    let (ok, stderr) = serve_with(|text| text.replace("cores = \"all\"", "cores = [999]"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("999") && stderr.contains("cores"),
+        "{stderr}"
+    );
+    let (ok, stderr) = serve_with(|text| {
+        text.replace("io_memory_bytes = 1048576", "io_memory_bytes = 17179869184")
+    });
+    assert!(!ok);
+    assert!(stderr.contains("io_memory_bytes"), "{stderr}");
+    // One line, for scripts and humans alike.
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_keeps_acknowledged_records() {
+    let data = tempfile::tempdir().unwrap();
+    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/tiny.toml");
+    let start = || {
+        let mut child = ringmq()
+            .args(["serve", "--config", tiny, "--port", "0", "--data-dir"])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .strip_prefix("ringmq serving on ")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        (child, address)
+    };
+    let (child, address) = start();
+    let mut client = Client::connect(&address, ClientConfig::default()).unwrap();
+    client.create_topic("t", 1, 1).unwrap();
+    let config = ProducerConfig {
+        acks: Acks::Leader,
+        ..ProducerConfig::default()
+    };
+    let mut producer = Producer::new(client, config).unwrap();
+    for i in 0..1000u32 {
+        producer
+            .send("t", 0, b"", format!("v{i}").as_bytes())
+            .unwrap();
+    }
+    producer.flush().unwrap();
+    drop(producer);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stderr}",
+        output.status
+    );
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+
+    let (mut child, address) = start();
+    let client = Client::connect(&address, ClientConfig::default()).unwrap();
+    let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
+    consumer.assign("t", 0, StartOffset::Earliest).unwrap();
+    let mut values = Vec::new();
+    while values.len() < 1000 {
+        let batch = consumer.poll(Duration::from_millis(500)).unwrap();
+        assert!(!batch.is_empty(), "records missing after {}", values.len());
+        values.extend(
+            batch
+                .into_iter()
+                .map(|r| String::from_utf8(r.value).unwrap()),
+        );
+    }
+    assert_eq!(
+        values,
+        (0..1000).map(|i| format!("v{i}")).collect::<Vec<_>>()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
