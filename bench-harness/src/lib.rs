@@ -1,6 +1,10 @@
 //! Shared inputs for the criterion benches and, later, the scenario runner.
 #![forbid(unsafe_code)]
 
+pub mod fio;
+pub mod logcases;
+pub mod machine;
+
 use protocol::api::{Acks, ProduceRequest};
 use protocol::{BatchBuilder, FrameBuf, encode_frame};
 

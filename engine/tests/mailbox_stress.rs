@@ -2,6 +2,12 @@
 //! awaiting `send` / `recv` so that both sides park and are rung many times.
 //!
 //! Every test runs under a deadline, so a lost wake-up fails the test instead of hanging it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 #![cfg(not(loom))]
 
 use std::future::Future;
@@ -54,7 +60,7 @@ where
 /// Spins a little, then lets the other thread run: the two threads may share one core.
 fn backoff(spins: &mut u32) {
     *spins += 1;
-    if *spins % 64 == 0 {
+    if (*spins).is_multiple_of(64) {
         thread::yield_now();
     } else {
         std::hint::spin_loop();

@@ -325,10 +325,8 @@ pub async fn run(init: ShardInit) {
     tracing::info!(shard = %shard.id, core = shard.config.core, port = shard.config.port, "shard serving");
 
     // Serve until the broker says stop (or the control channel closes: the broker is gone).
-    while let Some(message) = control.recv().await {
-        match message {
-            Control::Shutdown => break,
-        }
+    match control.recv().await {
+        Some(Control::Shutdown) | None => {}
     }
     tracing::info!(shard = %shard.id, "shard stopping");
     shard.drain_and_close().await;

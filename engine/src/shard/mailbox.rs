@@ -624,7 +624,6 @@ impl Doorbell {
         });
         // Release: publishes the waker to the ringer's Acquire CAS.
         self.state.store(PARKED, Ordering::Release);
-        fence(Ordering::SeqCst);
         true
     }
 

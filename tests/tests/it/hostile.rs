@@ -9,17 +9,6 @@ use protocol::api::*;
 use protocol::{ErrorCode, FrameBuf, encode_frame};
 use ringmq_tests::{RawConn, TestBroker};
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 fn still_serves(broker: &TestBroker) {
     let mut good = RawConn::connect(broker.address);
     good.send(
