@@ -624,6 +624,7 @@ impl Doorbell {
         });
         // Release: publishes the waker to the ringer's Acquire CAS.
         self.state.store(PARKED, Ordering::Release);
+        fence(Ordering::SeqCst);
         true
     }
 
