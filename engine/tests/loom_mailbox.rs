@@ -1,9 +1,16 @@
 //! loom models of the cross-core mailbox: the ring, the doorbell handshake and drop.
 //!
-//! Run with
-//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=/work/target-loom cargo test -p ringmq-engine --release --test loom_mailbox`.
+//! Run with (a separate target dir keeps `--cfg loom` from rebuilding the normal one):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!     cargo test -p ringmq-engine --release --test loom_mailbox -- --nocapture
+//! ```
+//!
 //! Models stay tiny (two threads, at most three messages, capacity one or two) so each one
-//! explores every interleaving in seconds. Each prints how many executions it explored.
+//! explores every interleaving in seconds; only the end-to-end model is preemption-bounded.
+//! Each prints how many executions it explored. Every model fails on some planted bug (a
+//! Relaxed publish or release, a missing fence, a missing ring, a double drop).
 #![cfg(loom)]
 
 use std::future::Future;
@@ -210,25 +217,31 @@ fn a_pop_never_misses_a_parked_sender() {
     });
 }
 
-/// (2') `None` never overtakes a message: `recv` ends only after it has returned everything
-/// the sender pushed before its drop. Catches a Relaxed store of the sender's dropped flag.
+/// (2') `None` never overtakes a message: the producer pushes one message and drops its
+/// sender while the consumer polls `recv`. The consumer gets the message first, and `None`
+/// only after it; if it parked, the push or the drop rang it. Catches a missing fence on either
+/// side (never rung) and a Relaxed publish (causality violation on the slot).
 #[test]
 fn recv_ends_only_after_every_message_sent_before_the_drop() {
     check("close after send", || {
         let (tx, rx) = channel::<u32>(2);
-        let producer = thread::spawn(move || {
-            tx.try_send(1).unwrap();
-            tx.try_send(2).unwrap();
-        });
-        let received = block_on(async {
-            let mut received = Vec::new();
-            while let Some(message) = rx.recv().await {
-                received.push(message);
-            }
-            received
-        });
+        let producer = thread::spawn(move || tx.try_send(1).unwrap());
+        let (bell, waker) = bell();
+        let mut cx = Context::from_waker(&waker);
+        let mut recv = pin!(rx.recv());
+        let first = recv.as_mut().poll(&mut cx);
         producer.join().unwrap();
-        assert_eq!(received, [1, 2]);
+        match first {
+            Poll::Ready(message) => assert_eq!(message, Some(1), "recv ended before the message"),
+            Poll::Pending => {
+                assert!(
+                    bell.0.load(Ordering::SeqCst) >= 1,
+                    "lost wake-up: parked receiver never rung"
+                );
+                assert_eq!(recv.as_mut().poll(&mut cx), Poll::Ready(Some(1)));
+            }
+        }
+        assert_eq!(pin!(rx.recv()).poll(&mut cx), Poll::Ready(None));
     });
 }
 
@@ -237,7 +250,9 @@ const PREEMPTIONS_END_TO_END: usize = 3;
 
 /// (2+3) End to end with real wakers: two messages through one slot with `send` and `recv`,
 /// so both sides can park and be rung (and be woken spuriously, and re-park); then the
-/// sender's drop ends `recv`. A lost wake-up shows as a loom deadlock. Bounded to
+/// sender's drop ends `recv`. A lost wake-up shows as a loom deadlock. The only model that
+/// catches a Relaxed hand-back of the doorbell's waker slot (the waiter re-parks after a ring)
+/// and a missing dropped-flag re-check after parking. Bounded to
 /// [`PREEMPTIONS_END_TO_END`] preemptions; the unbounded protocol checks are the models above.
 #[test]
 fn send_and_recv_wait_for_each_other_and_end_on_drop() {

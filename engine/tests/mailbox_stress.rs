@@ -216,11 +216,17 @@ fn a_receiver_dropped_on_another_shard_releases_a_waiting_sender() {
         tx.try_send(1).unwrap();
         let producer = spawn_shard("mailbox-blocked", move || async move { tx.send(2).await });
         let consumer = spawn_shard("mailbox-leaver", move || async move {
-            // Give the sender time to park first; the result is the same if it has not.
+            // Give the sender time to park first (if it has not, its first try sees the
+            // receiver gone).
             glommio::timer::sleep(Duration::from_millis(20)).await;
             drop(rx);
         });
         consumer.join().unwrap();
-        assert_eq!(producer.join().unwrap(), Err(SendError(2)));
+        // Almost always the message comes back. If the sender was descheduled between its
+        // dropped-flag check and its slot check while the receiver left and drained, the send
+        // lands in the freed slot and the ring's drop drops it; that is correct too. What
+        // matters is that the sender returns (the deadline fails the test otherwise).
+        let result = producer.join().unwrap();
+        assert!(matches!(result, Err(SendError(2)) | Ok(())), "{result:?}");
     });
 }

@@ -5,13 +5,13 @@
 //!
 //! # Shape
 //!
-//! - [`Ring`]: the slots plus a free-running `head` (next position to read, written by the
+//! - `Ring`: the slots plus a free-running `head` (next position to read, written by the
 //!   consumer only) and `tail` (next position to write, written by the producer only). A slot
 //!   write is published by a Release store of `tail` and read after an Acquire load of it; a
 //!   slot is handed back by a Release store of `head` and reused after an Acquire load of it.
 //!   Each side caches the other side's position so that it touches the other cache line only
 //!   when the cached value says "empty" (consumer) or "full" (producer).
-//! - [`Doorbell`]: where one side parks its task's [`Waker`] while it waits (the receiver while
+//! - `Doorbell`: where one side parks its task's [`Waker`] while it waits (the receiver while
 //!   the ring is empty, the sender while it is full). The other side rings it after it makes
 //!   progress, and rings only if the waiter announced that it is parked, so the fast path costs
 //!   one fence and one load of a line that changes only when the peer parks.
@@ -23,8 +23,8 @@
 //! exactly:
 //!
 //! ```text
-//! waiter:  state.store(PARKED)     fence(SeqCst)   re-check the ring (tail, or head) + peer-dropped flag
-//! ringer:  publish (tail or head)  fence(SeqCst)   state.load() == PARKED ? take the waker and wake it
+//! waiter: state.store(PARKED)   fence(SeqCst)  re-check the ring and the peer's dropped flag
+//! ringer: publish tail or head  fence(SeqCst)  if state.load() == PARKED: take waker, wake it
 //! ```
 //!
 //! The two SeqCst fences are totally ordered: whichever comes second sees the other side's
