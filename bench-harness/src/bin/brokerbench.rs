@@ -11,11 +11,9 @@
 //!
 //! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use client::connection::{Connection, ConnectionConfig};
 use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
 use engine::broker::{self, BrokerOptions};
 use engine::config::{Cores, Profile};
@@ -33,6 +31,7 @@ struct Args {
     broker_core: usize,
     client_core: usize,
     dir: std::path::PathBuf,
+    latency_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,6 +43,7 @@ fn parse_args() -> anyhow::Result<Args> {
         broker_core: cores.last().copied().unwrap_or(0),
         client_core: cores.first().copied().unwrap_or(0),
         dir: std::env::current_dir()?.join("brokerbench-data"),
+        latency_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,10 +55,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--broker-core" => args.broker_core = value()?.parse()?,
             "--client-core" => args.client_core = value()?.parse()?,
             "--dir" => args.dir = value()?.into(),
+            // Measure latency alone: the throughput cases fill the disk with segment rolls
+            // and background zeroing, which a latency figure must not include unlabelled.
+            "--latency-only" => args.latency_only = true,
             "--help" | "-h" => {
                 println!(
                     "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
-                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK]"
+                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only]"
                 );
                 std::process::exit(0);
             }
@@ -105,21 +108,25 @@ fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::R
 
 /// Open-loop single-record produce at `rate`/s with `leader+fsync`; latency from the intended
 /// send time to the ack, in microseconds.
+///
+/// One thread sends on schedule (sleeping, not polling a socket with a timeout: socket
+/// timeouts round up to scheduler ticks), another reads acks from a clone of the socket, so
+/// neither waits on the other.
 fn latency(
     address: &str,
     topic: &str,
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<(Histogram<u64>, Duration)> {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
     let shard = {
         let mut client = Client::connect(address, ClientConfig::default())?;
         client.partition_address(topic, 0)?
     };
-    let config = ConnectionConfig {
-        in_flight_max: 1024,
-        ..ConnectionConfig::default()
-    };
-    let mut conn = Connection::connect(&shard, config)?;
+    let mut stream = std::net::TcpStream::connect(&shard)?;
+    stream.set_nodelay(true)?;
+    let mut reader = stream.try_clone()?;
     let mut builder = BatchBuilder::new();
     builder.append(0, b"", &vec![b'y'; RECORD_BYTES], &[])?;
     let batch = builder.seal()?.to_vec();
@@ -130,41 +137,71 @@ fn latency(
         timeout_ms: 10_000,
         batch,
     };
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut frame = protocol::FrameBuf::new();
+    protocol::encode_frame(&mut frame, 0, &request).map_err(|e| anyhow::anyhow!("{e}"))?;
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let total = rate * seconds;
-    let mut intended: VecDeque<(u64, Instant)> = VecDeque::new();
-    let started = Instant::now();
+    let started = Instant::now() + Duration::from_millis(10);
+    // The intended time of send i is started + i * interval: the reader needs no table.
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let recorded = Arc::clone(&histogram);
+    let acks = std::thread::spawn(move || -> anyhow::Result<()> {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut received = 0u64;
+        while received < total {
+            let n = match reader.read(&mut chunk) {
+                Ok(0) => bail!("broker closed the connection"),
+                Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.into()),
+            };
+            let now = Instant::now();
+            buf.extend_from_slice(&chunk[..n]);
+            let mut aligned = protocol::FrameBuf::new();
+            aligned.extend_from_slice(&buf);
+            let mut used = 0;
+            while let Ok(Some((response, len))) = protocol::decode_frame(&aligned[used..]) {
+                let body: ProduceResponse =
+                    response.deserialize().map_err(|e| anyhow::anyhow!("{e}"))?;
+                if !body.error.is_ok() {
+                    bail!("produce failed: {}", body.error);
+                }
+                let due = started + interval * response.header.correlation_id as u32;
+                let mut histogram = recorded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                histogram.record(now.saturating_duration_since(due).as_micros().max(1) as u64)?;
+                used += len;
+                received += 1;
+            }
+            buf.drain(..used);
+        }
+        Ok(())
+    });
     let mut worst_send_lag = Duration::ZERO;
-    let mut next = 0u64;
-    while next < total || !intended.is_empty() {
-        let due = started + interval * next as u32;
-        if next < total && Instant::now() >= due {
-            worst_send_lag = worst_send_lag.max(Instant::now() - due);
-            let id = conn.send(&request)?;
-            intended.push_back((id, due));
-            next += 1;
-            continue;
-        }
-        let wait = if next < total {
-            due.saturating_duration_since(Instant::now())
-        } else {
-            Duration::from_millis(100)
-        };
-        if let Some(response) = conn.poll(wait.max(Duration::from_micros(1)))? {
-            let acked = Instant::now();
-            let body: ProduceResponse = response.deserialize()?;
-            if !body.error.is_ok() {
-                bail!("produce failed: {}", body.error);
+    for i in 0..total {
+        let due = started + interval * i as u32;
+        loop {
+            let now = Instant::now();
+            if now >= due {
+                worst_send_lag = worst_send_lag.max(now - due);
+                break;
             }
-            let position = intended
-                .iter()
-                .position(|(id, _)| *id == response.correlation_id());
-            if let Some((_, due)) = position.and_then(|i| intended.remove(i)) {
-                histogram.record((acked - due).as_micros().max(1) as u64)?;
-            }
+            // Sleep, never spin: a spinning sender keeps the ack reader on the same core from
+            // running until the next scheduler tick (4 ms here), which would be measured as
+            // broker latency. Oversleeping still counts: latency runs from the intended time.
+            std::thread::sleep(due - now);
         }
+        protocol::patch_correlation_id(frame.as_mut_slice(), i);
+        stream.write_all(&frame)?;
     }
+    acks.join()
+        .map_err(|_| anyhow::anyhow!("ack reader panicked"))??;
+    let histogram = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     Ok((histogram, worst_send_lag))
 }
 
@@ -209,8 +246,14 @@ fn main() -> anyhow::Result<()> {
         Vec::new(),
     );
     for run in 1..=args.runs {
-        let a = throughput(&address, "bench-leader", Acks::Leader, args.seconds)?;
-        let b = throughput(&address, "bench-fsync", Acks::LeaderFsync, args.seconds)?;
+        let (a, b) = if args.latency_only {
+            (0.0, 0.0)
+        } else {
+            (
+                throughput(&address, "bench-leader", Acks::Leader, args.seconds)?,
+                throughput(&address, "bench-fsync", Acks::LeaderFsync, args.seconds)?,
+            )
+        };
         let (histogram, lag) = latency(&address, "bench-latency", args.rate, args.seconds)?;
         println!(
             "run {run}: acks=leader {a:.0} rec/s ({:.1} MB/s); acks=leader+fsync {b:.0} rec/s; \

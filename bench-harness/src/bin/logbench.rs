@@ -600,7 +600,7 @@ fn main() -> anyhow::Result<()> {
         results,
         loadavg_1m_end: loadavg_1m(),
     };
-    print!("{}", render(&report));
+    emit(&render(&report));
     if let Some(path) = &plan.args.json {
         let json = serde_json::to_string_pretty(&report).context("serializing the report")?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -612,31 +612,37 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
-    println!("# logbench: partition log vs fio\n");
-    println!("- kernel: {}", machine.kernel);
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(out, "# logbench: partition log vs fio\n");
+    let _ = writeln!(out, "- kernel: {}", machine.kernel);
+    let _ = writeln!(
+        out,
         "- CPU: {} ({} online, allowed {:?})",
         machine.cpu_model, machine.cpus_online, machine.cpus_allowed
     );
-    println!(
+    let _ = writeln!(
+        out,
         "- data: {} on {} ({} mounted at {})",
         plan.work.display(),
         machine.data_fs,
         machine.data_device,
         machine.data_mount
     );
-    println!(
+    let _ = writeln!(
+        out,
         "- cores used: glommio executor (appenders, maintain, its blocking helper) pinned to \
          core {}; fio pinned to core {} (--cpus_allowed); the executor's io_uring workers \
          (iou-wrk: fdatasync and any punted write) inherit its affinity and share that core; \
          kernel threads are not pinned",
         plan.core, plan.core
     );
-    println!(
+    let _ = writeln!(
+        out,
         "- memlock soft limit: {}; {fio_version}; load average (1 min) at start: {:.2}",
         machine.memlock_limit, machine.loadavg_1m
     );
-    println!(
+    let _ = writeln!(
+        out,
         "- {} s measured per case and run, {} runs, cases interleaved per run; log cases: \
          128 MiB segments, 2 MiB tail buffer (LogConfig defaults), maintain every {} ms, \
          retention {} MiB, warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}; \
@@ -657,7 +663,8 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
             "no"
         }
     );
-    println!("- source: {}\n", source_state());
+    let _ = writeln!(out, "- source: {}\n", source_state());
+    emit(&out);
 }
 
 /// The commit and whether `engine/` or `bench-harness/` differ from it, when run inside the
@@ -684,6 +691,15 @@ fn source_state() -> String {
         },
     );
     format!("git HEAD {head}; engine/ and bench-harness/ vs HEAD: {dirty}")
+}
+
+/// Writes to stdout, ignoring a closed pipe (`| head`): `print!` would panic, and with
+/// `panic = "abort"` the scratch directory would be left behind.
+fn emit(text: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 /// One progress line per case and run, on stderr.
