@@ -8,12 +8,14 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use protocol::api::MetadataRequest;
+
+mod common;
 use protocol::limits::FRAME_BYTES_MAX;
 use protocol::{FrameBuf, encode_frame};
 
@@ -46,25 +48,7 @@ fn closed_by_peer(stream: &mut TcpStream) -> bool {
 #[test]
 fn hostile_headers_do_not_grow_memory_by_the_frame_limit() {
     let data = tempfile::tempdir().unwrap();
-    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/tiny.toml");
-    let mut broker = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["serve", "--config", tiny, "--port", "0", "--data-dir"])
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(broker.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .strip_prefix("ringmq serving on ")
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut broker, address) = common::serve(data.path(), Stdio::null());
     let pid = broker.id();
     let before = rss_bytes(pid);
 

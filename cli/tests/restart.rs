@@ -8,9 +8,7 @@
 )]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,29 +17,9 @@ use client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
 };
 
-const PARTITIONS: u32 = 2;
+mod common;
 
-/// Starts `ringmq serve` on free ports with the tiny profile; returns it and its address.
-fn serve(data: &Path) -> (Child, String) {
-    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/tiny.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["serve", "--config", tiny, "--port", "0", "--data-dir"])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .strip_prefix("ringmq serving on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    (child, address)
-}
+const PARTITIONS: u32 = 2;
 
 fn value(partition: u32, seq: u64) -> String {
     format!("p{partition}-{seq:08}")
@@ -51,7 +29,7 @@ fn value(partition: u32, seq: u64) -> String {
 fn kill_9_under_load_loses_no_acknowledged_record() {
     let data = tempfile::tempdir().unwrap();
     let mut acked_total = 0;
-    let (mut broker, mut address) = serve(data.path());
+    let (mut broker, mut address) = common::serve(data.path(), Stdio::null());
     Client::connect(&address, ClientConfig::default())
         .unwrap()
         .create_topic("t", PARTITIONS, 1)
@@ -111,7 +89,7 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         );
         acked_total += acked.len();
 
-        (broker, address) = serve(data.path());
+        (broker, address) = common::serve(data.path(), Stdio::null());
         let client = Client::connect(&address, ClientConfig::default()).unwrap();
         let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
         let mut seen = BTreeSet::new();

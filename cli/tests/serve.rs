@@ -7,20 +7,17 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+
+mod common;
 use std::time::Duration;
 
 use client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
 };
 
-fn ringmq() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringmq"))
-}
-
 fn tiny() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/tiny.toml")).unwrap()
+    std::fs::read_to_string(common::TINY).unwrap()
 }
 
 /// Runs `serve` on a profile made from tiny.toml by `edit`; returns (exit ok, stderr).
@@ -28,7 +25,7 @@ fn serve_with(edit: impl Fn(String) -> String) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("bad.toml");
     std::fs::write(&profile, edit(tiny())).unwrap();
-    let output = ringmq()
+    let output = common::ringmq()
         .args(["serve", "--port", "0", "--config"])
         .arg(&profile)
         .arg("--data-dir")
@@ -65,28 +62,7 @@ fn bad_profiles_are_refused_with_the_field_and_the_reason() {
 #[test]
 fn sigterm_stops_cleanly_and_keeps_acknowledged_records() {
     let data = tempfile::tempdir().unwrap();
-    let tiny = concat!(env!("CARGO_MANIFEST_DIR"), "/../tuning/tiny.toml");
-    let start = || {
-        let mut child = ringmq()
-            .args(["serve", "--config", tiny, "--port", "0", "--data-dir"])
-            .arg(data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line
-            .strip_prefix("ringmq serving on ")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        (child, address)
-    };
+    let start = || common::serve(data.path(), Stdio::piped());
     let (child, address) = start();
     let mut client = Client::connect(&address, ClientConfig::default()).unwrap();
     client.create_topic("t", 1, 1).unwrap();
