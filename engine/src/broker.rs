@@ -98,6 +98,15 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
         profile.broker.shard_port_base = port.saturating_add(1);
     }
     let mut shard_configs = profile.resolve(&allowed_cores())?;
+    // Absolute data directories: glommio opens directories without resolving relative paths.
+    for shard in &mut shard_configs {
+        shard.data_dir = std::path::absolute(&shard.data_dir).map_err(|error| {
+            preflight::PreflightError::DataDir {
+                dir: shard.data_dir.display().to_string(),
+                error,
+            }
+        })?;
+    }
     preflight::check_memory_lock(&shard_configs)?;
     preflight::check_io_uring()?;
     let locks = shard_configs

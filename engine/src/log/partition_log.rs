@@ -147,6 +147,9 @@ impl<S: Storage> Log<S> {
         config
             .validate()
             .map_err(|(field, reason)| LogError::Config { field, reason })?;
+        // Absolute, because glommio opens directories without resolving relative paths (and a
+        // relative path's last ancestor is empty), and a shard's working directory is global.
+        let dir = &std::path::absolute(dir).map_err(LogError::io("resolve log directory"))?;
         let (opened, report) = recovery::open(&storage, dir, &config).await?;
         let active = opened.active;
         let tail_pos = block_floor(active.data_end);
@@ -379,6 +382,10 @@ impl<S: Storage> Log<S> {
     async fn gather(&self) {
         let window_us = self.config.group_commit_window_us;
         if window_us == 0 {
+            // A window of zero time: one turn of the executor lets appenders that were woken
+            // with this committer append before the write, instead of waiting for the next
+            // one (measured: 16 durable appenders went from 0.118 to 0.063 syncs per append).
+            futures_lite::future::yield_now().await;
             return;
         }
         let pending = self.state.borrow().tail.dirty_bytes() as u64;

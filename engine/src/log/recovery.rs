@@ -364,7 +364,11 @@ pub(crate) async fn open<S: Storage>(
         .map_err(LogError::io("create log directory"))?;
     // A new partition directory, and any parent `create_dir_all` made on the way, must be
     // durable before anything in it is acknowledged: sync each one's entry in its parent.
-    for parent in dir.ancestors().skip(1) {
+    for parent in dir
+        .ancestors()
+        .skip(1)
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         storage
             .sync_dir(parent)
             .await

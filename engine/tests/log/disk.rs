@@ -310,3 +310,23 @@ fn group_commit_window_gathers_appends_that_arrive_apart() {
         assert!(with < without, "window {with} syncs vs none {without}");
     });
 }
+
+#[test]
+fn relative_log_directory_opens() {
+    run(|| async {
+        let tmp = tempfile::tempdir_in(".").unwrap();
+        let name = tmp.path().file_name().unwrap().to_owned();
+        let relative = std::path::Path::new(".").join(&name).join("p-0");
+        probe_dir(tmp.path()).await.unwrap();
+        let (log, _) = Log::open(DmaStorage, &relative, small_config())
+            .await
+            .unwrap();
+        let appended = log.append(&batch(1, 0, 1, 10), 1).await.unwrap();
+        log.wait_synced(appended.next_offset).await.unwrap();
+        log.close().await.unwrap();
+        let (log, _) = Log::open(DmaStorage, &relative, small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.offsets().next, 1);
+    });
+}
