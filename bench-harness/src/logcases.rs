@@ -413,7 +413,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
     let cpu = cpu_before.until(&CpuSample::now());
     let shard_sched = sched_before.until(&ThreadSched::now());
     let device_written_mb = disk_before.written_mb_until(&DiskSample::now(&case.device));
-    let stats = stats_since(&stats_before, &log.stats());
+    let stats = log.stats().since(&stats_before);
     let maintained = maintainer.await;
     if let Some(error) = failure {
         return Err(error).context("appender");
@@ -578,15 +578,4 @@ fn own_written_mb(stats: &LogStats, spares: u64, config: &LogConfig) -> f64 {
         0
     };
     (stats.write_bytes + zeroed) as f64 / 1e6
-}
-
-fn stats_since(before: &LogStats, after: &LogStats) -> LogStats {
-    LogStats {
-        appends: after.appends - before.appends,
-        writes: after.writes - before.writes,
-        write_bytes: after.write_bytes - before.write_bytes,
-        syncs: after.syncs - before.syncs,
-        rolls: after.rolls - before.rolls,
-        segments_deleted: after.segments_deleted - before.segments_deleted,
-    }
 }

@@ -53,6 +53,20 @@ pub struct LogStats {
     pub segments_deleted: u64,
 }
 
+impl LogStats {
+    /// The counts since `earlier`, a snapshot of the same log.
+    pub fn since(&self, earlier: &LogStats) -> LogStats {
+        LogStats {
+            appends: self.appends - earlier.appends,
+            writes: self.writes - earlier.writes,
+            write_bytes: self.write_bytes - earlier.write_bytes,
+            syncs: self.syncs - earlier.syncs,
+            rolls: self.rolls - earlier.rolls,
+            segments_deleted: self.segments_deleted - earlier.segments_deleted,
+        }
+    }
+}
+
 /// What one `maintain` pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MaintainReport {
