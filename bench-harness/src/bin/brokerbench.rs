@@ -32,6 +32,8 @@ struct Args {
     client_core: usize,
     dir: std::path::PathBuf,
     latency_only: bool,
+    latency_acks: Acks,
+    profile: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,6 +46,8 @@ fn parse_args() -> anyhow::Result<Args> {
         client_core: cores.first().copied().unwrap_or(0),
         dir: std::env::current_dir()?.join("brokerbench-data"),
         latency_only: false,
+        latency_acks: Acks::LeaderFsync,
+        profile: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,10 +62,17 @@ fn parse_args() -> anyhow::Result<Args> {
             // Measure latency alone: the throughput cases fill the disk with segment rolls
             // and background zeroing, which a latency figure must not include unlabelled.
             "--latency-only" => args.latency_only = true,
+            // The latency case's acks: `leader` separates the broker's own path from fsync.
+            "--latency-acks" => {
+                args.latency_acks = value()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            // A tuning profile (its shard section is replaced by the broker core).
+            "--profile" => args.profile = Some(value()?.into()),
             "--help" | "-h" => {
                 println!(
                     "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
-                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only]"
+                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only] \
+                     [--latency-acks leader|leader+fsync] [--profile tuning/FILE.toml]"
                 );
                 std::process::exit(0);
             }
@@ -106,8 +117,8 @@ fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::R
     Ok(sent as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Open-loop single-record produce at `rate`/s with `leader+fsync`; latency from the intended
-/// send time to the ack, in microseconds.
+/// Open-loop single-record produce at `rate`/s with `acks`; latency from the intended send
+/// time to the ack, in microseconds.
 ///
 /// One thread sends on schedule (sleeping, not polling a socket with a timeout: socket
 /// timeouts round up to scheduler ticks), another reads acks from a clone of the socket, so
@@ -115,10 +126,12 @@ fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::R
 fn latency(
     address: &str,
     topic: &str,
+    acks: Acks,
     rate: u64,
     seconds: u64,
-) -> anyhow::Result<(Histogram<u64>, Duration)> {
+) -> anyhow::Result<Latency> {
     use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     let shard = {
         let mut client = Client::connect(address, ClientConfig::default())?;
@@ -133,20 +146,27 @@ fn latency(
     let request = ProduceRequest {
         topic: topic.into(),
         partition: 0,
-        acks: Acks::LeaderFsync,
+        acks,
         timeout_ms: 10_000,
         batch,
     };
     let mut frame = protocol::FrameBuf::new();
     protocol::encode_frame(&mut frame, 0, &request).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Linux lets a sleeping thread oversleep by its timer slack (50 us by default); every
+    // such oversleep is counted against the broker below, so ask for the least.
+    if let Err(error) = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1)) {
+        eprintln!("brokerbench: timer slack stays at the default ({error})");
+    }
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let total = rate * seconds;
     let started = Instant::now() + Duration::from_millis(10);
     // The intended time of send i is started + i * interval: the reader needs no table.
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
-    let recorded = Arc::clone(&histogram);
+    let histograms = Arc::new(Mutex::new(Latency::new()?));
+    let recorded = Arc::clone(&histograms);
+    // When each send actually left (ns after `started`): the ack reader measures from it too,
+    // separating the broker's service time from the sender's own lateness.
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let sent_read = Arc::clone(&sent_at);
     let acks = std::thread::spawn(move || -> anyhow::Result<()> {
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 << 10];
@@ -169,9 +189,19 @@ fn latency(
                 if !body.error.is_ok() {
                     bail!("produce failed: {}", body.error);
                 }
-                let due = started + interval * response.header.correlation_id as u32;
-                let mut histogram = recorded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                histogram.record(now.saturating_duration_since(due).as_micros().max(1) as u64)?;
+                let i = response.header.correlation_id;
+                let due = started + interval * i as u32;
+                let sent = sent_read
+                    .get(i as usize)
+                    .map_or(0, |at| at.load(Ordering::Acquire));
+                let sent = started + Duration::from_nanos(sent);
+                let mut latency = recorded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let micros = |from: Instant| now.saturating_duration_since(from).as_micros().max(1);
+                latency.from_intended.record(micros(due) as u64)?;
+                latency.from_sent.record(micros(sent) as u64)?;
+                latency
+                    .send_lag
+                    .record(sent.saturating_duration_since(due).as_micros().max(1) as u64)?;
                 used += len;
                 received += 1;
             }
@@ -179,13 +209,11 @@ fn latency(
         }
         Ok(())
     });
-    let mut worst_send_lag = Duration::ZERO;
     for i in 0..total {
         let due = started + interval * i as u32;
         loop {
             let now = Instant::now();
             if now >= due {
-                worst_send_lag = worst_send_lag.max(now - due);
                 break;
             }
             // Sleep, never spin: a spinning sender keeps the ack reader on the same core from
@@ -194,15 +222,40 @@ fn latency(
             std::thread::sleep(due - now);
         }
         protocol::patch_correlation_id(frame.as_mut_slice(), i);
+        if let Some(at) = sent_at.get(i as usize) {
+            at.store(started.elapsed().as_nanos() as u64, Ordering::Release);
+        }
         stream.write_all(&frame)?;
     }
     acks.join()
         .map_err(|_| anyhow::anyhow!("ack reader panicked"))??;
-    let histogram = histogram
+    let latency = histograms
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    Ok((histogram, worst_send_lag))
+    Ok(latency)
+}
+
+/// The latency case's histograms, in microseconds.
+#[derive(Clone)]
+struct Latency {
+    /// Produce-to-ack from each send's intended time: the figure the target is about.
+    from_intended: Histogram<u64>,
+    /// Produce-to-ack from when the send actually left: the broker's service time.
+    from_sent: Histogram<u64>,
+    /// How late each send left (the sender's oversleep; counted in `from_intended`).
+    send_lag: Histogram<u64>,
+}
+
+impl Latency {
+    fn new() -> anyhow::Result<Latency> {
+        let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+        Ok(Latency {
+            from_intended: histogram()?,
+            from_sent: histogram()?,
+            send_lag: histogram()?,
+        })
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -214,7 +267,10 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir)?;
     let data = tempfile_dir(&args.dir)?;
-    let mut profile = Profile::default();
+    let mut profile = match &args.profile {
+        Some(path) => Profile::load(path)?,
+        None => Profile::default(),
+    };
     profile.shards.cores = Cores::List(vec![args.broker_core]);
     let options = BrokerOptions {
         data_dir: Some(data.clone()),
@@ -237,14 +293,8 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         data.display()
     );
-    let (mut leader, mut fsync, mut p50, mut p99, mut p999, mut max) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
+    let (mut leader, mut fsync) = (Vec::new(), Vec::new());
+    let mut runs: Vec<Latency> = Vec::new();
     for run in 1..=args.runs {
         let (a, b) = if args.latency_only {
             (0.0, 0.0)
@@ -254,27 +304,45 @@ fn main() -> anyhow::Result<()> {
                 throughput(&address, "bench-fsync", Acks::LeaderFsync, args.seconds)?,
             )
         };
-        let (histogram, lag) = latency(&address, "bench-latency", args.rate, args.seconds)?;
+        let latency = latency(
+            &address,
+            "bench-latency",
+            args.latency_acks,
+            args.rate,
+            args.seconds,
+        )?;
+        let (intended, sent, lag) = (
+            &latency.from_intended,
+            &latency.from_sent,
+            &latency.send_lag,
+        );
         println!(
             "run {run}: acks=leader {a:.0} rec/s ({:.1} MB/s); acks=leader+fsync {b:.0} rec/s; \
-             single records at {}/s leader+fsync: p50 {} us p99 {} us p99.9 {} us max {} us (n={}, worst send lag {:?})",
+             single records at {}/s acks={}: from intended send p50 {} us p99 {} us p99.9 {} us max {} us; \
+             from actual send p50 {} us p99 {} us; send lag p50 {} us p99 {} us max {} us (n={})",
             a * RECORD_BYTES as f64 / 1e6,
             args.rate,
-            histogram.value_at_quantile(0.5),
-            histogram.value_at_quantile(0.99),
-            histogram.value_at_quantile(0.999),
-            histogram.max(),
-            histogram.len(),
-            lag
+            args.latency_acks.as_str(),
+            intended.value_at_quantile(0.5),
+            intended.value_at_quantile(0.99),
+            intended.value_at_quantile(0.999),
+            intended.max(),
+            sent.value_at_quantile(0.5),
+            sent.value_at_quantile(0.99),
+            lag.value_at_quantile(0.5),
+            lag.value_at_quantile(0.99),
+            lag.max(),
+            intended.len(),
         );
         leader.push(a);
         fsync.push(b);
-        p50.push(histogram.value_at_quantile(0.5) as f64);
-        p99.push(histogram.value_at_quantile(0.99) as f64);
-        p999.push(histogram.value_at_quantile(0.999) as f64);
-        max.push(histogram.max() as f64);
+        runs.push(latency);
     }
-    let (fsync_median, p99_median) = (median(&mut fsync), median(&mut p99));
+    let median_of = |pick: &dyn Fn(&Latency) -> u64| {
+        median(&mut runs.iter().map(|l| pick(l) as f64).collect::<Vec<_>>())
+    };
+    let p99_median = median_of(&|l| l.from_intended.value_at_quantile(0.99));
+    let fsync_median = median(&mut fsync);
     println!();
     println!(
         "| case (1 KiB records) | durability | median of {} runs |",
@@ -290,11 +358,24 @@ fn main() -> anyhow::Result<()> {
         "| throughput, 64 KiB batches, 1 producer | acks=leader+fsync | {fsync_median:.0} rec/s |"
     );
     println!(
-        "| produce-to-ack, single records at {}/s | acks=leader+fsync | p50 {:.0} us, p99 {p99_median:.0} us, p99.9 {:.0} us, max {:.0} us |",
+        "| produce-to-ack from intended send, single records at {}/s | acks={} | p50 {:.0} us, p99 {p99_median:.0} us, p99.9 {:.0} us, max {:.0} us |",
         args.rate,
-        median(&mut p50),
-        median(&mut p999),
-        median(&mut max)
+        args.latency_acks.as_str(),
+        median_of(&|l| l.from_intended.value_at_quantile(0.5)),
+        median_of(&|l| l.from_intended.value_at_quantile(0.999)),
+        median_of(&|l| l.from_intended.max()),
+    );
+    println!(
+        "| produce-to-ack from actual send (service time) | acks={} | p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us |",
+        args.latency_acks.as_str(),
+        median_of(&|l| l.from_sent.value_at_quantile(0.5)),
+        median_of(&|l| l.from_sent.value_at_quantile(0.99)),
+        median_of(&|l| l.from_sent.value_at_quantile(0.999)),
+    );
+    println!(
+        "| sender lateness (included in the first row) | - | p50 {:.0} us, p99 {:.0} us |",
+        median_of(&|l| l.send_lag.value_at_quantile(0.5)),
+        median_of(&|l| l.send_lag.value_at_quantile(0.99)),
     );
     println!();
     println!(
