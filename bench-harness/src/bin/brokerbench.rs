@@ -293,9 +293,42 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         data.display()
     );
-    let (mut leader, mut fsync) = (Vec::new(), Vec::new());
+    // The device's own figure in the same run: fio's 4 KiB O_DIRECT write + fdatasync on the
+    // broker's core, next to the broker's durable produce-to-ack.
+    let fio_file = data.join("fio-write-fdatasync");
+    let fio_ready = match bench_harness::fio::version() {
+        Ok(version) => {
+            bench_harness::fio::lay_out(&data.join("fio-seq-unused"), &fio_file, args.broker_core)
+                .map(|()| {
+                    println!(
+                        "device baseline: {version}, 4 KiB write+fdatasync, QD1, on core {}",
+                        args.broker_core
+                    );
+                })
+                .map_err(|error| eprintln!("brokerbench: no fio baseline: {error:#}"))
+                .is_ok()
+        }
+        Err(error) => {
+            eprintln!("brokerbench: no fio baseline: {error:#}");
+            false
+        }
+    };
+    let _ = std::fs::remove_file(data.join("fio-seq-unused"));
+    let (mut leader, mut fsync, mut device_p99) = (Vec::new(), Vec::new(), Vec::new());
     let mut runs: Vec<Latency> = Vec::new();
     for run in 1..=args.runs {
+        if fio_ready {
+            let device =
+                bench_harness::fio::write_fdatasync(&fio_file, args.seconds, args.broker_core)?;
+            let bound_us = device.total_p99_bound_ns() / 1e3;
+            println!(
+                "run {run}: fio write p99 {:.0} us + fdatasync p99 {:.0} us = {bound_us:.0} us ({:.0} durable writes/s)",
+                device.write_p99_ns / 1e3,
+                device.sync_p99_ns / 1e3,
+                device.iops
+            );
+            device_p99.push(bound_us);
+        }
         let (a, b) = if args.latency_only {
             (0.0, 0.0)
         } else {
@@ -377,6 +410,13 @@ fn main() -> anyhow::Result<()> {
         median_of(&|l| l.send_lag.value_at_quantile(0.5)),
         median_of(&|l| l.send_lag.value_at_quantile(0.99)),
     );
+    if !device_p99.is_empty() {
+        let device = median(&mut device_p99);
+        println!(
+            "| device: fio 4 KiB O_DIRECT write p99 + fdatasync p99, QD1 | fdatasync per write | {device:.0} us (broker p99 / device = {:.2}) |",
+            p99_median / device
+        );
+    }
     println!();
     println!(
         "target: p99 produce-to-ack with fsync < 250 us: {} ({p99_median:.0} us)",
