@@ -27,6 +27,8 @@ use crate::workload::{Rate, WorkloadFile};
 #[derive(Debug, Clone)]
 pub struct CompareOptions {
     pub duration: Duration,
+    /// Load before each run's measurement (lets a fresh broker finish preparing segments).
+    pub warmup: Duration,
     /// Offered rate of the latency runs (msg/s), the same for every column.
     pub rate: f64,
     pub message_bytes: usize,
@@ -194,6 +196,7 @@ pub fn run(options: &CompareOptions, stop: Arc<AtomicBool>) -> anyhow::Result<Co
                     Rate::Max => 0.0,
                 }),
                 test_duration_seconds: Some(options.duration.as_secs_f64()),
+                warmup_duration_seconds: Some(options.warmup.as_secs_f64()),
                 acks: Some(case.acks.into()),
                 batch_bytes: Some(case.batch_bytes),
                 linger_ms: Some(case.linger_ms),

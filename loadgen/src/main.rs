@@ -125,6 +125,9 @@ struct CompareArgs {
     /// How long each run measures. [default: 10s]
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     duration: String,
+    /// Load before each run's measurement starts (not counted).
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    warmup: String,
     /// Offered rate of the latency runs, messages per second (every system gets the same).
     #[arg(long, default_value = "20000", value_name = "N")]
     rate: String,
@@ -256,6 +259,7 @@ fn compare_command(args: CompareArgs, stop: Arc<AtomicBool>) -> anyhow::Result<(
     };
     let options = CompareOptions {
         duration: parse_duration(&args.duration).map_err(anyhow::Error::msg)?,
+        warmup: parse_duration(&args.warmup).map_err(anyhow::Error::msg)?,
         rate,
         message_bytes: args.message_size,
         target: args.target.as_deref().map(Target::parse).transpose()?,

@@ -290,8 +290,9 @@ where
         if track_interval {
             interval.record(latency);
         }
-        if plan.window().is_some_and(|w| w.measures(intended)) {
+        if let Some(w) = plan.window().filter(|w| w.measures(intended)) {
             stats.e2e.record(latency);
+            stats.received_in_window += u64::from(now < w.end_ns);
             stats.received += 1;
             stats.received_bytes += payload.len() as u64;
         }
@@ -476,6 +477,7 @@ fn record_ack(
         if measured {
             sink.stats.ack.record(latency);
             sink.stats.acked += 1;
+            sink.stats.acked_in_window += u64::from(window.is_some_and(|w| now < w.end_ns));
         }
     }
 }

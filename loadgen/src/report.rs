@@ -50,8 +50,8 @@ pub struct RunResult {
     pub received: Option<u64>,
     /// Requests answered with an error (their messages).
     pub failed: u64,
-    /// Acknowledged messages per second; without acks, delivered (or, without consumers,
-    /// sent) messages per second.
+    /// Messages per second acknowledged before the measured window ended; without acks,
+    /// delivered (or, without consumers, sent) before it ended.
     pub throughput_msgs_per_s: f64,
     pub throughput_mb_per_s: f64,
     pub producer_msgs_per_s: f64,
@@ -270,7 +270,7 @@ pub fn compare_table(columns: &[Column]) -> String {
                 .and_then(|r| r.e2e_latency_us)
                 .map(|l| l.p999))
         }),
-        ("delivered at offered rate", |c| {
+        ("acked/delivered within the window", |c| {
             c.latency.as_ref().map_or("-".into(), |r| {
                 format!("{:.0} msg/s", r.throughput_msgs_per_s)
             })

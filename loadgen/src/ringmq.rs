@@ -1005,6 +1005,7 @@ fn on_ack(
         if window.measures(intended) {
             stats.ack.record(latency);
             stats.acked += 1;
+            stats.acked_in_window += u64::from(now < window.end_ns);
         }
     }
 }
@@ -1050,8 +1051,9 @@ fn on_fetch(
             if let Some(interval) = interval.as_deref_mut() {
                 interval.record(latency);
             }
-            if window.is_some_and(|w| w.measures(intended)) {
+            if let Some(w) = window.filter(|w| w.measures(intended)) {
                 stats.e2e.record(latency);
+                stats.received_in_window += u64::from(now < w.end_ns);
                 measured += 1;
                 stats.received_bytes += record.value.len() as u64;
             }

@@ -208,10 +208,13 @@ pub fn run(options: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOut
     let consumers =
         workload.topics * workload.subscriptions_per_topic * workload.consumers_per_subscription;
     let deliveries = u64::from(workload.deliveries_per_message()).max(1);
+    // Counted only if acknowledged (or delivered) before the window ended.
     let delivered = if has_acks {
-        stats.acked
+        stats.acked_in_window
+    } else if consumers > 0 {
+        stats.sent.min(stats.received_in_window / deliveries)
     } else {
-        stats.sent.min(stats.received / deliveries)
+        stats.sent
     };
     let throughput = delivered as f64 / seconds;
     let (durability, acks) = options
@@ -239,7 +242,7 @@ pub fn run(options: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOut
         throughput_msgs_per_s: throughput,
         throughput_mb_per_s: throughput * workload.message_bytes as f64 / 1e6,
         producer_msgs_per_s: stats.sent as f64 / seconds,
-        consumer_msgs_per_s: (consumers > 0).then_some(stats.received as f64 / seconds),
+        consumer_msgs_per_s: (consumers > 0).then_some(stats.received_in_window as f64 / seconds),
         ack_latency_us: if has_acks {
             stats.ack.summary().map(Into::into)
         } else {

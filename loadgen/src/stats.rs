@@ -144,6 +144,11 @@ pub struct Stats {
     pub acked: u64,
     pub received: u64,
     pub received_bytes: u64,
+    /// Of `acked` and `received`: those that arrived before the window ended. Throughput
+    /// counts these, so a target that falls behind shows it instead of catching up unseen
+    /// while loadgen drains.
+    pub acked_in_window: u64,
+    pub received_in_window: u64,
     /// Requests the target answered with an error (each counts its messages).
     pub failed: u64,
 }
@@ -158,6 +163,8 @@ impl Stats {
         self.acked += other.acked;
         self.received += other.received;
         self.received_bytes += other.received_bytes;
+        self.acked_in_window += other.acked_in_window;
+        self.received_in_window += other.received_in_window;
         self.failed += other.failed;
     }
 }
