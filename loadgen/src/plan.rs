@@ -13,6 +13,11 @@ use crate::workload::Workload;
 /// from the last time anything arrived.
 pub const DRAIN_QUIET: Duration = Duration::from_secs(3);
 
+/// Longest a sender keeps sending messages intended before the window's end once the end
+/// has passed. A target that cannot keep up leaves the rest unsent (and `sent` below the
+/// offered count shows it) rather than stretching the run without bound.
+pub const LATE_SEND_MAX: Duration = Duration::from_secs(5);
+
 /// Longest the whole drain may take.
 pub const DRAIN_MAX: Duration = Duration::from_secs(30);
 
@@ -116,10 +121,13 @@ impl Plan {
         self.window.get().copied()
     }
 
-    /// Whether sending must stop now: Ctrl-C or a failure elsewhere. (The window's end is
-    /// the schedules' business: messages intended before it are sent even if late.)
+    /// Whether sending must stop now: Ctrl-C, a failure elsewhere, or `LATE_SEND_MAX` past
+    /// the window's end. (Until then the end is the schedules' business: messages intended
+    /// before it are sent even if late.)
     pub fn interrupted(&self, now_ns: Nanos, window: &Window) -> bool {
-        let over = self.stop.load(Ordering::Relaxed) || self.aborted.load(Ordering::Relaxed);
+        let over = self.stop.load(Ordering::Relaxed)
+            || self.aborted.load(Ordering::Relaxed)
+            || now_ns > window.end_ns + LATE_SEND_MAX.as_nanos() as Nanos;
         if over {
             self.sending_ended.get_or_init(|| now_ns.min(window.end_ns));
         }
