@@ -1,0 +1,1141 @@
+//! The `ringmq://` target: topics created through the client crate, then pinned workers that
+//! each drive their producers' and consumers' connections through one io_uring ring.
+//!
+//! Produce frames are built once per (topic, messages per request) and patched per send:
+//! partition, each message's stamp (intended send time and sequence), key, batch timestamps,
+//! then the batch crc, body crc and header crc are re-sealed. Nothing is re-encoded on the
+//! send path. Consumers long-poll fetches and read the stamps in place.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use client::{Client, ClientConfig};
+use protocol::api::{
+    ArchivedFetchResponse, ArchivedProduceResponse, FetchRequest, FetchResponse, ProduceRequest,
+    ProduceResponse,
+};
+use protocol::limits::FRAME_HEADER_BYTES;
+use protocol::{Acks, ApiKey, BatchView, Batches, FrameBuf, decode_frame, encode_frame};
+
+use crate::plan::{DRAIN_MAX, DRAIN_QUIET, Plan, Window, topic_name};
+use crate::rate::{Clock, Nanos, Schedule};
+use crate::stats::{Latency, Live, Stats};
+use crate::uring::Transport;
+use crate::workload::{KeyDistributor, Rate};
+
+/// Bytes of a key when the workload uses keys (a little-endian u64).
+const KEY_BYTES: usize = 8;
+
+/// Longest a fetch waits at the broker for data, in ms. Short enough that a consumer
+/// notices the end of a run promptly.
+const FETCH_WAIT_MS: u32 = 100;
+
+/// Bytes one fetch asks for per partition.
+const FETCH_BYTES: u32 = 1 << 20;
+
+/// Most messages one producer takes from its schedule per loop turn, so one far-behind
+/// producer cannot starve the ring's completions.
+const MESSAGES_PER_TURN_MAX: u64 = 4096;
+
+/// Unsent bytes on a connection above which an unacknowledged producer (`acks=none`) waits:
+/// its only back-pressure is the socket.
+const UNSENT_BYTES_MAX: usize = 4 << 20;
+
+/// Bytes of produce-frame templates a worker keeps; past it, frames are encoded per send.
+const TEMPLATE_BYTES_MAX: usize = 256 << 20;
+
+/// How long the broker may take to answer a produce before it reports `Timeout`.
+const PRODUCE_TIMEOUT_MS: u32 = 30_000;
+
+// Fixed positions in the frame header and the batch header (protocol/src/frame.rs and
+// protocol/src/batch.rs document both layouts).
+const FRAME_AT_BODY_CRC: usize = 24;
+const BATCH_AT_CRC: usize = 12;
+const BATCH_CRC_START: usize = 16;
+const BATCH_AT_FIRST_TIMESTAMP: usize = 32;
+const BATCH_AT_MAX_TIMESTAMP: usize = 40;
+
+/// What a ringmq target is: the broker's shared `host:port`.
+#[derive(Debug, Clone)]
+pub struct Ringmq {
+    pub address: String,
+}
+
+/// A produce frame for one topic with a fixed number of records, and where to patch it.
+#[derive(Debug, Clone)]
+pub struct Template {
+    frame: FrameBuf,
+    partition_at: usize,
+    batch_at: usize,
+    batch_len: usize,
+    /// Frame offset of each record's key (empty keys: unused) and value.
+    keys_at: Vec<usize>,
+    values_at: Vec<usize>,
+    body_len: usize,
+}
+
+/// One message in a request: its intended send time and its stamp sequence.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    intended_ns: Nanos,
+    sequence: u64,
+    key: u64,
+}
+
+impl Template {
+    /// Builds the frame for `count` records of `payload` (keys of `key_bytes`, 0 or 8).
+    pub fn build(
+        topic: &str,
+        acks: Acks,
+        count: usize,
+        payload: &[u8],
+        key_bytes: usize,
+    ) -> anyhow::Result<Template> {
+        let mut builder = protocol::BatchBuilder::new();
+        let key = vec![0u8; key_bytes];
+        let now_ms = wall_clock_ms();
+        for _ in 0..count {
+            builder
+                .append(now_ms, &key, payload, &[])
+                .map_err(|e| anyhow!("building a {count}-record batch: {e}"))?;
+        }
+        let batch = builder
+            .seal()
+            .map_err(|e| anyhow!("sealing a batch: {e}"))?
+            .to_vec();
+        let request = ProduceRequest {
+            topic: topic.to_string(),
+            partition: 0,
+            acks,
+            timeout_ms: PRODUCE_TIMEOUT_MS,
+            batch,
+        };
+        let mut frame = FrameBuf::new();
+        encode_frame(&mut frame, 0, &request).map_err(|e| anyhow!("encoding a produce: {e}"))?;
+        let base = frame.as_ptr() as usize;
+        let (decoded, _) = decode_frame(&frame)
+            .map_err(|e| anyhow!("re-reading our own frame: {e}"))?
+            .ok_or_else(|| anyhow!("our own frame is incomplete"))?;
+        let archived = decoded
+            .access::<ProduceRequest>()
+            .map_err(|e| anyhow!("re-reading our own produce: {e}"))?;
+        let partition_at = std::ptr::addr_of!(archived.partition) as usize - base;
+        let batch_bytes: &[u8] = archived.batch.as_slice();
+        let batch_at = batch_bytes.as_ptr() as usize - base;
+        let view = BatchView::new(batch_bytes).map_err(|e| anyhow!("our own batch: {e}"))?;
+        let mut keys_at = Vec::with_capacity(count);
+        let mut values_at = Vec::with_capacity(count);
+        for record in view.records() {
+            keys_at.push(record.key.as_ptr() as usize - base);
+            values_at.push(record.value.as_ptr() as usize - base);
+        }
+        let body_len = decoded.header.body_len as usize;
+        Ok(Template {
+            batch_len: batch_bytes.len(),
+            frame,
+            partition_at,
+            batch_at,
+            keys_at,
+            values_at,
+            body_len,
+        })
+    }
+
+    /// Stamps `messages` (at most the template's record count) and re-seals the frame.
+    fn patch(
+        &mut self,
+        partition: u32,
+        messages: &[Message],
+        key_bytes: usize,
+        correlation_id: u64,
+    ) {
+        let frame = self.frame.as_mut_slice();
+        put(frame, self.partition_at, &partition.to_le_bytes());
+        for ((message, value_at), key_at) in messages.iter().zip(&self.values_at).zip(&self.keys_at)
+        {
+            put(frame, *value_at, &message.intended_ns.to_le_bytes());
+            put(frame, value_at + 8, &message.sequence.to_le_bytes());
+            if key_bytes == KEY_BYTES {
+                put(frame, *key_at, &message.key.to_le_bytes());
+            }
+        }
+        let now_ms = wall_clock_ms().to_le_bytes();
+        put(frame, self.batch_at + BATCH_AT_FIRST_TIMESTAMP, &now_ms);
+        put(frame, self.batch_at + BATCH_AT_MAX_TIMESTAMP, &now_ms);
+        let batch_crc = crc32c::crc32c(
+            frame
+                .get(self.batch_at + BATCH_CRC_START..self.batch_at + self.batch_len)
+                .unwrap_or_default(),
+        );
+        put(
+            frame,
+            self.batch_at + BATCH_AT_CRC,
+            &batch_crc.to_le_bytes(),
+        );
+        let body_crc = crc32c::crc32c(
+            frame
+                .get(FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + self.body_len)
+                .unwrap_or_default(),
+        );
+        put(frame, FRAME_AT_BODY_CRC, &body_crc.to_le_bytes());
+        protocol::patch_correlation_id(frame, correlation_id);
+    }
+
+    pub fn frame(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+fn put(frame: &mut [u8], at: usize, bytes: &[u8]) {
+    if let Some(slot) = frame.get_mut(at..at + bytes.len()) {
+        slot.copy_from_slice(bytes);
+    }
+}
+
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Reads the stamp loadgen put at the front of a payload: (intended send ns, sequence).
+pub fn read_stamp(value: &[u8]) -> Option<(Nanos, u64)> {
+    let intended = u64::from_le_bytes(value.get(0..8)?.try_into().ok()?);
+    let sequence = u64::from_le_bytes(value.get(8..16)?.try_into().ok()?);
+    Some((intended, sequence))
+}
+
+/// Writes the stamp into the front of a payload.
+pub fn write_stamp(value: &mut [u8], intended_ns: Nanos, sequence: u64) {
+    put(value, 0, &intended_ns.to_le_bytes());
+    put(value, 8, &sequence.to_le_bytes());
+}
+
+/// Where a producer sends one partition.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    conn: usize,
+    partition: u32,
+}
+
+/// A batch being filled for one partition.
+#[derive(Debug, Default)]
+struct OpenBatch {
+    messages: Vec<Message>,
+    opened_ns: Nanos,
+}
+
+struct Producer {
+    topic: usize,
+    schedule: Schedule,
+    routes: Vec<Route>,
+    open: Vec<OpenBatch>,
+    sticky: usize,
+    key_counter: u64,
+    sequence: u64,
+    rng: rand::rngs::SmallRng,
+}
+
+struct Consumer {
+    topic: usize,
+    subscription: usize,
+    conn: usize,
+    topic_name: String,
+    partition: u32,
+    position: u64,
+    fetching: bool,
+    retry_at_ns: Nanos,
+}
+
+/// A produce request waiting for its response.
+struct Pending {
+    producer: usize,
+    intended: Vec<Nanos>,
+}
+
+/// Requests in flight, indexed by correlation id (slot in the low 32 bits, a generation in
+/// the high bits so a stale id never matches a reused slot).
+#[derive(Default)]
+struct InFlight {
+    slots: Vec<Option<Pending>>,
+    generations: Vec<u32>,
+    free: Vec<u32>,
+    per_conn: Vec<usize>,
+}
+
+impl InFlight {
+    fn insert(&mut self, conn: usize, pending: Pending) -> u64 {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.generations.push(0);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let index = slot as usize;
+        if let (Some(entry), Some(generation)) =
+            (self.slots.get_mut(index), self.generations.get_mut(index))
+        {
+            *entry = Some(pending);
+            *generation = generation.wrapping_add(1);
+            if let Some(count) = self.per_conn.get_mut(conn) {
+                *count += 1;
+            }
+            return u64::from(*generation) << 32 | u64::from(slot);
+        }
+        0
+    }
+
+    fn take(&mut self, conn: usize, correlation_id: u64) -> Option<Pending> {
+        let index = (correlation_id & 0xffff_ffff) as usize;
+        let generation = (correlation_id >> 32) as u32;
+        if self.generations.get(index) != Some(&generation) {
+            return None;
+        }
+        let pending = self.slots.get_mut(index)?.take()?;
+        self.free.push(index as u32);
+        if let Some(count) = self.per_conn.get_mut(conn) {
+            *count = count.saturating_sub(1);
+        }
+        Some(pending)
+    }
+
+    fn on_conn(&self, conn: usize) -> usize {
+        self.per_conn.get(conn).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+}
+
+/// What one worker drives: producers (by index into the run's producer list) and consumer
+/// assignments (topic, subscription, partition), with the address of each partition leader.
+struct WorkerSetup {
+    producers: Vec<(usize, usize)>,
+    consumers: Vec<(usize, usize, u32)>,
+}
+
+/// The broker's name and version from the `ApiVersions` handshake.
+pub fn broker_version(address: &str) -> anyhow::Result<String> {
+    let mut connection = client::Connection::connect(address, client::ConnectionConfig::default())
+        .with_context(|| format!("connecting to ringmq at {address}"))?;
+    let response = connection
+        .handshake(concat!("loadgen/", env!("CARGO_PKG_VERSION")))
+        .with_context(|| format!("ApiVersions handshake with {address}"))?;
+    Ok(format!("ringmq {}", response.broker_version))
+}
+
+/// Runs the workload against a ringmq broker; returns every worker's stats merged and the
+/// broker's version.
+pub fn run(target: &Ringmq, plan: &Arc<Plan>) -> anyhow::Result<(Stats, String)> {
+    let workload = &plan.workload;
+    let version = broker_version(&target.address)?;
+    let mut admin = Client::connect(&target.address, ClientConfig::default())
+        .with_context(|| format!("connecting to ringmq at {}", target.address))?;
+    let mut leaders: Vec<Vec<String>> = Vec::new();
+    for topic in 0..workload.topics as usize {
+        let name = topic_name(&plan.run_id, topic);
+        admin
+            .create_topic(&name, workload.partitions_per_topic, 1)
+            .with_context(|| format!("creating topic {name}"))?;
+        let mut addresses = Vec::new();
+        for partition in 0..workload.partitions_per_topic {
+            addresses.push(
+                admin
+                    .partition_address(&name, partition)
+                    .with_context(|| format!("finding the leader of {name}/{partition}"))?,
+            );
+        }
+        leaders.push(addresses);
+    }
+
+    // Spread producers, then consumer assignments, over the workers in turn.
+    let workers = plan.cores.len().max(1);
+    let mut setups: Vec<WorkerSetup> = (0..workers)
+        .map(|_| WorkerSetup {
+            producers: Vec::new(),
+            consumers: Vec::new(),
+        })
+        .collect();
+    let mut next = 0usize;
+    for topic in 0..workload.topics as usize {
+        for producer in 0..workload.producers_per_topic as usize {
+            if let Some(setup) = setups.get_mut(next % workers) {
+                setup.producers.push((topic, producer));
+            }
+            next += 1;
+        }
+    }
+    for topic in 0..workload.topics as usize {
+        for subscription in 0..workload.subscriptions_per_topic as usize {
+            // Consumers of one subscription split the partitions; each partition is one
+            // assignment (a consumer with several partitions polls them all).
+            for partition in 0..workload.partitions_per_topic {
+                let consumer = partition % workload.consumers_per_subscription;
+                let worker = (next + consumer as usize) % workers;
+                if let Some(setup) = setups.get_mut(worker) {
+                    setup.consumers.push((topic, subscription, partition));
+                }
+            }
+            next += workload.consumers_per_subscription as usize;
+        }
+    }
+
+    let payload = workload.payload_bytes(0x5eed)?;
+    let handles: Vec<_> = setups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, s)| !s.producers.is_empty() || !s.consumers.is_empty())
+        .map(|(index, setup)| {
+            let plan = Arc::clone(plan);
+            let leaders = leaders.clone();
+            let payload = payload.clone();
+            let has_producers = !setup.producers.is_empty();
+            if has_producers {
+                plan.producer_started();
+            }
+            std::thread::Builder::new()
+                .name(format!("loadgen-ringmq-{index}"))
+                .spawn(move || {
+                    plan.pin(index);
+                    let result = Worker::new(&plan, setup, &leaders, payload, index)
+                        .and_then(|mut worker| worker.run());
+                    if result.is_err() {
+                        plan.aborted.store(true, Ordering::SeqCst);
+                    }
+                    result
+                })
+                .map(|handle| (handle, has_producers))
+        })
+        .collect::<Result<_, _>>()
+        .context("starting worker threads")?;
+    plan.begin(Duration::from_millis(50));
+    let mut merged = Stats::default();
+    let mut first_error = None;
+    for (handle, _) in handles {
+        match handle.join() {
+            Ok(Ok(stats)) => merged.merge(&stats),
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(_) => {
+                first_error.get_or_insert(anyhow!("a worker thread panicked"));
+            }
+        }
+    }
+    for topic in 0..workload.topics as usize {
+        // Best effort: a broker we did not start keeps no benchmark data behind.
+        let _ = admin.delete_topic(&topic_name(&plan.run_id, topic));
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok((merged, version)),
+    }
+}
+
+/// One pinned thread: its ring, its producers and consumers, its stats.
+struct Worker<'p> {
+    plan: &'p Plan,
+    transport: Transport,
+    producers: Vec<Producer>,
+    consumers: Vec<Consumer>,
+    /// Consumer index per connection (`None`: a producer connection).
+    consumer_of_conn: Vec<Option<usize>>,
+    in_flight: InFlight,
+    templates: HashMap<(usize, usize), Template>,
+    template_bytes: usize,
+    topic_names: Vec<String>,
+    payload: Vec<u8>,
+    records_per_batch: usize,
+    key_bytes: usize,
+    acks: Acks,
+    stats: Stats,
+    interval: Latency,
+    has_producers: bool,
+    scratch: FrameBuf,
+}
+
+impl<'p> Worker<'p> {
+    fn new(
+        plan: &'p Plan,
+        setup: WorkerSetup,
+        leaders: &[Vec<String>],
+        payload: Vec<u8>,
+        worker_index: usize,
+    ) -> anyhow::Result<Worker<'p>> {
+        let workload = &plan.workload;
+        let mut streams = Vec::new();
+        let mut consumer_of_conn = Vec::new();
+        fn connect(streams: &mut Vec<TcpStream>, address: &str) -> anyhow::Result<usize> {
+            let stream = TcpStream::connect(address)
+                .with_context(|| format!("connecting to partition leader {address}"))?;
+            streams.push(stream);
+            Ok(streams.len() - 1)
+        }
+        let mut producers = Vec::new();
+        for (n, (topic, producer)) in setup.producers.iter().enumerate() {
+            let addresses = leaders
+                .get(*topic)
+                .ok_or_else(|| anyhow!("no leaders for topic {topic}"))?;
+            let mut by_address: HashMap<&str, usize> = HashMap::new();
+            let mut routes = Vec::new();
+            for (partition, address) in addresses.iter().enumerate() {
+                let conn = match by_address.get(address.as_str()) {
+                    Some(conn) => *conn,
+                    None => {
+                        let conn = connect(&mut streams, address)?;
+                        by_address.insert(address, conn);
+                        conn
+                    }
+                };
+                routes.push(Route {
+                    conn,
+                    partition: partition as u32,
+                });
+            }
+            let per_producer = match workload.rate {
+                Rate::PerSecond(rate) => Some(rate / f64::from(workload.producers())),
+                Rate::Max => None,
+            };
+            use rand::SeedableRng;
+            producers.push(Producer {
+                topic: *topic,
+                schedule: match per_producer {
+                    Some(rate) => Schedule::open(0, rate),
+                    None => Schedule::closed(0),
+                },
+                open: routes.iter().map(|_| OpenBatch::default()).collect(),
+                routes,
+                sticky: n,
+                key_counter: 0,
+                sequence: ((worker_index as u64) << 48) | ((*producer as u64) << 32),
+                rng: rand::rngs::SmallRng::seed_from_u64((worker_index * 1000 + n) as u64),
+            });
+        }
+        consumer_of_conn.resize(streams.len(), None);
+        let mut consumers = Vec::new();
+        for (topic, subscription, partition) in &setup.consumers {
+            let address = leaders
+                .get(*topic)
+                .and_then(|a| a.get(*partition as usize))
+                .ok_or_else(|| anyhow!("no leader for {topic}/{partition}"))?;
+            let conn = connect(&mut streams, address)?;
+            consumer_of_conn.push(Some(consumers.len()));
+            consumers.push(Consumer {
+                topic: *topic,
+                subscription: *subscription,
+                conn,
+                topic_name: topic_name(&plan.run_id, *topic),
+                partition: *partition,
+                position: 0,
+                fetching: false,
+                retry_at_ns: 0,
+            });
+        }
+        let conns = streams.len();
+        let transport = Transport::new(streams).context("creating the io_uring ring")?;
+        let mut in_flight = InFlight::default();
+        in_flight.per_conn.resize(conns, 0);
+        Ok(Worker {
+            plan,
+            transport,
+            has_producers: !producers.is_empty(),
+            producers,
+            consumers,
+            consumer_of_conn,
+            in_flight,
+            templates: HashMap::new(),
+            template_bytes: 0,
+            topic_names: (0..workload.topics as usize)
+                .map(|t| topic_name(&plan.run_id, t))
+                .collect(),
+            payload,
+            records_per_batch: workload.records_per_batch(),
+            key_bytes: if workload.keys == KeyDistributor::NoKey {
+                0
+            } else {
+                KEY_BYTES
+            },
+            acks: workload.acks,
+            stats: Stats::default(),
+            interval: Latency::new(),
+            scratch: FrameBuf::new(),
+        })
+    }
+
+    fn run(&mut self) -> anyhow::Result<Stats> {
+        let plan = self.plan;
+        let window = loop {
+            if let Some(window) = plan.window() {
+                break window;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        for producer in &mut self.producers {
+            producer.schedule = if producer.schedule.is_open_loop() {
+                let rate = match plan.workload.rate {
+                    Rate::PerSecond(rate) => rate / f64::from(plan.workload.producers()),
+                    Rate::Max => 1.0,
+                };
+                Schedule::open(window.start_ns, rate)
+            } else {
+                Schedule::closed(window.start_ns)
+            };
+        }
+        let mut producers_done = !self.has_producers;
+        let mut last_publish_ns = 0;
+        let mut last_progress_ns = plan.clock.now_ns();
+        let mut drain_started_ns: Option<Nanos> = None;
+        loop {
+            let now = plan.clock.now_ns();
+            let interrupted = plan.interrupted(now, &window);
+            let exhausted = self
+                .producers
+                .iter()
+                .all(|p| p.schedule.exhausted(now, window.end_ns));
+            let over = interrupted || exhausted;
+            let sending = now >= window.start_ns && !over;
+            if sending {
+                self.generate(now, &window)?;
+            }
+            self.seal_lingered(now, over, &window);
+            if over && !producers_done && self.producers_idle() {
+                producers_done = true;
+                plan.producer_finished();
+            }
+            if plan.backlog_reached() {
+                self.fetch(now);
+            }
+            let progress_before = self.stats.acked + self.stats.received;
+            let timeout = self.timeout(now, sending, &window);
+            self.transport
+                .poll(Some(timeout))
+                .context("waiting on the io_uring ring")?;
+            self.process()?;
+            if let Some(conn) =
+                (0..self.transport.len()).find(|c| self.transport.failure(*c).is_some())
+            {
+                let reason = self
+                    .transport
+                    .failure(conn)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                if plan.aborted.load(Ordering::Relaxed)
+                    || (over && producers_done && self.consumers_complete())
+                {
+                    break;
+                }
+                bail!("ringmq connection {conn} failed: {reason}");
+            }
+            let now = plan.clock.now_ns();
+            if self.stats.acked + self.stats.received != progress_before {
+                last_progress_ns = now;
+            }
+            if now.saturating_sub(last_publish_ns) >= 250_000_000 {
+                plan.live.publish(&mut self.interval);
+                last_publish_ns = now;
+            }
+            if over {
+                let drain_started = *drain_started_ns.get_or_insert(now);
+                if plan.aborted.load(Ordering::Relaxed) {
+                    break;
+                }
+                if producers_done && self.consumers_complete() {
+                    break;
+                }
+                let quiet = now.saturating_sub(last_progress_ns) > DRAIN_QUIET.as_nanos() as u64;
+                let too_long = now.saturating_sub(drain_started) > DRAIN_MAX.as_nanos() as u64;
+                if quiet || too_long {
+                    break;
+                }
+            }
+        }
+        if !producers_done {
+            plan.producer_finished();
+        }
+        plan.live.publish(&mut self.interval);
+        Ok(std::mem::take(&mut self.stats))
+    }
+
+    /// Whether every producer has sent everything it took and has no answer outstanding.
+    fn producers_idle(&self) -> bool {
+        self.producers
+            .iter()
+            .all(|p| p.open.iter().all(|b| b.messages.is_empty()))
+            && self.in_flight.total() == 0
+            && (0..self.transport.len()).all(|c| {
+                self.consumer_of_conn.get(c).copied().flatten().is_some()
+                    || self.transport.unsent_bytes(c) == 0
+            })
+    }
+
+    fn consumers_complete(&self) -> bool {
+        self.consumers
+            .iter()
+            .all(|c| self.plan.subscription_complete(c.topic, c.subscription))
+    }
+
+    /// Whether a connection can take another request.
+    fn has_room(&self, conn: usize) -> bool {
+        if self.acks == Acks::None {
+            self.transport.unsent_bytes(conn) < UNSENT_BYTES_MAX
+        } else {
+            self.in_flight.on_conn(conn) < self.plan.workload.max_in_flight
+        }
+    }
+
+    /// Takes every due message from each producer's schedule into its open batches, sealing
+    /// full batches.
+    fn generate(&mut self, now: Nanos, window: &Window) -> anyhow::Result<()> {
+        for index in 0..self.producers.len() {
+            let mut taken = 0;
+            while taken < MESSAGES_PER_TURN_MAX {
+                let Some(producer) = self.producers.get_mut(index) else {
+                    break;
+                };
+                let partitions = producer.routes.len().max(1);
+                let (slot, key) = match self.key_bytes {
+                    0 => (producer.sticky % partitions, 0),
+                    _ => {
+                        let key = match self.plan.workload.keys {
+                            KeyDistributor::KeyRoundRobin => {
+                                producer.key_counter += 1;
+                                producer.key_counter
+                            }
+                            _ => rand::Rng::random::<u64>(&mut producer.rng),
+                        };
+                        // Stable, like a client partitioner: crc32c of the key bytes.
+                        let hash = crc32c::crc32c(&key.to_le_bytes());
+                        (hash as usize % partitions, key)
+                    }
+                };
+                let Some(route) = producer.routes.get(slot).copied() else {
+                    break;
+                };
+                // A full connection stops this producer for now: its messages stay due and
+                // their send gap grows, which is what the open loop reports.
+                let open_len = producer.open.get(slot).map_or(0, |b| b.messages.len());
+                if open_len == 0 && !self.has_room(route.conn) {
+                    break;
+                }
+                let Some(producer) = self.producers.get_mut(index) else {
+                    break;
+                };
+                let Some(intended_ns) = producer.schedule.next_due_before(now, window.end_ns)
+                else {
+                    break;
+                };
+                producer.sequence += 1;
+                let message = Message {
+                    intended_ns,
+                    sequence: producer.sequence,
+                    key,
+                };
+                let Some(batch) = producer.open.get_mut(slot) else {
+                    break;
+                };
+                if batch.messages.is_empty() {
+                    batch.opened_ns = now;
+                }
+                batch.messages.push(message);
+                taken += 1;
+                if batch.messages.len() >= self.records_per_batch {
+                    self.seal(index, slot, now, window)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals batches whose linger ran out (or every open batch, when `all`).
+    fn seal_lingered(&mut self, now: Nanos, all: bool, window: &Window) {
+        let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
+        for index in 0..self.producers.len() {
+            let slots = self.producers.get(index).map_or(0, |p| p.open.len());
+            for slot in 0..slots {
+                let due = self
+                    .producers
+                    .get(index)
+                    .and_then(|p| p.open.get(slot))
+                    .is_some_and(|b| {
+                        !b.messages.is_empty()
+                            && (all || now.saturating_sub(b.opened_ns) >= linger_ns)
+                    });
+                let conn = self
+                    .producers
+                    .get(index)
+                    .and_then(|p| p.routes.get(slot))
+                    .map(|r| r.conn);
+                if due && conn.is_some_and(|c| self.has_room(c)) {
+                    // Sealing cannot fail for a template that built once; a failure to build
+                    // is reported at the first full batch.
+                    let _ = self.seal(index, slot, now, window);
+                }
+            }
+        }
+    }
+
+    /// Turns one open batch into a produce frame on its connection.
+    fn seal(
+        &mut self,
+        index: usize,
+        slot: usize,
+        now: Nanos,
+        window: &Window,
+    ) -> anyhow::Result<()> {
+        let Some(producer) = self.producers.get_mut(index) else {
+            return Ok(());
+        };
+        let Some(route) = producer.routes.get(slot).copied() else {
+            return Ok(());
+        };
+        let topic = producer.topic;
+        if producer.routes.len() > 1 && self.key_bytes == 0 {
+            producer.sticky = producer.sticky.wrapping_add(1);
+        }
+        let Some(batch) = producer.open.get_mut(slot) else {
+            return Ok(());
+        };
+        let messages = std::mem::take(&mut batch.messages);
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let count = messages.len();
+        let pending = Pending {
+            producer: index,
+            intended: messages.iter().map(|m| m.intended_ns).collect(),
+        };
+        let correlation_id = if self.acks == Acks::None {
+            0
+        } else {
+            self.in_flight.insert(route.conn, pending)
+        };
+        let key = (topic, count);
+        if !self.templates.contains_key(&key) {
+            let name = self.topic_names.get(topic).cloned().unwrap_or_default();
+            let template = Template::build(&name, self.acks, count, &self.payload, self.key_bytes)?;
+            if self.template_bytes + template.frame.len() <= TEMPLATE_BYTES_MAX {
+                self.template_bytes += template.frame.len();
+                self.templates.insert(key, template);
+            } else {
+                let mut template = template;
+                template.patch(route.partition, &messages, self.key_bytes, correlation_id);
+                self.transport.queue(route.conn, template.frame());
+                self.account_sent(topic, &messages, now, window);
+                return Ok(());
+            }
+        }
+        if let Some(template) = self.templates.get_mut(&key) {
+            template.patch(route.partition, &messages, self.key_bytes, correlation_id);
+            self.transport.queue(route.conn, template.frame());
+        }
+        self.account_sent(topic, &messages, now, window);
+        Ok(())
+    }
+
+    fn account_sent(&mut self, topic: usize, messages: &[Message], now: Nanos, window: &Window) {
+        let bytes = (messages.len() * self.payload.len()) as u64;
+        self.plan.add_sent(topic, messages.len() as u64, bytes);
+        let mut measured = 0;
+        for message in messages {
+            if window.measures(message.intended_ns) {
+                self.stats
+                    .send_gap
+                    .record(now.saturating_sub(message.intended_ns));
+                measured += 1;
+            }
+        }
+        self.stats.sent += measured;
+        self.stats.sent_bytes += measured * self.payload.len() as u64;
+        Live::add(&self.plan.live.sent, messages.len() as u64);
+    }
+
+    /// Sends a fetch for every consumer without one in flight.
+    fn fetch(&mut self, now: Nanos) {
+        for consumer in &mut self.consumers {
+            if consumer.fetching || now < consumer.retry_at_ns {
+                continue;
+            }
+            let request = FetchRequest {
+                topic: consumer.topic_name.clone(),
+                partition: consumer.partition,
+                offset: consumer.position,
+                max_bytes: FETCH_BYTES,
+                max_wait_ms: FETCH_WAIT_MS,
+            };
+            self.scratch.clear();
+            if encode_frame(&mut self.scratch, 0, &request).is_ok() {
+                self.transport.queue(consumer.conn, &self.scratch);
+                consumer.fetching = true;
+            }
+        }
+    }
+
+    /// How long the ring may sleep: until the next message is due or a batch's linger ends,
+    /// at most 10 ms (the stop flag and the progress line are checked that often).
+    fn timeout(&self, now: Nanos, sending: bool, window: &Window) -> Duration {
+        let mut wake = now + 10_000_000;
+        if !sending && now < window.start_ns {
+            wake = wake.min(window.start_ns);
+        }
+        if sending {
+            for producer in &self.producers {
+                match producer.schedule.next_due_ns() {
+                    Some(due) => wake = wake.min(due),
+                    // Closed loop: come back as soon as there is room (a completion wakes us).
+                    None => {
+                        if producer.routes.iter().any(|r| self.has_room(r.conn)) {
+                            wake = now;
+                        }
+                    }
+                }
+            }
+        }
+        let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
+        for producer in &self.producers {
+            for batch in &producer.open {
+                if !batch.messages.is_empty() {
+                    wake = wake.min(batch.opened_ns + linger_ns);
+                }
+            }
+        }
+        Duration::from_nanos(wake.saturating_sub(now))
+    }
+
+    /// Handles every whole frame received on the readable connections.
+    fn process(&mut self) -> anyhow::Result<()> {
+        let readable: Vec<usize> = self.transport.readable().to_vec();
+        for conn in readable {
+            loop {
+                let now = self.plan.clock.now_ns();
+                let data = self.transport.received(conn);
+                let (frame, used) = match decode_frame(data) {
+                    Ok(Some(found)) => found,
+                    Ok(None) => break,
+                    Err(error) => bail!("bad frame from the broker on connection {conn}: {error}"),
+                };
+                let consumer = self.consumer_of_conn.get(conn).copied().flatten();
+                match (frame.header.api(), consumer) {
+                    (Ok(ApiKey::Produce), None) => {
+                        let response = frame
+                            .access::<ProduceResponse>()
+                            .map_err(|e| anyhow!("bad produce response: {e}"))?;
+                        let correlation_id = frame.header.correlation_id;
+                        let error = response_error(response);
+                        let window = self.plan.window();
+                        if let (Some(pending), Some(window)) =
+                            (self.in_flight.take(conn, correlation_id), window)
+                        {
+                            let topic = self.producers.get(pending.producer).map_or(0, |p| p.topic);
+                            on_ack(
+                                self.plan,
+                                &mut self.stats,
+                                &mut self.interval,
+                                topic,
+                                pending,
+                                error,
+                                now,
+                                &window,
+                            );
+                        }
+                    }
+                    (Ok(ApiKey::Fetch), Some(consumer)) => {
+                        let response = frame
+                            .access::<FetchResponse>()
+                            .map_err(|e| anyhow!("bad fetch response: {e}"))?;
+                        let track_interval = self.acks == Acks::None;
+                        if let Some(consumer) = self.consumers.get_mut(consumer) {
+                            let interval = track_interval.then_some(&mut self.interval);
+                            on_fetch(
+                                self.plan,
+                                &mut self.stats,
+                                interval,
+                                consumer,
+                                response,
+                                now,
+                            )?;
+                        }
+                    }
+                    (api, _) => bail!(
+                        "unexpected response {:?} (api {}) on connection {conn}",
+                        api.ok(),
+                        frame.header.api_key
+                    ),
+                }
+                self.transport.consume(conn, used);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Records the answer to one produce request.
+#[allow(clippy::too_many_arguments)]
+fn on_ack(
+    plan: &Plan,
+    stats: &mut Stats,
+    interval: &mut Latency,
+    topic: usize,
+    pending: Pending,
+    error: protocol::ErrorCode,
+    now: Nanos,
+    window: &Window,
+) {
+    let count = pending.intended.len() as u64;
+    if !error.is_ok() {
+        plan.add_lost(topic, count);
+        Live::add(&plan.live.failed, count);
+        stats.failed += pending
+            .intended
+            .iter()
+            .filter(|t| window.measures(**t))
+            .count() as u64;
+        return;
+    }
+    Live::add(&plan.live.acked, count);
+    for intended in pending.intended {
+        let latency = now.saturating_sub(intended);
+        interval.record(latency);
+        if window.measures(intended) {
+            stats.ack.record(latency);
+            stats.acked += 1;
+            stats.acked_in_window += u64::from(now < window.end_ns);
+        }
+    }
+}
+
+/// Records every new record of one fetch response and advances the consumer.
+fn on_fetch(
+    plan: &Plan,
+    stats: &mut Stats,
+    mut interval: Option<&mut Latency>,
+    consumer: &mut Consumer,
+    response: &ArchivedFetchResponse,
+    now: Nanos,
+) -> anyhow::Result<()> {
+    let window = plan.window();
+    consumer.fetching = false;
+    let error = protocol::ErrorCode(response.error.0.to_native());
+    if !error.is_ok() {
+        // A transient broker answer (not leader yet, shutting down): try again shortly.
+        consumer.retry_at_ns = now + 10_000_000;
+        return Ok(());
+    }
+    let mut delivered = 0u64;
+    let mut measured = 0u64;
+    for batch in Batches::new(response.records.as_slice()) {
+        let batch = batch.map_err(|e| {
+            anyhow!(
+                "corrupt batch from {}/{} near offset {}: {e}",
+                consumer.topic_name,
+                consumer.partition,
+                consumer.position
+            )
+        })?;
+        for record in batch.records() {
+            if record.offset < consumer.position {
+                continue;
+            }
+            consumer.position = record.offset + 1;
+            delivered += 1;
+            let Some((intended, _sequence)) = read_stamp(record.value) else {
+                continue;
+            };
+            let latency = now.saturating_sub(intended);
+            if let Some(interval) = interval.as_deref_mut() {
+                interval.record(latency);
+            }
+            if let Some(w) = window.filter(|w| w.measures(intended)) {
+                stats.e2e.record(latency);
+                stats.received_in_window += u64::from(now < w.end_ns);
+                measured += 1;
+                stats.received_bytes += record.value.len() as u64;
+            }
+        }
+    }
+    stats.received += measured;
+    plan.add_received(consumer.topic, consumer.subscription, delivered);
+    Live::add(&plan.live.received, delivered);
+    Ok(())
+}
+
+fn response_error(response: &ArchivedProduceResponse) -> protocol::ErrorCode {
+    protocol::ErrorCode(response.error.0.to_native())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn patched_template_is_a_valid_frame_with_the_stamps() {
+        let payload = vec![7u8; 100];
+        for (count, key_bytes) in [(1, 0), (5, 0), (3, KEY_BYTES)] {
+            let mut template =
+                Template::build("orders", Acks::LeaderFsync, count, &payload, key_bytes).unwrap();
+            let messages: Vec<Message> = (0..count)
+                .map(|i| Message {
+                    intended_ns: 1_000 + i as u64,
+                    sequence: 77 + i as u64,
+                    key: 900 + i as u64,
+                })
+                .collect();
+            template.patch(3, &messages, key_bytes, 0xabc);
+            let frame = template.frame().to_vec();
+            let mut aligned = FrameBuf::new();
+            aligned.extend_from_slice(&frame);
+            let (decoded, used) = decode_frame(&aligned).unwrap().unwrap();
+            assert_eq!(used, aligned.len());
+            assert_eq!(decoded.header.correlation_id, 0xabc);
+            let request: ProduceRequest = decoded.deserialize().unwrap();
+            assert_eq!(request.partition, 3);
+            assert_eq!(request.topic, "orders");
+            assert_eq!(request.acks, Acks::LeaderFsync);
+            let view = BatchView::new(&request.batch).unwrap();
+            assert_eq!(view.record_count() as usize, count);
+            for (record, message) in view.records().zip(&messages) {
+                assert_eq!(
+                    read_stamp(record.value),
+                    Some((message.intended_ns, message.sequence))
+                );
+                assert_eq!(&record.value[16..], &payload[16..]);
+                if key_bytes == KEY_BYTES {
+                    assert_eq!(record.key, &message.key.to_le_bytes());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn in_flight_ids_do_not_match_reused_slots() {
+        let mut in_flight = InFlight::default();
+        in_flight.per_conn.resize(1, 0);
+        let first = in_flight.insert(
+            0,
+            Pending {
+                producer: 0,
+                intended: vec![1],
+            },
+        );
+        assert!(in_flight.take(0, first).is_some());
+        let second = in_flight.insert(
+            0,
+            Pending {
+                producer: 0,
+                intended: vec![2],
+            },
+        );
+        assert_ne!(first, second);
+        assert!(in_flight.take(0, first).is_none());
+        assert_eq!(in_flight.on_conn(0), 1);
+        assert_eq!(in_flight.take(0, second).unwrap().intended, vec![2]);
+        assert_eq!(in_flight.total(), 0);
+    }
+}
