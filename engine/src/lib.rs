@@ -24,6 +24,7 @@ pub mod limits;
 pub mod log;
 pub mod partition;
 pub mod preflight;
+pub mod replication;
 pub mod server;
 pub mod shard;
 mod sync;
