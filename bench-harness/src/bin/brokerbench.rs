@@ -9,6 +9,10 @@
 //!
 //! The cases are interleaved across runs and medians reported, since this machine is shared.
 //!
+//! `--replication`: the broker on every allowed core instead; replication factor 1 with
+//! `leader+fsync` against replication factor 2 (leader and follower on different shards)
+//! with `all+fsync`, throughput and produce-to-ack latency, interleaved in the same run.
+//!
 //! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
 
 use std::time::{Duration, Instant};
@@ -32,6 +36,7 @@ struct Args {
     client_core: usize,
     dir: std::path::PathBuf,
     latency_only: bool,
+    replication: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,6 +49,7 @@ fn parse_args() -> anyhow::Result<Args> {
         client_core: cores.first().copied().unwrap_or(0),
         dir: std::env::current_dir()?.join("brokerbench-data"),
         latency_only: false,
+        replication: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,10 +64,11 @@ fn parse_args() -> anyhow::Result<Args> {
             // Measure latency alone: the throughput cases fill the disk with segment rolls
             // and background zeroing, which a latency figure must not include unlabelled.
             "--latency-only" => args.latency_only = true,
+            "--replication" => args.replication = true,
             "--help" | "-h" => {
                 println!(
                     "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
-                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only]"
+                     [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only] [--replication]"
                 );
                 std::process::exit(0);
             }
@@ -115,6 +122,7 @@ fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::R
 fn latency(
     address: &str,
     topic: &str,
+    acks: Acks,
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<(Histogram<u64>, Duration)> {
@@ -133,7 +141,7 @@ fn latency(
     let request = ProduceRequest {
         topic: topic.into(),
         partition: 0,
-        acks: Acks::LeaderFsync,
+        acks,
         timeout_ms: 10_000,
         batch,
     };
@@ -213,6 +221,9 @@ fn median(values: &mut [f64]) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir)?;
+    if args.replication {
+        return replication(&args);
+    }
     let data = tempfile_dir(&args.dir)?;
     let mut profile = Profile::default();
     profile.shards.cores = Cores::List(vec![args.broker_core]);
@@ -254,7 +265,13 @@ fn main() -> anyhow::Result<()> {
                 throughput(&address, "bench-fsync", Acks::LeaderFsync, args.seconds)?,
             )
         };
-        let (histogram, lag) = latency(&address, "bench-latency", args.rate, args.seconds)?;
+        let (histogram, lag) = latency(
+            &address,
+            "bench-latency",
+            Acks::LeaderFsync,
+            args.rate,
+            args.seconds,
+        )?;
         println!(
             "run {run}: acks=leader {a:.0} rec/s ({:.1} MB/s); acks=leader+fsync {b:.0} rec/s; \
              single records at {}/s leader+fsync: p50 {} us p99 {} us p99.9 {} us max {} us (n={}, worst send lag {:?})",
@@ -322,4 +339,103 @@ fn tempfile_dir(parent: &std::path::Path) -> anyhow::Result<std::path::PathBuf> 
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// RF=1 `leader+fsync` against RF=2 `all+fsync` on every allowed core, interleaved per run.
+fn replication(args: &Args) -> anyhow::Result<()> {
+    let data = tempfile_dir(&args.dir)?;
+    let profile = Profile::default(); // cores = "all"
+    let options = BrokerOptions {
+        data_dir: Some(data.clone()),
+        port: Some(0),
+    };
+    let handle = broker::start(profile, options)?;
+    let shards = handle.shards.len();
+    let address = handle.address.to_string();
+    pin(args.client_core);
+    let mut admin = Client::connect(&address, ClientConfig::default())?;
+    // Placement is round-robin over partitions of all topics: pad so both measured topics
+    // have their leader on shard 0 (the follower of the RF=2 one on shard 1).
+    admin.create_topic("rf1-tput", 1, 1)?;
+    admin.create_topic("pad-a", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("rf2-tput", 1, 2)?;
+    admin.create_topic("pad-b", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("rf1-lat", 1, 1)?;
+    admin.create_topic("pad-c", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("rf2-lat", 1, 2)?;
+    let metadata = admin.metadata()?.clone();
+    for name in ["rf1-tput", "rf2-tput", "rf1-lat", "rf2-lat"] {
+        let topic = metadata.topic(name).context("topic missing")?;
+        let placement: Vec<_> = topic
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        println!("{name}: replicas {placement:?}");
+    }
+    println!(
+        "brokerbench --replication: broker on {shards} shards, client on core {}, {}-byte records, {} s per case, {} runs",
+        args.client_core, RECORD_BYTES, args.seconds, args.runs
+    );
+    let mut figures: [Vec<f64>; 6] = Default::default();
+    for run in 1..=args.runs {
+        let t1 = throughput(&address, "rf1-tput", Acks::LeaderFsync, args.seconds)?;
+        let t2 = throughput(&address, "rf2-tput", Acks::AllFsync, args.seconds)?;
+        let (h1, _) = latency(
+            &address,
+            "rf1-lat",
+            Acks::LeaderFsync,
+            args.rate,
+            args.seconds,
+        )?;
+        let (h2, _) = latency(&address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?;
+        println!(
+            "run {run}: RF=1 leader+fsync {t1:.0} rec/s, p50 {} us p99 {} us; RF=2 all+fsync {t2:.0} rec/s, p50 {} us p99 {} us",
+            h1.value_at_quantile(0.5),
+            h1.value_at_quantile(0.99),
+            h2.value_at_quantile(0.5),
+            h2.value_at_quantile(0.99)
+        );
+        let values = [
+            t1,
+            t2,
+            h1.value_at_quantile(0.5) as f64,
+            h1.value_at_quantile(0.99) as f64,
+            h2.value_at_quantile(0.5) as f64,
+            h2.value_at_quantile(0.99) as f64,
+        ];
+        for (figure, value) in figures.iter_mut().zip(values) {
+            figure.push(value);
+        }
+    }
+    let [t1, t2, p50_1, p99_1, p50_2, p99_2] = figures.map(|mut f| median(&mut f));
+    println!();
+    println!(
+        "| case (1 KiB records, median of {} runs) | RF=1 leader+fsync | RF=2 all+fsync | ratio |",
+        args.runs
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| throughput, 64 KiB batches, 1 producer | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
+        t2 / t1.max(1.0)
+    );
+    println!(
+        "| produce-to-ack p50, single records at {}/s | {p50_1:.0} us | {p50_2:.0} us | {:.2} |",
+        args.rate,
+        p50_2 / p50_1.max(1.0)
+    );
+    println!(
+        "| produce-to-ack p99, single records at {}/s | {p99_1:.0} us | {p99_2:.0} us | {:.2} |",
+        args.rate,
+        p99_2 / p99_1.max(1.0)
+    );
+    println!();
+    println!(
+        "target: RF=2 p99 <= 1.5x RF=1: {}; RF=2 throughput >= 60% of RF=1: {}",
+        if p99_2 <= 1.5 * p99_1 { "PASS" } else { "MISS" },
+        if t2 >= 0.6 * t1 { "PASS" } else { "MISS" }
+    );
+    handle.shutdown().map_err(anyhow::Error::msg)?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
 }

@@ -669,7 +669,9 @@ impl<S: Storage + 'static> Leader<S> {
             if self.stopped.get() {
                 return None;
             }
-            match self.session(follower, |s| s.answer).flatten() {
+            let answer = self.session(follower, |s| s.answer).flatten();
+            tracing::debug!(topic = %self.key.topic, partition = self.key.partition, follower, probe, ?answer, "probe");
+            match answer {
                 Some((FollowerStatus::Ready, next)) => {
                     if next > self.log.offsets().next {
                         // Cannot happen after a probe (the follower truncates to our
@@ -718,6 +720,7 @@ impl<S: Storage + 'static> Leader<S> {
                 return;
             }
             let next = self.log.offsets().next;
+            tracing::trace!(topic = %self.key.topic, partition = self.key.partition, follower, next, sent_upto, in_flight, "stream");
             if next <= sent_upto || in_flight >= APPENDS_IN_FLIGHT_MAX {
                 self.wait_change(seen, TICK_INTERVAL).await;
                 continue;

@@ -168,6 +168,9 @@ impl LeaderState {
 
     /// The leader appended a batch of `bytes` ending at `next`.
     pub fn on_append(&mut self, next: u64, bytes: u64) {
+        if self.followers.is_empty() {
+            return; // nobody can lag
+        }
         self.bytes_appended += bytes;
         self.bytes_at.push_back((next, self.bytes_appended));
         // Bounded: entries a follower can no longer need (past the byte bound) go.
