@@ -13,7 +13,12 @@
 //! below the high watermark that later vanish or change 0; replicas byte-identical over the
 //! committed range after catch-up.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -523,7 +528,7 @@ async fn run(seed: u64, scenario: Scenario) -> String {
         Rc::clone(&stop),
     ));
 
-    let crash_at = rng.borrow_mut().random_range(20_000..200_000u64);
+    let crash_at = rng.borrow_mut().random_range(2_000..40_000u64);
     let mut failed_over = false;
     loop {
         cluster.rt.sleep(Duration::from_millis(1)).await;
@@ -728,10 +733,11 @@ async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -
         !model.acked.is_empty() || matches!(scenario, Scenario::Kill | Scenario::PowerLoss),
         "the workload acknowledged nothing"
     );
+    let truncations = follower.as_ref().map_or(0, |f| f.truncations());
     format!(
         "acked={} checked={checked} lost={lost} served={} served_above_hw={served_uncommitted} \
          hw={hw} end={end} replicas_identical={identical} follower_healthy={follower_healthy} \
-         not_enough_replicas={} in_doubt={}",
+         follower_truncations={truncations} not_enough_replicas={} in_doubt={}",
         model.acked.len(),
         model.served.len(),
         model.not_enough_replicas,

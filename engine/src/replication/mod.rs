@@ -807,6 +807,7 @@ pub struct Follower<S: Storage> {
     epoch: Cell<u32>,
     probe: Cell<u64>,
     known_hw: Cell<u64>,
+    truncations: Cell<u64>,
     inbox: RefCell<VecDeque<ReplMessage>>,
     inbox_changed: Notify,
     stopped: Cell<bool>,
@@ -850,6 +851,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             epoch: Cell::new(0),
             probe: Cell::new(0),
             known_hw: Cell::new(known_hw),
+            truncations: Cell::new(0),
             inbox: RefCell::new(VecDeque::new()),
             inbox_changed: Notify::default(),
             stopped: Cell::new(false),
@@ -867,6 +869,11 @@ impl<S: Storage + Clone + 'static> Follower<S> {
     /// The leader's high watermark as last heard: where a promoted follower starts its own.
     pub fn known_hw(&self) -> u64 {
         self.known_hw.get()
+    }
+
+    /// Divergent tails this replica truncated since it started.
+    pub fn truncations(&self) -> u64 {
+        self.truncations.get()
     }
 
     /// The highest leader epoch this replica has followed.
@@ -1066,6 +1073,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
         *self.epochs.borrow_mut() = epochs;
         *self.log.borrow_mut() = Rc::new(log);
+        self.truncations.set(self.truncations.get() + 1);
         Ok(())
     }
 }
