@@ -379,8 +379,14 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     );
     let mut figures: [Vec<f64>; 6] = Default::default();
     for run in 1..=args.runs {
-        let t1 = throughput(&address, "rf1-tput", Acks::LeaderFsync, args.seconds)?;
-        let t2 = throughput(&address, "rf2-tput", Acks::AllFsync, args.seconds)?;
+        let (t1, t2) = if args.latency_only {
+            (0.0, 0.0)
+        } else {
+            (
+                throughput(&address, "rf1-tput", Acks::LeaderFsync, args.seconds)?,
+                throughput(&address, "rf2-tput", Acks::AllFsync, args.seconds)?,
+            )
+        };
         let (h1, _) = latency(
             &address,
             "rf1-lat",

@@ -1041,21 +1041,18 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
     }
 
-    /// Waits for the write (and sync) of everything below `next` and tells the leader.
+    /// Waits for the write (with `sync`: write and sync, in one group commit) of everything
+    /// below `next` and tells the leader.
     async fn report(&self, log: Rc<Log<S>>, next: u64, sync: bool) {
-        if let Err(error) = log.wait_written(next).await {
-            if !matches!(error, LogError::Closed) {
-                self.answer(FollowerStatus::Failed).await;
-            }
-            return;
-        }
-        self.answer(FollowerStatus::Ready).await;
-        if sync {
-            match log.wait_synced(next).await {
-                Ok(()) => self.answer(FollowerStatus::Ready).await,
-                Err(LogError::Closed) => {}
-                Err(_) => self.answer(FollowerStatus::Failed).await,
-            }
+        let done = if sync {
+            log.wait_synced(next).await
+        } else {
+            log.wait_written(next).await
+        };
+        match done {
+            Ok(()) => self.answer(FollowerStatus::Ready).await,
+            Err(LogError::Closed) => {}
+            Err(_) => self.answer(FollowerStatus::Failed).await,
         }
     }
 
