@@ -11,6 +11,10 @@
 //! - [`server`]: listeners, connections, request dispatch, cross-shard messages.
 //! - [`control`]: the topic catalogue, owned by shard 0.
 //! - [`partition`]: a partition replica: its log plus produce and fetch semantics.
+//! - [`replication`]: leader and follower replicas of a partition across shards: the in-sync
+//!   set, high watermarks, ack policies `all`/`all+fsync`, leader epochs and reconciliation,
+//!   as a pure state machine ([`replication::state`]) plus I/O edges generic over storage,
+//!   transport and clock (the simulation drives the same code).
 //! - [`log`]: the append-only segmented log on O_DIRECT files, with group commit, crash
 //!   recovery and retention, behind the [`log::storage::Storage`] seam.
 //! - [`shard`]: mailboxes between cores and routing.
@@ -24,6 +28,7 @@ pub mod limits;
 pub mod log;
 pub mod partition;
 pub mod preflight;
+pub mod replication;
 pub mod server;
 pub mod shard;
 mod sync;

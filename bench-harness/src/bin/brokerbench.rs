@@ -7,6 +7,10 @@
 //!   (10,000/s by default); produce-to-ack measured from each send's *intended* time, so a
 //!   stall counts against every send it delays (no coordinated omission).
 //!
+//! `--replication`: the broker on every allowed core instead; replication factor 1 with
+//! `leader+fsync` against replication factor 2 (leader and follower on different shards)
+//! with `all+fsync`, throughput and produce-to-ack latency, interleaved in the same run.
+//!
 //! The cases are interleaved across runs and medians reported, since this machine is shared.
 //!
 //! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
@@ -34,6 +38,7 @@ struct Args {
     latency_only: bool,
     latency_acks: Acks,
     profile: Option<std::path::PathBuf>,
+    replication: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -48,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
         latency_only: false,
         latency_acks: Acks::LeaderFsync,
         profile: None,
+        replication: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,11 +74,12 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             // A tuning profile (its shard section is replaced by the broker core).
             "--profile" => args.profile = Some(value()?.into()),
+            "--replication" => args.replication = true,
             "--help" | "-h" => {
                 println!(
                     "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
                      [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only] \
-                     [--latency-acks leader|leader+fsync] [--profile tuning/FILE.toml]"
+                     [--latency-acks leader|leader+fsync] [--profile tuning/FILE.toml] [--replication]"
                 );
                 std::process::exit(0);
             }
@@ -266,6 +273,9 @@ fn median(values: &mut [f64]) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir)?;
+    if args.replication {
+        return replication(&args);
+    }
     let data = tempfile_dir(&args.dir)?;
     let mut profile = match &args.profile {
         Some(path) => Profile::load(path)?,
@@ -443,4 +453,111 @@ fn tempfile_dir(parent: &std::path::Path) -> anyhow::Result<std::path::PathBuf> 
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// RF=1 `leader+fsync` against RF=2 `all+fsync` on every allowed core, interleaved per run.
+fn replication(args: &Args) -> anyhow::Result<()> {
+    let data = tempfile_dir(&args.dir)?;
+    let profile = Profile::default(); // cores = "all"
+    let options = BrokerOptions {
+        data_dir: Some(data.clone()),
+        port: Some(0),
+    };
+    let handle = broker::start(profile, options)?;
+    let shards = handle.shards.len();
+    let address = handle.address.to_string();
+    pin(args.client_core);
+    let mut admin = Client::connect(&address, ClientConfig::default())?;
+    // Placement is round-robin over partitions of all topics: pad so both measured topics
+    // have their leader on shard 0 (the follower of the RF=2 one on shard 1).
+    admin.create_topic("rf1-tput", 1, 1)?;
+    admin.create_topic("pad-a", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("rf2-tput", 1, 2)?;
+    admin.create_topic("pad-b", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("rf1-lat", 1, 1)?;
+    admin.create_topic("pad-c", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("rf2-lat", 1, 2)?;
+    let metadata = admin.metadata()?.clone();
+    for name in ["rf1-tput", "rf2-tput", "rf1-lat", "rf2-lat"] {
+        let topic = metadata.topic(name).context("topic missing")?;
+        let placement: Vec<_> = topic
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        println!("{name}: replicas {placement:?}");
+    }
+    println!(
+        "brokerbench --replication: broker on {shards} shards, client on core {}, {}-byte records, {} s per case, {} runs",
+        args.client_core, RECORD_BYTES, args.seconds, args.runs
+    );
+    let mut figures: [Vec<f64>; 6] = Default::default();
+    for run in 1..=args.runs {
+        let (t1, t2) = if args.latency_only {
+            (0.0, 0.0)
+        } else {
+            (
+                throughput(&address, "rf1-tput", Acks::LeaderFsync, args.seconds)?,
+                throughput(&address, "rf2-tput", Acks::AllFsync, args.seconds)?,
+            )
+        };
+        let h1 = latency(
+            &address,
+            "rf1-lat",
+            Acks::LeaderFsync,
+            args.rate,
+            args.seconds,
+        )?
+        .from_intended;
+        let h2 =
+            latency(&address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?.from_intended;
+        println!(
+            "run {run}: RF=1 leader+fsync {t1:.0} rec/s, p50 {} us p99 {} us; RF=2 all+fsync {t2:.0} rec/s, p50 {} us p99 {} us",
+            h1.value_at_quantile(0.5),
+            h1.value_at_quantile(0.99),
+            h2.value_at_quantile(0.5),
+            h2.value_at_quantile(0.99)
+        );
+        let values = [
+            t1,
+            t2,
+            h1.value_at_quantile(0.5) as f64,
+            h1.value_at_quantile(0.99) as f64,
+            h2.value_at_quantile(0.5) as f64,
+            h2.value_at_quantile(0.99) as f64,
+        ];
+        for (figure, value) in figures.iter_mut().zip(values) {
+            figure.push(value);
+        }
+    }
+    let [t1, t2, p50_1, p99_1, p50_2, p99_2] = figures.map(|mut f| median(&mut f));
+    println!();
+    println!(
+        "| case (1 KiB records, median of {} runs) | RF=1 leader+fsync | RF=2 all+fsync | ratio |",
+        args.runs
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| throughput, 64 KiB batches, 1 producer | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
+        t2 / t1.max(1.0)
+    );
+    println!(
+        "| produce-to-ack p50, single records at {}/s | {p50_1:.0} us | {p50_2:.0} us | {:.2} |",
+        args.rate,
+        p50_2 / p50_1.max(1.0)
+    );
+    println!(
+        "| produce-to-ack p99, single records at {}/s | {p99_1:.0} us | {p99_2:.0} us | {:.2} |",
+        args.rate,
+        p99_2 / p99_1.max(1.0)
+    );
+    println!();
+    println!(
+        "target: RF=2 p99 <= 1.5x RF=1: {}; RF=2 throughput >= 60% of RF=1: {}",
+        if p99_2 <= 1.5 * p99_1 { "PASS" } else { "MISS" },
+        if t2 >= 0.6 * t1 { "PASS" } else { "MISS" }
+    );
+    handle.shutdown().map_err(anyhow::Error::msg)?;
+    let _ = std::fs::remove_dir_all(&data);
+    Ok(())
 }

@@ -19,9 +19,6 @@ const CATALOG_TMP: &str = "catalog.toml.tmp";
 /// Format version written in the file; a newer one is refused, not misread.
 const CATALOG_VERSION: u32 = 1;
 
-/// Replication factor this build serves. Replicas on other shards arrive with replication.
-pub const REPLICATION_FACTOR_MAX: u16 = 1;
-
 /// One partition's placement. `replicas[0]` is the leader's shard.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +39,10 @@ pub struct TopicEntry {
     pub retention_ms: Option<u64>,
     #[serde(default)]
     pub retention_bytes: Option<u64>,
+    /// Whether leadership may move to a replica outside the in-sync set when none is left
+    /// (losing what only the failed leader held). Off unless set in the catalogue.
+    #[serde(default)]
+    pub unclean_leader_election: bool,
     pub partitions: Vec<PartitionEntry>,
 }
 
@@ -171,12 +172,11 @@ impl Catalog {
             ));
         }
         let rf = request.replication_factor;
-        if rf == 0 || rf > shards || rf > REPLICATION_FACTOR_MAX {
+        if rf == 0 || rf > shards {
             return Err(refuse(
                 ErrorCode::INVALID_REPLICATION_FACTOR,
                 format!(
-                    "replication factor must be in 1..={}; got {rf} (replicas live on distinct shards)",
-                    shards.min(REPLICATION_FACTOR_MAX)
+                    "replication factor must be in 1..={shards}; got {rf} (replicas live on distinct shards)"
                 ),
             ));
         }
@@ -210,10 +210,69 @@ impl Catalog {
             min_insync,
             retention_ms: request.retention_ms,
             retention_bytes: request.retention_bytes,
+            unclean_leader_election: false,
             partitions,
         });
         next.next_topic_id += 1;
         next.reindex();
+        Ok(next)
+    }
+
+    /// The catalogue with leadership of `topic`'s `partition`, whose leader failed in
+    /// `epoch`, moved to the first of `in_sync` (followers that were in sync), with the next
+    /// epoch. The failed leader becomes the last replica. With nobody in sync, only a topic
+    /// that allows unclean election moves to another replica; otherwise it is refused.
+    pub fn with_leader_moved(
+        &self,
+        topic: &str,
+        topic_id: u64,
+        partition: u32,
+        epoch: u32,
+        in_sync: &[u16],
+    ) -> Result<Catalog, Refusal> {
+        let stale = || {
+            refuse(
+                ErrorCode::NOT_LEADER,
+                format!("{topic}-{partition} epoch {epoch} is not current"),
+            )
+        };
+        let Some(entry) = self.topic(topic).filter(|t| t.id == topic_id) else {
+            return Err(stale());
+        };
+        let unclean = entry.unclean_leader_election;
+        let Some(placement) = entry.partitions.get(partition as usize) else {
+            return Err(stale());
+        };
+        if placement.leader_epoch != epoch {
+            return Err(stale());
+        }
+        let old = placement.replicas.first().copied();
+        let candidates = placement.replicas.iter().skip(1);
+        let chosen = in_sync
+            .iter()
+            .find(|s| placement.replicas.contains(s) && Some(**s) != old)
+            .copied()
+            .or_else(|| candidates.clone().next().copied().filter(|_| unclean));
+        let Some(chosen) = chosen else {
+            return Err(refuse(
+                ErrorCode::NOT_ENOUGH_REPLICAS,
+                format!(
+                    "{topic}-{partition}: no in-sync follower to take over (unclean election off)"
+                ),
+            ));
+        };
+        let mut replicas = vec![chosen];
+        replicas.extend(candidates.copied().filter(|s| *s != chosen));
+        replicas.extend(old);
+        let mut next = self.clone();
+        let index = *self.by_name.get(topic).ok_or_else(stale)?;
+        let moved = next
+            .topics
+            .get_mut(index)
+            .and_then(|t| t.partitions.get_mut(partition as usize))
+            .ok_or_else(stale)?;
+        moved.replicas = replicas;
+        moved.leader_epoch = epoch + 1;
         Ok(next)
     }
 
@@ -315,13 +374,68 @@ mod tests {
             ErrorCode::INVALID_PARTITIONS
         );
         let mut replicated = request("z", 1);
-        replicated.replication_factor = 2;
+        replicated.replication_factor = 3;
         let refusal = catalog.with_topic(&replicated, 2).unwrap_err();
         assert_eq!(refusal.code, ErrorCode::INVALID_REPLICATION_FACTOR);
-        assert!(refusal.message.contains("1..=1"), "{}", refusal.message);
+        assert!(refusal.message.contains("1..=2"), "{}", refusal.message);
+        replicated.replication_factor = 2;
+        replicated.min_insync = 3;
+        assert_eq!(
+            code(catalog.with_topic(&replicated, 2)),
+            ErrorCode::INVALID_REPLICATION_FACTOR
+        );
         assert_eq!(
             code(catalog.without_topic("nope")),
             ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+        );
+    }
+
+    #[test]
+    fn replicas_sit_on_distinct_shards_with_leaders_spread() {
+        let mut replicated = request("r", 4);
+        replicated.replication_factor = 2;
+        let catalog = Catalog::default().with_topic(&replicated, 2).unwrap();
+        let topic = catalog.topic("r").unwrap();
+        let placements: Vec<Vec<u16>> = topic
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        assert_eq!(placements, [vec![0, 1], vec![1, 0], vec![0, 1], vec![1, 0]]);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CATALOG_FILE), catalog.encode()).unwrap();
+        assert_eq!(
+            Catalog::load(dir.path()).unwrap().unwrap(),
+            catalog,
+            "placement persists"
+        );
+    }
+
+    #[test]
+    fn leadership_moves_to_an_in_sync_follower_with_the_next_epoch() {
+        let mut replicated = request("r", 1);
+        replicated.replication_factor = 2;
+        let catalog = Catalog::default().with_topic(&replicated, 2).unwrap();
+        let id = catalog.topic("r").unwrap().id;
+        let moved = catalog.with_leader_moved("r", id, 0, 1, &[1]).unwrap();
+        let placement = &moved.topic("r").unwrap().partitions[0];
+        assert_eq!(placement.replicas, [1, 0]);
+        assert_eq!(placement.leader_epoch, 2);
+        // A stale request (the epoch moved on) changes nothing.
+        assert_eq!(
+            moved
+                .with_leader_moved("r", id, 0, 1, &[0])
+                .unwrap_err()
+                .code,
+            ErrorCode::NOT_LEADER
+        );
+        // Nobody in sync and unclean election off: refused.
+        assert_eq!(
+            catalog
+                .with_leader_moved("r", id, 0, 1, &[])
+                .unwrap_err()
+                .code,
+            ErrorCode::NOT_ENOUGH_REPLICAS
         );
     }
 

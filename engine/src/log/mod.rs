@@ -18,6 +18,7 @@
 //! [`sim::SimStorage`] in tests.
 
 mod checkpoint;
+pub mod epochs;
 pub mod index;
 pub(crate) mod notify;
 mod partition_log;
@@ -26,6 +27,7 @@ mod segment;
 pub mod sim;
 pub mod storage;
 mod tail;
+pub mod truncate;
 
 use std::io;
 
@@ -245,6 +247,11 @@ impl LogError {
 }
 
 impl Health {
+    /// The error an operation on a log in this state gets; `None` when healthy.
+    pub fn error(&self) -> Option<LogError> {
+        self.check().err()
+    }
+
     fn check(&self) -> Result<(), LogError> {
         match self {
             Health::Healthy => Ok(()),

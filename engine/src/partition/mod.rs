@@ -1,23 +1,27 @@
 //! A partition replica on its shard: the log plus what produce and fetch mean for it.
 
 use std::path::Path;
+use std::rc::Rc;
 use std::time::Duration;
 
 use protocol::{Acks, BatchView};
 
 use crate::log::storage::DmaStorage;
 use crate::log::{Appended, Log, LogConfig, LogError, Recovery};
+use crate::replication::{Leader, ReplError, ReplicaStatus};
 
-/// One partition replica (the leader, in this build), owned by one shard.
+/// The leader replica of a partition on its shard (followers live in
+/// `replication::Follower`).
 ///
-/// Owner: one shard (`!Send`). The high watermark is the written offset: a consumer sees a
-/// record once a completed write holds it (it then survives a crash of the process).
+/// Owner: one shard (`!Send`). The high watermark is the offset every in-sync replica has
+/// written (with replication factor 1: the leader's written offset); consumers read below it.
 pub struct Partition {
     pub topic: String,
     pub topic_id: u64,
     pub index: u32,
     pub leader_epoch: u32,
-    pub log: Log<DmaStorage>,
+    pub log: Rc<Log<DmaStorage>>,
+    pub leader: Rc<Leader<DmaStorage>>,
 }
 
 /// Why a produce was not acknowledged.
@@ -27,8 +31,26 @@ pub enum ProduceError {
     InvalidBatch(#[from] protocol::BatchError),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// Appended, but the policy was not confirmed in time (or the leader changed): in doubt.
     #[error("acknowledgement policy not met within {0:?}")]
     Timeout(Duration),
+    #[error("not the leader")]
+    NotLeader,
+    #[error("{isr} in-sync replicas, {min_insync} required")]
+    NotEnoughReplicas { isr: usize, min_insync: u16 },
+}
+
+impl From<ReplError> for ProduceError {
+    fn from(error: ReplError) -> ProduceError {
+        match error {
+            ReplError::NotLeader => ProduceError::NotLeader,
+            ReplError::NotEnoughReplicas { isr, min_insync } => {
+                ProduceError::NotEnoughReplicas { isr, min_insync }
+            }
+            ReplError::InDoubt(timeout) => ProduceError::Timeout(timeout),
+            ReplError::Log(error) => ProduceError::Log(error),
+        }
+    }
 }
 
 /// What a fetch returns.
@@ -39,34 +61,26 @@ pub struct Fetched {
     pub log_start_offset: u64,
 }
 
-impl Partition {
-    pub async fn open(
-        dir: &Path,
-        config: LogConfig,
-        topic: &str,
-        topic_id: u64,
-        index: u32,
-        leader_epoch: u32,
-    ) -> Result<(Partition, Recovery), LogError> {
-        let (log, recovery) = Log::open(DmaStorage, dir, config).await?;
-        let partition = Partition {
-            topic: topic.to_owned(),
-            topic_id,
-            index,
-            leader_epoch,
-            log,
-        };
-        Ok((partition, recovery))
-    }
+/// Opens (or creates) a replica's log in `dir`.
+pub async fn open_log(
+    dir: &Path,
+    config: LogConfig,
+) -> Result<(Log<DmaStorage>, Recovery), LogError> {
+    Log::open(DmaStorage, dir, config).await
+}
 
+impl Partition {
     /// The offset below which consumers may read.
     pub fn high_watermark(&self) -> u64 {
-        self.log.offsets().written
+        self.leader.hw()
     }
 
-    /// Checks, appends and waits for `acks`. With `Acks::None` it returns once appended; the
-    /// caller must still have the commit run (a task waiting on `wait_written`).
-    /// Replication factor 1: `all` is the leader alone, so it waits like `leader`.
+    pub fn status(&self) -> ReplicaStatus {
+        self.leader.status()
+    }
+
+    /// Checks, appends and waits for `acks` (see `Leader::produce`). With `Acks::None` it
+    /// returns once appended; the commit still runs.
     pub async fn produce(
         &self,
         batch: &[u8],
@@ -74,26 +88,7 @@ impl Partition {
         timeout: Duration,
     ) -> Result<Appended, ProduceError> {
         BatchView::new(batch)?;
-        let appended = self.log.append(batch, self.leader_epoch).await?;
-        let waited = match acks {
-            Acks::None => return Ok(appended),
-            Acks::Leader | Acks::All => {
-                glommio::timer::timeout(timeout, async {
-                    Ok(self.log.wait_written(appended.next_offset).await)
-                })
-                .await
-            }
-            Acks::LeaderFsync | Acks::AllFsync => {
-                glommio::timer::timeout(timeout, async {
-                    Ok(self.log.wait_synced(appended.next_offset).await)
-                })
-                .await
-            }
-        };
-        match waited {
-            Ok(result) => result.map(|()| appended).map_err(ProduceError::Log),
-            Err(_) => Err(ProduceError::Timeout(timeout)),
-        }
+        Ok(self.leader.produce(batch, acks, timeout).await?)
     }
 
     /// Long-poll read: whole batches from the one holding `offset`, below the high watermark,
@@ -105,8 +100,8 @@ impl Partition {
         max_wait: Duration,
     ) -> Result<Fetched, LogError> {
         let offsets = self.log.offsets();
-        // Above the written offset but within the log (appended, commit running): wait for it,
-        // as for the end. Only past the log's end is out of range.
+        // Above the high watermark but within the log (appended, not yet committed): wait
+        // for it, as for the end. Only past the log's end is out of range.
         if offset < offsets.log_start || offset > offsets.next {
             return Err(LogError::OffsetOutOfRange {
                 offset,
@@ -114,14 +109,8 @@ impl Partition {
                 end: offsets.next,
             });
         }
-        if offset >= offsets.written && !max_wait.is_zero() {
-            let waited = glommio::timer::timeout(max_wait, async {
-                Ok(self.log.wait_written_beyond(offset).await)
-            })
-            .await;
-            if let Ok(result) = waited {
-                result?;
-            }
+        if offset >= self.high_watermark() && !max_wait.is_zero() {
+            self.leader.wait_hw_beyond(offset, max_wait).await;
         }
         let high_watermark = self.high_watermark();
         let records = self.log.read(offset, max_bytes, high_watermark).await?;

@@ -15,6 +15,7 @@ use rkyv::ser::allocator::ArenaHandle;
 use crate::control::catalog::Catalog;
 use crate::log::LogError;
 use crate::partition::{Partition, ProduceError};
+use crate::replication::ReplicaStatus;
 
 use super::Shard;
 use super::messages::ShardMessage;
@@ -47,6 +48,8 @@ fn produce_error_code(error: &ProduceError) -> ErrorCode {
         ProduceError::InvalidBatch(_) => ErrorCode::CORRUPT_MESSAGE,
         ProduceError::Log(error) => log_error_code(error),
         ProduceError::Timeout(_) => ErrorCode::TIMEOUT,
+        ProduceError::NotLeader => ErrorCode::NOT_LEADER,
+        ProduceError::NotEnoughReplicas { .. } => ErrorCode::NOT_ENOUGH_REPLICAS,
     }
 }
 
@@ -299,7 +302,7 @@ async fn fetch(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
             let offsets = partition.log.offsets();
             FetchResponse {
                 error: log_error_code(&error),
-                high_watermark: offsets.written,
+                high_watermark: partition.high_watermark(),
                 log_start_offset: offsets.log_start,
                 records: vec![],
             }
@@ -322,16 +325,17 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> 
         Err(code) => return error_response(ApiKey::ListOffsets, correlation_id, code),
     };
     let offsets = partition.log.offsets();
+    let high_watermark = partition.high_watermark();
     let (offset, timestamp_ms) = match request.spec {
         OffsetSpec::Earliest => (offsets.log_start, -1),
-        OffsetSpec::Latest => (offsets.written, -1),
+        OffsetSpec::Latest => (high_watermark, -1),
         OffsetSpec::Timestamp(timestamp_ms) => match partition
             .log
             .offset_for_time(timestamp_ms)
             .await
         {
-            Ok(Some(offset)) if offset < offsets.written => (offset, timestamp_ms),
-            Ok(_) => (offsets.written, -1),
+            Ok(Some(offset)) if offset < high_watermark => (offset, timestamp_ms),
+            Ok(_) => (high_watermark, -1),
             Err(error) => {
                 return error_response(ApiKey::ListOffsets, correlation_id, log_error_code(&error));
             }
@@ -379,8 +383,9 @@ async fn metadata(shard: &Rc<Shard>, request: MetadataRequest) -> MetadataRespon
                     .iter()
                     .enumerate()
                     .map(|(index, placement)| {
-                        let known = offsets.get(&(topic.name.clone(), index as u32)).copied();
-                        let (log_start_offset, high_watermark) = known.unwrap_or((0, 0));
+                        let known = offsets.get(&(topic.name.clone(), index as u32));
+                        let (log_start_offset, high_watermark, in_sync) = known
+                            .map_or((0, 0, Vec::new()), |s| (s.log_start, s.hw, s.isr.clone()));
                         PartitionMetadata {
                             error: if known.is_some() {
                                 ErrorCode::NONE
@@ -391,7 +396,7 @@ async fn metadata(shard: &Rc<Shard>, request: MetadataRequest) -> MetadataRespon
                             leader_shard: placement.replicas.first().copied().unwrap_or(0),
                             leader_epoch: placement.leader_epoch,
                             replicas: placement.replicas.clone(),
-                            in_sync: placement.replicas.clone(),
+                            in_sync,
                             log_start_offset,
                             high_watermark,
                         }
@@ -412,7 +417,7 @@ async fn partition_offsets(
     shard: &Rc<Shard>,
     catalog: &Catalog,
     names: &[String],
-) -> ahash::AHashMap<(String, u32), (u64, u64)> {
+) -> ahash::AHashMap<(String, u32), ReplicaStatus> {
     let mut by_shard: Vec<Vec<(String, u32)>> = vec![Vec::new(); usize::from(shard.shards)];
     for topic in names.iter().filter_map(|name| catalog.topic(name)) {
         for (index, placement) in topic.partitions.iter().enumerate() {
@@ -430,15 +435,10 @@ async fn partition_offsets(
         if partitions.is_empty() {
             continue;
         }
-        let answers: Vec<Option<(u64, u64)>> = if target == usize::from(shard.id.0) {
+        let answers: Vec<Option<ReplicaStatus>> = if target == usize::from(shard.id.0) {
             partitions
                 .iter()
-                .map(|(topic, index)| {
-                    shard.partition(topic, *index).map(|p| {
-                        let o = p.log.offsets();
-                        (o.log_start, o.written)
-                    })
-                })
+                .map(|(topic, index)| shard.partition(topic, *index).map(|p| p.status()))
                 .collect()
         } else {
             let query = partitions.clone();
@@ -491,7 +491,7 @@ async fn delete_topic(shard: &Rc<Shard>, request: DeleteTopicRequest) -> DeleteT
 
 /// Changes the catalogue on shard 0: computes the new one, persists it durably, and has
 /// every shard apply it before answering. Changes run one at a time.
-async fn change_catalog(
+pub(crate) async fn change_catalog(
     shard: &Rc<Shard>,
     change: impl FnOnce(&Catalog) -> Result<Catalog, crate::control::catalog::Refusal>,
 ) -> Result<(), (ErrorCode, String)> {

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use protocol::FrameBuf;
 
 use crate::control::catalog::Catalog;
+use crate::replication::{ReplMessage, ReplicaKey, ReplicaStatus};
 use crate::shard::mailbox::Receiver;
 
 use super::{Shard, dispatch};
@@ -30,14 +31,24 @@ pub enum ShardMessage {
         token: u64,
         error: Option<String>,
     },
-    /// (log start, high watermark) of partitions the receiver leads, for Metadata.
+    /// Replication status (log start, high watermark, in-sync set, lag) of partitions the
+    /// receiver leads, for Metadata.
     OffsetsQuery {
         token: u64,
         partitions: Vec<(String, u32)>,
     },
     OffsetsReply {
         token: u64,
-        offsets: Vec<Option<(u64, u64)>>,
+        offsets: Vec<Option<ReplicaStatus>>,
+    },
+    /// Replication between a partition's leader and followers.
+    Repl(ReplMessage),
+    /// To shard 0: the leader of `key` in `epoch` failed; move leadership to one of
+    /// `in_sync`.
+    MoveLeader {
+        key: ReplicaKey,
+        epoch: u32,
+        in_sync: Vec<u16>,
     },
 }
 
@@ -79,18 +90,24 @@ pub async fn receive_loop(shard: Rc<Shard>, source: u16, inbox: Receiver<ShardMe
             ShardMessage::OffsetsQuery { token, partitions } => {
                 let offsets = partitions
                     .iter()
-                    .map(|(topic, index)| {
-                        shard.partition(topic, *index).map(|p| {
-                            let offsets = p.log.offsets();
-                            (offsets.log_start, offsets.written)
-                        })
-                    })
+                    .map(|(topic, index)| shard.partition(topic, *index).map(|p| p.status()))
                     .collect();
                 let shard = Rc::clone(&shard);
                 spawn_hot(&Rc::clone(&shard), async move {
                     shard
                         .reply(source, ShardMessage::OffsetsReply { token, offsets })
                         .await;
+                });
+            }
+            ShardMessage::Repl(message) => shard.on_repl(message),
+            ShardMessage::MoveLeader {
+                key,
+                epoch,
+                in_sync,
+            } => {
+                let shard = Rc::clone(&shard);
+                spawn_hot(&Rc::clone(&shard), async move {
+                    super::replicas::move_leader(&shard, key, epoch, in_sync).await;
                 });
             }
             reply @ (ShardMessage::Reply { .. }
@@ -109,7 +126,7 @@ pub async fn receive_loop(shard: Rc<Shard>, source: u16, inbox: Receiver<ShardMe
     }
 }
 
-fn spawn_hot(shard: &Rc<Shard>, task: impl std::future::Future<Output = ()> + 'static) {
+pub(crate) fn spawn_hot(shard: &Rc<Shard>, task: impl std::future::Future<Output = ()> + 'static) {
     if let Ok(task) = glommio::spawn_local_into(task, shard.hot) {
         task.detach();
     }

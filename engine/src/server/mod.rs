@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod dispatch;
 pub mod messages;
+pub mod replicas;
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -18,9 +19,10 @@ use protocol::api::ShardAddress;
 use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
 use crate::limits::{MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
-use crate::log::Retention;
 use crate::log::notify::Notify;
+use crate::log::storage::DmaStorage;
 use crate::partition::Partition;
+use crate::replication::Follower;
 use crate::shard::mailbox::{Receiver, Sender};
 use crate::shard::router::{Replies, ShardId};
 use messages::{Control, ShardMessage};
@@ -66,6 +68,9 @@ pub struct ShardStats {
     pub requests_forwarded: u64,
 }
 
+/// Replicas a shard follows: (topic, partition index) -> replica.
+type Followers = AHashMap<(String, u32), Rc<Follower<DmaStorage>>>;
+
 /// One shard's state.
 ///
 /// Owner: its executor (`!Send`); shared by its tasks through `Rc`.
@@ -79,6 +84,10 @@ pub struct Shard {
     catalog: RefCell<Rc<Catalog>>,
     /// Partitions this shard leads: topic -> partition index -> replica.
     partitions: RefCell<AHashMap<String, AHashMap<u32, Rc<Partition>>>>,
+    /// Replicas this shard follows: (topic, partition index) -> replica.
+    followers: RefCell<Followers>,
+    /// Start of the replication clock.
+    started: std::time::Instant,
     outboxes: Vec<Option<Sender<ShardMessage>>>,
     pub(crate) replies: Replies<ShardMessage>,
     catalog_dir: Option<PathBuf>,
@@ -116,6 +125,10 @@ impl Shard {
             .collect()
     }
 
+    pub fn local_followers(&self) -> Vec<Rc<Follower<DmaStorage>>> {
+        self.followers.borrow().values().cloned().collect()
+    }
+
     /// The profile's `[log]` section: defaults for every partition log.
     pub fn log_defaults(&self) -> &LogSection {
         &self.log
@@ -137,50 +150,31 @@ impl Shard {
         &self.control_lock
     }
 
-    /// Brings this shard's partitions in line with `next`: opens the partitions it now leads,
-    /// closes and deletes the ones whose topic is gone. Then `next` becomes the routing view.
-    pub async fn apply_catalog(&self, next: Catalog) -> Result<(), String> {
+    /// Brings this shard's replicas in line with `next`: opens the ones it now leads or
+    /// follows, promotes and demotes on a change of leader, closes and deletes the ones whose
+    /// topic is gone. Then `next` becomes the routing view.
+    pub async fn apply_catalog(self: &Rc<Self>, next: Catalog) -> Result<(), String> {
         let mut errors = Vec::new();
-        for topic in next.topics() {
-            for (index, placement) in topic.partitions.iter().enumerate() {
-                let index = index as u32;
-                if placement.replicas.first() != Some(&self.id.0) {
-                    continue;
-                }
-                let existing = self.partition(&topic.name, index).map(|p| p.topic_id);
-                if existing == Some(topic.id) {
-                    continue;
-                }
-                let retention = Retention {
-                    ms: topic.retention_ms,
-                    bytes: topic.retention_bytes,
-                };
-                let config = self.log.log_config(&self.config, retention);
-                let dir = self.partition_dir(&topic.name, index);
-                match Partition::open(
-                    &dir,
-                    config,
-                    &topic.name,
-                    topic.id,
-                    index,
-                    placement.leader_epoch,
-                )
-                .await
-                {
-                    Ok((partition, recovery)) => {
-                        if let Some(cut) = &recovery.truncated {
-                            tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
-                                position = cut.position, offset = cut.offset, reason = %cut.reason,
-                                "recovery cut a torn tail");
-                        }
-                        self.partitions
-                            .borrow_mut()
-                            .entry(topic.name.clone())
-                            .or_default()
-                            .insert(index, Rc::new(partition));
-                    }
-                    Err(error) => errors.push(format!("{}-{index}: {error}", topic.name)),
-                }
+        self.apply_replicas(&next, &mut errors).await;
+        let gone_followers: Vec<Rc<Follower<DmaStorage>>> = {
+            let mut followers = self.followers.borrow_mut();
+            let keys: Vec<(String, u32)> = followers
+                .iter()
+                .filter(|(_, f)| {
+                    next.topic(&f.key.topic)
+                        .is_none_or(|t| t.id != f.key.topic_id)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| followers.remove(k)).collect()
+        };
+        for follower in gone_followers {
+            follower.stop();
+            let log = follower.log();
+            let _ = log.close().await;
+            let dir = log.dir().to_path_buf();
+            if let Err(error) = std::fs::remove_dir_all(&dir) {
+                errors.push(format!("removing {}: {error}", dir.display()));
             }
         }
         let gone: Vec<Rc<Partition>> = self
@@ -195,6 +189,7 @@ impl Shard {
             self.partitions
                 .borrow_mut()
                 .retain(|_, partitions| !partitions.is_empty());
+            partition.leader.stop();
             let _ = partition.log.close().await;
             let dir = partition.log.dir().to_path_buf();
             // Deleting a topic is rare; a blocking unlink of its files is acceptable here.
@@ -229,8 +224,15 @@ impl Shard {
             .await;
         }
         for partition in self.local_partitions() {
+            partition.leader.stop();
             if let Err(error) = partition.log.close().await {
                 tracing::error!(shard = %self.id, topic = %partition.topic, partition = partition.index, %error, "close failed");
+            }
+        }
+        for follower in self.local_followers() {
+            follower.stop();
+            if let Err(error) = follower.log().close().await {
+                tracing::error!(shard = %self.id, topic = %follower.key.topic, partition = follower.key.partition, %error, "close failed");
             }
         }
     }
@@ -283,6 +285,8 @@ pub async fn run(init: ShardInit) {
         log,
         catalog: RefCell::new(Rc::new(Catalog::default())),
         partitions: RefCell::new(AHashMap::new()),
+        followers: RefCell::new(AHashMap::new()),
+        started: std::time::Instant::now(),
         outboxes,
         replies: Replies::default(),
         catalog_dir,
@@ -338,12 +342,22 @@ pub async fn run(init: ShardInit) {
 async fn maintain_loop(shard: Rc<Shard>) {
     while !shard.is_shutting_down() {
         glommio::timer::sleep(MAINTENANCE_INTERVAL).await;
-        for partition in shard.local_partitions() {
+        let logs = shard
+            .local_partitions()
+            .into_iter()
+            .map(|p| (p.topic.clone(), p.index, Rc::clone(&p.log)))
+            .chain(
+                shard
+                    .local_followers()
+                    .into_iter()
+                    .map(|f| (f.key.topic.clone(), f.key.partition, f.log())),
+            );
+        for (topic, index, log) in logs {
             if shard.is_shutting_down() {
                 return;
             }
-            if let Err(error) = partition.log.maintain(now_ms()).await {
-                tracing::warn!(shard = %shard.id, topic = %partition.topic, partition = partition.index, %error, "log upkeep failed");
+            if let Err(error) = log.maintain(now_ms()).await {
+                tracing::warn!(shard = %shard.id, %topic, partition = index, %error, "log upkeep failed");
             }
         }
     }

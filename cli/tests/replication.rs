@@ -1,0 +1,284 @@
+//! The real `ringmq` binary with replication factor 2 over 2 shards whose data directories
+//! sit on two different filesystems (shard 0 on the normal disk, shard 1 on a loop-mounted
+//! ext4 image): killed with SIGKILL under load with `acks=all`, restarted, read back in
+//! full. Every acknowledged record must be there. Needs root (mount) and 2 cores; otherwise
+//! it prints why it skipped.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
+};
+
+mod common;
+
+const PARTITIONS: u32 = 2;
+
+/// A loop-mounted ext4 image, unmounted on drop.
+struct LoopMount {
+    dir: PathBuf,
+}
+
+impl LoopMount {
+    fn new(image: &Path, dir: &Path) -> Result<LoopMount, String> {
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let out = cmd.output().map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        };
+        std::fs::File::create(image)
+            .and_then(|f| f.set_len(256 << 20))
+            .map_err(|e| e.to_string())?;
+        // No lazy init: a background zeroing thread would slow the first writes by seconds.
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(image))?;
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(dir))?;
+        Ok(LoopMount {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+fn serve(config: &Path, data: &Path) -> (Child, String) {
+    let mut child = common::ringmq()
+        .args(["serve", "--port", "0", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var_os("RINGMQ_TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line
+        .strip_prefix("ringmq serving on ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, address)
+}
+
+fn value(partition: u32, seq: u64) -> String {
+    format!("p{partition}-{seq:08}")
+}
+
+/// Reads every partition from the start until every record of `acked` was seen or 15 s
+/// passed (after a restart the high watermark waits for the follower to report).
+fn read_back(address: &str, acked: &BTreeSet<(u32, u64)>) -> BTreeSet<(u32, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let client = Client::connect(address, ClientConfig::default()).unwrap();
+        let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
+        let mut seen = BTreeSet::new();
+        for partition in 0..PARTITIONS {
+            consumer
+                .assign("t", partition, StartOffset::Earliest)
+                .unwrap();
+            let end = consumer
+                .client()
+                .list_offsets("t", partition, client::OffsetSpec::Latest)
+                .unwrap();
+            let mut position = 0;
+            while position < end {
+                for record in consumer.poll(Duration::from_millis(500)).unwrap() {
+                    let text = String::from_utf8(record.value).unwrap();
+                    let seq: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
+                    seen.insert((record.partition, seq));
+                    if record.partition == partition {
+                        position = record.offset + 1;
+                    }
+                }
+            }
+            consumer.unassign("t", partition);
+        }
+        if acked.is_subset(&seen) || Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
+    let root = unsafe_is_root();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !root || cores < 2 {
+        println!("SKIPPED: needs root (loop mount) and 2 cores; root={root} cores={cores}");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let mount = match LoopMount::new(
+        &scratch.path().join("disk1.img"),
+        &scratch.path().join("disk1"),
+    ) {
+        Ok(mount) => mount,
+        Err(error) => {
+            println!("SKIPPED: cannot loop-mount an ext4 image: {error}");
+            return;
+        }
+    };
+    let data = scratch.path().join("disk0");
+    let tiny = std::fs::read_to_string(common::TINY).unwrap();
+    let profile = format!(
+        "{}\n[[shard]]\ncore = 1\ndata_dir = \"{}\"\n",
+        tiny.replace("cores = \"all\"", "cores = [0, 1]"),
+        mount.dir.join("shard-1").display()
+    );
+    let config = scratch.path().join("profile.toml");
+    std::fs::write(&config, profile).unwrap();
+
+    let (mut broker, mut address) = serve(&config, &data);
+    Client::connect(&address, ClientConfig::default())
+        .unwrap()
+        .create_topic("t", PARTITIONS, 2)
+        .unwrap();
+    let mut client = Client::connect(&address, ClientConfig::default()).unwrap();
+    let topic = client.metadata().unwrap().topic("t").unwrap().clone();
+    assert_eq!(topic.replication_factor, 2);
+    assert_eq!(topic.min_insync, 2);
+    for partition in &topic.partitions {
+        assert_eq!(partition.replicas.len(), 2, "replicas on both shards");
+    }
+
+    let mut acked_total = 0;
+    let mut next_seq = 0u64;
+    for cycle in 0..2u64 {
+        let acked: Arc<Mutex<BTreeSet<(u32, u64)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer_thread = {
+            let (acked, stop, address) = (Arc::clone(&acked), Arc::clone(&stop), address.clone());
+            let first = next_seq;
+            std::thread::spawn(move || {
+                let client = Client::connect(&address, ClientConfig::default()).unwrap();
+                let acks = if cycle % 2 == 0 {
+                    Acks::All
+                } else {
+                    Acks::AllFsync
+                };
+                let config = ProducerConfig {
+                    acks,
+                    linger: Duration::from_millis(1),
+                    ..ProducerConfig::default()
+                };
+                let mut producer = Producer::new(client, config).unwrap();
+                let mut seq = first;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut sent = Vec::new();
+                    for _ in 0..20 {
+                        let partition = (seq % u64::from(PARTITIONS)) as u32;
+                        if let Err(error) =
+                            producer.send("t", partition, b"", value(partition, seq).as_bytes())
+                        {
+                            eprintln!("send failed: {error}");
+                            return seq;
+                        }
+                        sent.push((partition, seq));
+                        seq += 1;
+                    }
+                    let flush_started = Instant::now();
+                    let flushed = producer.flush();
+                    if std::env::var_os("RINGMQ_TEST_LOG").is_some() {
+                        eprintln!(
+                            "flush took {:?}: {:?}",
+                            flush_started.elapsed(),
+                            flushed.as_ref().err().map(|e| e.to_string())
+                        );
+                    }
+                    match flushed {
+                        Ok(_) => acked.lock().unwrap().extend(sent),
+                        Err(error) => {
+                            eprintln!("flush failed: {error}");
+                            return seq;
+                        }
+                    }
+                }
+                seq
+            })
+        };
+        // Kill under load: once acknowledgements flow (the follower has joined), a little later.
+        let flowing = Instant::now() + Duration::from_secs(20);
+        while acked.lock().unwrap().is_empty() && Instant::now() < flowing {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300 + 300 * cycle));
+        broker.kill().unwrap(); // SIGKILL
+        broker.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        next_seq = producer_thread.join().unwrap() + 1000;
+        let acked = acked.lock().unwrap().clone();
+        assert!(
+            !acked.is_empty(),
+            "cycle {cycle}: nothing was acknowledged before the kill"
+        );
+        acked_total += acked.len();
+
+        (broker, address) = serve(&config, &data);
+        let seen = read_back(&address, &acked);
+        let lost: Vec<_> = acked.difference(&seen).collect();
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle}: {} acknowledged records lost, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+    // Both filesystems hold a replica of each partition.
+    for partition in 0..PARTITIONS {
+        assert!(data.join("shard-0").join(format!("t-{partition}")).is_dir());
+        assert!(
+            mount
+                .dir
+                .join("shard-1")
+                .join(format!("t-{partition}"))
+                .is_dir()
+        );
+    }
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    eprintln!("R1-repl kill-9 rf=2 acks=all,all+fsync cycles=2 acked={acked_total} lost=0");
+}
+
+/// Whether this process runs as root (it may mount).
+fn unsafe_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,1076 @@
+//! Cross-core replication of one partition: the leader pushes its appended batches to its
+//! followers (on other shards, each writing its own log in its own data directory), the
+//! followers report what they wrote and synced, and the leader keeps the in-sync set and
+//! the high watermarks and acknowledges produces by their policy (DESIGN §6).
+//!
+//! - [`state`]: the pure state machine (ISR, high watermarks, acks, divergence).
+//! - [`Leader`] and [`Follower`]: its I/O edges over a [`Log`], a [`Transport`] (the shard
+//!   mailboxes in the broker, in-memory queues in the simulation) and a [`Runtime`] (clock,
+//!   sleep, spawn). Generic over the log's `Storage`, so the seeded simulation drives the
+//!   same code over `SimStorage` on one thread.
+//!
+//! A session, leader-driven: the leader sends `Probe` with its epoch cache; the follower
+//! truncates whatever diverges (restart, change of leader), answers with its log's end, and
+//! the leader streams `Append`s from there, at most [`APPENDS_IN_FLIGHT_MAX`] per follower,
+//! each carrying every batch appended since the previous one (up to
+//! [`APPEND_BYTES_MAX`]). Each answer names the probe it belongs to, so answers from an
+//! older session never count.
+
+pub mod state;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use protocol::{Acks, Batches};
+
+use crate::log::epochs::EpochCache;
+use crate::log::notify::Notify;
+use crate::log::storage::Storage;
+use crate::log::truncate::truncate_to;
+use crate::log::{Appended, Health, Log, LogConfig, LogError};
+use state::{IsrChange, LagBounds, LeaderOffsets, LeaderState, divergence};
+
+/// `Append` messages one follower may have unanswered: the pipeline depth of replication.
+/// Each carries every batch appended meanwhile, so a deeper pipeline buys little.
+pub const APPENDS_IN_FLIGHT_MAX: usize = 4;
+/// Most bytes of batches in one `Append` (a message is one mailbox slot; a follower far
+/// behind catches up in steps of this).
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
+/// How long the leader waits for a probe's answer before asking again.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// Pause before probing again a follower that was not ready or failed.
+pub const PROBE_RETRY: Duration = Duration::from_millis(100);
+/// How often the leader checks followers' lag and its own log's health.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Default bounds after which a follower leaves the in-sync set.
+pub const LAG_BOUNDS_DEFAULT: LagBounds = LagBounds {
+    time_us: 2_000_000,
+    bytes: 64 << 20,
+};
+
+/// Which partition replica a message is for. The topic id tells a re-created topic apart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplicaKey {
+    pub topic: String,
+    pub topic_id: u64,
+    pub partition: u32,
+}
+
+/// A follower's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowerStatus {
+    /// Following: the offsets are its log's.
+    Ready,
+    /// Its log failed (fail-stop): it cannot follow until the broker restarts.
+    Failed,
+    /// No replica here yet (the shard is still opening it): probe again later.
+    NotReady,
+    /// An `Append` did not continue its log: probe again.
+    Resync,
+}
+
+/// What leader and followers say to each other. Owned (crosses cores).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplMessage {
+    Probe {
+        key: ReplicaKey,
+        epoch: u32,
+        from: u16,
+        probe: u64,
+        leader_epochs: Vec<(u32, u64)>,
+        leader_next: u64,
+    },
+    Append {
+        key: ReplicaKey,
+        epoch: u32,
+        from: u16,
+        probe: u64,
+        /// Offset of the first batch: the follower's log must end exactly here.
+        base: u64,
+        /// Whole batches as the leader stored them.
+        batches: Vec<u8>,
+        hw: u64,
+        /// Sync after writing: the leader has a waiter for durability.
+        sync: bool,
+    },
+    Progress {
+        key: ReplicaKey,
+        epoch: u32,
+        from: u16,
+        probe: u64,
+        status: FollowerStatus,
+        next: u64,
+        written: u64,
+        synced: u64,
+    },
+}
+
+impl ReplMessage {
+    pub fn key(&self) -> &ReplicaKey {
+        match self {
+            ReplMessage::Probe { key, .. }
+            | ReplMessage::Append { key, .. }
+            | ReplMessage::Progress { key, .. } => key,
+        }
+    }
+}
+
+/// A boxed shard-local future.
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Delivers replication messages to other shards. `send` waits while the mailbox is full
+/// and answers false when the target is gone.
+pub trait Transport {
+    fn send(&self, to: u16, message: ReplMessage) -> LocalFuture<bool>;
+}
+
+/// Clock, timers and tasks.
+pub trait Runtime {
+    /// Microseconds from an arbitrary fixed start.
+    fn now_us(&self) -> u64;
+    fn sleep(&self, duration: Duration) -> LocalFuture<()>;
+    fn spawn(&self, task: LocalFuture<()>);
+}
+
+/// Why a produce was not acknowledged (beside the log's own errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplError {
+    #[error("this replica does not lead the partition (any more)")]
+    NotLeader,
+    #[error("{isr} in-sync replicas, {min_insync} required")]
+    NotEnoughReplicas { isr: usize, min_insync: u16 },
+    /// Appended, but whether it will be committed is unknown (timeout, or the leader failed
+    /// or stepped down meanwhile): neither a success nor a definite failure.
+    #[error("acknowledgement policy not met within {0:?}")]
+    InDoubt(Duration),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// What a leader does once its log fails: given the in-sync followers, ask for failover.
+pub type FailoverCallback = Box<dyn FnOnce(Vec<u16>)>;
+
+/// How a follower starts.
+pub struct FollowerInit<S: Storage> {
+    pub key: ReplicaKey,
+    pub shard: u16,
+    pub storage: S,
+    /// The configuration `log` was opened with (it is reopened after a truncation).
+    pub config: LogConfig,
+    pub log: Rc<Log<S>>,
+    /// The leader's high watermark as last known (0 when unknown).
+    pub known_hw: u64,
+}
+
+/// Counters of one leader replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplStats {
+    pub appends_sent: u64,
+    pub append_bytes_sent: u64,
+    pub probes_sent: u64,
+    pub isr_shrinks: u64,
+    pub isr_expands: u64,
+}
+
+/// The leader's view of one follower's session.
+#[derive(Debug)]
+struct Session {
+    shard: u16,
+    probe: u64,
+    streaming: bool,
+    answer: Option<(FollowerStatus, u64)>,
+    sent_upto: u64,
+    /// End offsets of the `Append`s not yet answered with a written offset at or past them.
+    in_flight: VecDeque<u64>,
+}
+
+/// A snapshot of a leader's replication, for Metadata and describe.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReplicaStatus {
+    pub hw: u64,
+    pub hw_synced: u64,
+    pub log_start: u64,
+    pub log_end: u64,
+    pub isr: Vec<u16>,
+    /// `(follower shard, records behind the leader's end)`.
+    pub lag: Vec<(u16, u64)>,
+}
+
+/// The leader replica of a partition.
+///
+/// Owner: one shard (`!Send`); shared by its tasks through `Rc`. Its replicator tasks end
+/// once `stop` is called.
+pub struct Leader<S: Storage> {
+    pub key: ReplicaKey,
+    pub shard: u16,
+    pub epoch: u32,
+    log: Rc<Log<S>>,
+    state: RefCell<LeaderState>,
+    sessions: RefCell<Vec<Session>>,
+    changed: Notify,
+    sync_wanted: Cell<u64>,
+    epochs: RefCell<EpochCache>,
+    stopped: Cell<bool>,
+    failure_reported: Cell<bool>,
+    /// Called once when the leader's log fails, with the in-sync followers (failover).
+    on_failed: RefCell<Option<FailoverCallback>>,
+    next_probe: Cell<u64>,
+    rt: Rc<dyn Runtime>,
+    transport: Rc<dyn Transport>,
+    stats: RefCell<ReplStats>,
+}
+
+/// How a leader term starts.
+pub struct LeaderInit<S: Storage> {
+    pub key: ReplicaKey,
+    pub shard: u16,
+    pub epoch: u32,
+    pub storage: S,
+    pub log: Rc<Log<S>>,
+    pub followers: Vec<u16>,
+    pub min_insync: u16,
+    pub bounds: LagBounds,
+    /// The high watermark this replica knew (0 after a restart: followers re-establish it).
+    pub hw: u64,
+}
+
+impl<S: Storage + 'static> Leader<S> {
+    /// Starts a leader term: records the epoch in the replica's epoch cache (durably, before
+    /// anything of the epoch is appended) and starts one replicator task per follower.
+    pub async fn start(
+        init: LeaderInit<S>,
+        rt: Rc<dyn Runtime>,
+        transport: Rc<dyn Transport>,
+    ) -> Result<Rc<Leader<S>>, LogError> {
+        let log = init.log;
+        let mut epochs = EpochCache::load(&init.storage, log.dir()).await?;
+        let next = log.offsets().next;
+        let mut changed = epochs.clamp(next);
+        changed |= epochs.assign(init.epoch, next);
+        if changed {
+            epochs.persist(&init.storage, log.dir()).await?;
+        }
+        let now = rt.now_us();
+        let leader = Rc::new(Leader {
+            key: init.key,
+            shard: init.shard,
+            epoch: init.epoch,
+            state: RefCell::new(LeaderState::new(
+                init.epoch,
+                init.min_insync,
+                init.bounds,
+                &init.followers,
+                init.hw.min(next),
+                now,
+            )),
+            sessions: RefCell::new(
+                init.followers
+                    .iter()
+                    .map(|&shard| Session {
+                        shard,
+                        probe: 0,
+                        streaming: false,
+                        answer: None,
+                        sent_upto: 0,
+                        in_flight: VecDeque::new(),
+                    })
+                    .collect(),
+            ),
+            log,
+            changed: Notify::default(),
+            sync_wanted: Cell::new(0),
+            epochs: RefCell::new(epochs),
+            stopped: Cell::new(false),
+            failure_reported: Cell::new(false),
+            on_failed: RefCell::new(None),
+            next_probe: Cell::new(1),
+            rt: Rc::clone(&rt),
+            transport,
+            stats: RefCell::new(ReplStats::default()),
+        });
+        leader.refresh();
+        for follower in init.followers {
+            rt.spawn(Box::pin(Rc::clone(&leader).replicate(follower)));
+        }
+        if !leader.state.borrow().followers().is_empty() {
+            rt.spawn(Box::pin(Rc::clone(&leader).tick_loop()));
+        }
+        Ok(leader)
+    }
+
+    pub fn log(&self) -> &Rc<Log<S>> {
+        &self.log
+    }
+
+    /// Sets what to do once when this leader's log fails (ask the control plane to move
+    /// leadership to an in-sync follower).
+    pub fn on_failed(&self, callback: FailoverCallback) {
+        *self.on_failed.borrow_mut() = Some(callback);
+        if self.log.health() != Health::Healthy {
+            self.report_failure();
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    /// Ends the term: replicators stop, waiting produces answer in doubt, fetches wake.
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        self.changed.notify();
+    }
+
+    pub fn stats(&self) -> ReplStats {
+        *self.stats.borrow()
+    }
+
+    fn leader_offsets(&self) -> LeaderOffsets {
+        let offsets = self.log.offsets();
+        LeaderOffsets {
+            next: offsets.next,
+            written: offsets.written,
+            synced: offsets.synced,
+            healthy: self.log.health() == Health::Healthy,
+        }
+    }
+
+    /// Consumers read below this.
+    pub fn hw(&self) -> u64 {
+        self.state.borrow().hw()
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let lo = self.leader_offsets();
+        let st = self.state.borrow();
+        ReplicaStatus {
+            hw: st.hw(),
+            hw_synced: st.hw_synced(),
+            log_start: self.log.offsets().log_start,
+            log_end: lo.next,
+            isr: st.isr(&lo, self.shard),
+            lag: st
+                .followers()
+                .iter()
+                .map(|f| (f.shard, lo.next.saturating_sub(f.written)))
+                .collect(),
+        }
+    }
+
+    /// Re-reads the leader's offsets into the high watermarks; wakes waiters on a change.
+    fn refresh(&self) {
+        let lo = self.leader_offsets();
+        let changed = {
+            let mut st = self.state.borrow_mut();
+            let before = (st.hw(), st.hw_synced());
+            st.advance(&lo);
+            before != (st.hw(), st.hw_synced())
+        };
+        if !lo.healthy {
+            self.report_failure();
+        }
+        if changed {
+            self.changed.notify();
+        }
+    }
+
+    fn report_failure(&self) {
+        if self.failure_reported.replace(true) {
+            return;
+        }
+        let lo = self.leader_offsets();
+        let in_sync: Vec<u16> = self
+            .state
+            .borrow()
+            .isr(&lo, self.shard)
+            .into_iter()
+            .filter(|s| *s != self.shard)
+            .collect();
+        tracing::error!(topic = %self.key.topic, partition = self.key.partition, epoch = self.epoch,
+            ?in_sync, "leader log failed; asking to move leadership");
+        let callback = self.on_failed.borrow_mut().take();
+        match callback {
+            Some(callback) => callback(in_sync),
+            // Not wired yet: report again once it is.
+            None => self.failure_reported.set(false),
+        }
+    }
+
+    /// Appends `batch` in this leader's epoch and waits until `acks` holds, at most
+    /// `timeout`. `all` with fewer than `min_insync` in-sync replicas is refused before the
+    /// append. Once appended, a failure to confirm is `InDoubt`, never a definite error:
+    /// the batch may still be committed.
+    pub async fn produce(
+        self: &Rc<Self>,
+        batch: &[u8],
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<Appended, ReplError> {
+        if self.stopped.get() {
+            return Err(ReplError::NotLeader);
+        }
+        let lo = self.leader_offsets();
+        if !lo.healthy {
+            self.report_failure();
+            return Err(if self.replicated() {
+                ReplError::NotLeader
+            } else {
+                ReplError::Log(self.log.health().error().unwrap_or(LogError::Closed))
+            });
+        }
+        {
+            let st = self.state.borrow();
+            if !st.admits(acks, &lo) {
+                return Err(ReplError::NotEnoughReplicas {
+                    isr: st.isr_len(&lo),
+                    min_insync: st.min_insync,
+                });
+            }
+        }
+        let appended = match self.log.append(batch, self.epoch).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                self.refresh();
+                return Err(error.into());
+            }
+        };
+        let next = appended.next_offset;
+        self.state.borrow_mut().on_append(next, batch.len() as u64);
+        if acks.needs_fsync() {
+            self.sync_wanted.set(self.sync_wanted.get().max(next));
+        }
+        self.changed.notify();
+        if acks == Acks::None {
+            let leader = Rc::clone(self);
+            self.rt.spawn(Box::pin(async move {
+                let _ = leader.log.wait_written(next).await;
+                leader.refresh();
+            }));
+            return Ok(appended);
+        }
+        let rt = Rc::clone(&self.rt);
+        let waited =
+            futures_lite::future::or(async { Some(self.wait_acked(acks, next).await) }, async {
+                rt.sleep(timeout).await;
+                None
+            })
+            .await;
+        match waited {
+            Some(Ok(())) => Ok(appended),
+            Some(Err(error)) if !self.replicated() => Err(ReplError::Log(error)),
+            Some(Err(_)) | None => Err(ReplError::InDoubt(timeout)),
+        }
+    }
+
+    fn replicated(&self) -> bool {
+        !self.state.borrow().followers().is_empty()
+    }
+
+    async fn wait_acked(&self, acks: Acks, next: u64) -> Result<(), LogError> {
+        let written = if acks.needs_fsync() {
+            self.log.wait_synced(next).await
+        } else {
+            self.log.wait_written(next).await
+        };
+        self.refresh();
+        written?;
+        loop {
+            let seen = self.changed.epoch();
+            if self.stopped.get() {
+                return Err(LogError::Closed);
+            }
+            let lo = self.leader_offsets();
+            if !lo.healthy {
+                return Err(self.log.health().error().unwrap_or(LogError::Closed));
+            }
+            if self.state.borrow().acked(acks, next, &lo) {
+                return Ok(());
+            }
+            self.changed.changed(seen).await;
+        }
+    }
+
+    /// Waits until the high watermark passes `offset`, the term ends, or `max_wait` passes.
+    pub async fn wait_hw_beyond(&self, offset: u64, max_wait: Duration) {
+        let rt = Rc::clone(&self.rt);
+        futures_lite::future::or(
+            async {
+                loop {
+                    let seen = self.changed.epoch();
+                    if self.stopped.get() || self.hw() > offset {
+                        return;
+                    }
+                    if self.log.health() != Health::Healthy {
+                        return;
+                    }
+                    // The leader's own writes move the watermark too: check them first.
+                    self.refresh();
+                    if self.hw() > offset {
+                        return;
+                    }
+                    let log = &self.log;
+                    futures_lite::future::or(self.changed.changed(seen), async {
+                        let _ = log.wait_written_beyond(offset).await;
+                    })
+                    .await;
+                    self.refresh();
+                }
+            },
+            rt.sleep(max_wait),
+        )
+        .await;
+    }
+
+    /// Handles a follower's answer. Never waits: called from the shard's receive loop.
+    pub fn on_message(&self, message: ReplMessage) {
+        let ReplMessage::Progress {
+            epoch,
+            from,
+            probe,
+            status,
+            next,
+            written,
+            synced,
+            ..
+        } = message
+        else {
+            return;
+        };
+        if epoch != self.epoch {
+            return;
+        }
+        let lo = self.leader_offsets();
+        let now = self.rt.now_us();
+        let change = {
+            let mut sessions = self.sessions.borrow_mut();
+            let Some(session) = sessions.iter_mut().find(|s| s.shard == from) else {
+                return;
+            };
+            if session.probe != probe {
+                return; // an answer from an older session
+            }
+            let mut st = self.state.borrow_mut();
+            match status {
+                FollowerStatus::Ready if !session.streaming => {
+                    session.answer = Some((status, next));
+                    st.on_progress(from, next, written, synced, &lo, now)
+                }
+                FollowerStatus::Ready => {
+                    while session.in_flight.front().is_some_and(|end| *end <= written) {
+                        session.in_flight.pop_front();
+                    }
+                    st.on_progress(from, next, written, synced, &lo, now)
+                }
+                FollowerStatus::Failed => {
+                    session.answer = Some((status, next));
+                    session.streaming = false;
+                    st.on_failed(from, &lo)
+                }
+                FollowerStatus::NotReady | FollowerStatus::Resync => {
+                    session.answer = Some((status, next));
+                    session.streaming = false;
+                    None
+                }
+            }
+        };
+        self.note(change);
+        self.changed.notify();
+    }
+
+    fn note(&self, change: Option<IsrChange>) {
+        let Some(change) = change else { return };
+        let mut stats = self.stats.borrow_mut();
+        match change {
+            IsrChange::Joined(shard) => {
+                stats.isr_expands += 1;
+                tracing::info!(topic = %self.key.topic, partition = self.key.partition, follower = shard, "follower joined the in-sync set");
+            }
+            IsrChange::LeftLagTime(shard)
+            | IsrChange::LeftLagBytes(shard)
+            | IsrChange::LeftFailed(shard) => {
+                stats.isr_shrinks += 1;
+                tracing::warn!(topic = %self.key.topic, partition = self.key.partition, follower = shard, ?change, "follower left the in-sync set");
+            }
+        }
+    }
+
+    async fn tick_loop(self: Rc<Self>) {
+        while !self.stopped.get() {
+            self.rt.sleep(TICK_INTERVAL).await;
+            let lo = self.leader_offsets();
+            let changes = self.state.borrow_mut().tick(&lo, self.rt.now_us());
+            for change in changes {
+                self.note(Some(change));
+            }
+            self.refresh();
+            self.changed.notify();
+        }
+    }
+
+    fn session<T>(&self, shard: u16, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        self.sessions
+            .borrow_mut()
+            .iter_mut()
+            .find(|s| s.shard == shard)
+            .map(f)
+    }
+
+    /// Waits for `changed` or `duration`, whichever comes first.
+    async fn wait_change(&self, seen: u64, duration: Duration) {
+        futures_lite::future::or(self.changed.changed(seen), self.rt.sleep(duration)).await;
+    }
+
+    /// One follower's replication: probe, then stream, until the term ends.
+    async fn replicate(self: Rc<Self>, follower: u16) {
+        while !self.stopped.get() {
+            let Some(start) = self.probe(follower).await else {
+                continue;
+            };
+            self.session(follower, |s| {
+                s.streaming = true;
+                s.sent_upto = start;
+                s.in_flight.clear();
+            });
+            self.stream(follower).await;
+        }
+    }
+
+    /// Probes until the follower is ready; returns where to stream from.
+    async fn probe(&self, follower: u16) -> Option<u64> {
+        let probe = self.next_probe.get();
+        self.next_probe.set(probe + 1);
+        self.session(follower, |s| {
+            s.probe = probe;
+            s.streaming = false;
+            s.answer = None;
+        });
+        let message = ReplMessage::Probe {
+            key: self.key.clone(),
+            epoch: self.epoch,
+            from: self.shard,
+            probe,
+            leader_epochs: self.epochs.borrow().entries().to_vec(),
+            leader_next: self.log.offsets().next,
+        };
+        self.stats.borrow_mut().probes_sent += 1;
+        if !self.transport.send(follower, message).await {
+            self.rt.sleep(PROBE_RETRY).await;
+            return None;
+        }
+        let deadline = self.rt.now_us() + PROBE_TIMEOUT.as_micros() as u64;
+        loop {
+            let seen = self.changed.epoch();
+            if self.stopped.get() {
+                return None;
+            }
+            let answer = self.session(follower, |s| s.answer).flatten();
+            tracing::debug!(topic = %self.key.topic, partition = self.key.partition, follower, probe, ?answer, "probe");
+            match answer {
+                Some((FollowerStatus::Ready, next)) => {
+                    if next > self.log.offsets().next {
+                        // Cannot happen after a probe (the follower truncates to our
+                        // lineage); treat it as a follower that cannot follow.
+                        tracing::error!(topic = %self.key.topic, partition = self.key.partition, follower, next, "follower ahead of the leader after a probe");
+                        let lo = self.leader_offsets();
+                        let change = self.state.borrow_mut().on_failed(follower, &lo);
+                        self.note(change);
+                        self.rt.sleep(PROBE_RETRY).await;
+                        return None;
+                    }
+                    return Some(next);
+                }
+                Some((FollowerStatus::Failed, _)) => {
+                    self.rt.sleep(PROBE_RETRY * 10).await;
+                    return None;
+                }
+                Some(_) => {
+                    self.rt.sleep(PROBE_RETRY).await;
+                    return None;
+                }
+                None => {}
+            }
+            let now = self.rt.now_us();
+            if now >= deadline {
+                return None;
+            }
+            self.wait_change(seen, Duration::from_micros(deadline - now))
+                .await;
+        }
+    }
+
+    /// Sends appended batches until the session ends.
+    async fn stream(&self, follower: u16) {
+        loop {
+            let seen = self.changed.epoch();
+            if self.stopped.get() {
+                return;
+            }
+            let Some((streaming, sent_upto, in_flight, probe)) = self.session(follower, |s| {
+                (s.streaming, s.sent_upto, s.in_flight.len(), s.probe)
+            }) else {
+                return;
+            };
+            if !streaming {
+                return;
+            }
+            let next = self.log.offsets().next;
+            tracing::trace!(topic = %self.key.topic, partition = self.key.partition, follower, next, sent_upto, in_flight, "stream");
+            if next <= sent_upto || in_flight >= APPENDS_IN_FLIGHT_MAX {
+                self.wait_change(seen, TICK_INTERVAL).await;
+                continue;
+            }
+            let batches = match self.log.read(sent_upto, APPEND_BYTES_MAX, next).await {
+                Ok(batches) => batches,
+                Err(error) => {
+                    tracing::warn!(topic = %self.key.topic, partition = self.key.partition, follower, %error, "reading batches to replicate");
+                    if let LogError::OffsetOutOfRange { .. } = error {
+                        // Behind the log start (retention): it cannot catch up from us.
+                        let lo = self.leader_offsets();
+                        let change = self.state.borrow_mut().on_failed(follower, &lo);
+                        self.note(change);
+                    }
+                    self.refresh();
+                    self.rt.sleep(PROBE_RETRY).await;
+                    return;
+                }
+            };
+            let mut end = sent_upto;
+            for batch in Batches::new(&batches) {
+                match batch {
+                    Ok(batch) => end = batch.next_offset(),
+                    Err(_) => break,
+                }
+            }
+            if end <= sent_upto {
+                self.wait_change(seen, TICK_INTERVAL).await;
+                continue;
+            }
+            let follower_synced = self
+                .state
+                .borrow()
+                .follower(follower)
+                .map_or(0, |f| f.synced);
+            let in_sync = self
+                .state
+                .borrow()
+                .follower(follower)
+                .is_some_and(|f| f.in_sync);
+            let sync = !in_sync || self.sync_wanted.get() > follower_synced;
+            let bytes = batches.len() as u64;
+            let message = ReplMessage::Append {
+                key: self.key.clone(),
+                epoch: self.epoch,
+                from: self.shard,
+                probe,
+                base: sent_upto,
+                batches,
+                hw: self.hw(),
+                sync,
+            };
+            self.session(follower, |s| {
+                s.sent_upto = end;
+                s.in_flight.push_back(end);
+            });
+            {
+                let mut stats = self.stats.borrow_mut();
+                stats.appends_sent += 1;
+                stats.append_bytes_sent += bytes;
+            }
+            if !self.transport.send(follower, message).await {
+                self.session(follower, |s| s.streaming = false);
+                self.rt.sleep(PROBE_RETRY).await;
+                return;
+            }
+        }
+    }
+}
+
+/// A follower replica of a partition: appends what its leader sends.
+///
+/// Owner: one shard (`!Send`). Messages are queued by `deliver` (which never waits) and
+/// handled in order by one task, so appends stay in order.
+pub struct Follower<S: Storage> {
+    pub key: ReplicaKey,
+    pub shard: u16,
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    log: RefCell<Rc<Log<S>>>,
+    epochs: RefCell<EpochCache>,
+    leader: Cell<u16>,
+    epoch: Cell<u32>,
+    probe: Cell<u64>,
+    known_hw: Cell<u64>,
+    truncations: Cell<u64>,
+    inbox: RefCell<VecDeque<ReplMessage>>,
+    inbox_changed: Notify,
+    stopped: Cell<bool>,
+    rt: Rc<dyn Runtime>,
+    transport: Rc<dyn Transport>,
+}
+
+/// Bound on queued messages per follower: the leader keeps at most
+/// `APPENDS_IN_FLIGHT_MAX` appends plus a probe outstanding, so more is a confused peer.
+const FOLLOWER_INBOX_MAX: usize = 4 * APPENDS_IN_FLIGHT_MAX;
+
+impl<S: Storage + Clone + 'static> Follower<S> {
+    /// Starts following with `log` (opened from `dir` with `config`): spawns the task that
+    /// handles the leader's messages.
+    pub async fn start(
+        init: FollowerInit<S>,
+        rt: Rc<dyn Runtime>,
+        transport: Rc<dyn Transport>,
+    ) -> Result<Rc<Follower<S>>, LogError> {
+        let FollowerInit {
+            key,
+            shard,
+            storage,
+            config,
+            log,
+            known_hw,
+        } = init;
+        let mut epochs = EpochCache::load(&storage, log.dir()).await?;
+        if epochs.clamp(log.offsets().next) {
+            epochs.persist(&storage, log.dir()).await?;
+        }
+        let follower = Rc::new(Follower {
+            key,
+            shard,
+            storage,
+            dir: log.dir().to_path_buf(),
+            config,
+            log: RefCell::new(log),
+            epochs: RefCell::new(epochs),
+            leader: Cell::new(u16::MAX),
+            epoch: Cell::new(0),
+            probe: Cell::new(0),
+            known_hw: Cell::new(known_hw),
+            truncations: Cell::new(0),
+            inbox: RefCell::new(VecDeque::new()),
+            inbox_changed: Notify::default(),
+            stopped: Cell::new(false),
+            rt: Rc::clone(&rt),
+            transport,
+        });
+        rt.spawn(Box::pin(Rc::clone(&follower).run()));
+        Ok(follower)
+    }
+
+    pub fn log(&self) -> Rc<Log<S>> {
+        Rc::clone(&self.log.borrow())
+    }
+
+    /// The leader's high watermark as last heard: where a promoted follower starts its own.
+    pub fn known_hw(&self) -> u64 {
+        self.known_hw.get()
+    }
+
+    /// Divergent tails this replica truncated since it started.
+    pub fn truncations(&self) -> u64 {
+        self.truncations.get()
+    }
+
+    /// The highest leader epoch this replica has followed.
+    pub fn epoch(&self) -> u32 {
+        self.epoch.get()
+    }
+
+    /// Stops following (the replica is promoted, or its topic is gone).
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        self.inbox_changed.notify();
+    }
+
+    /// Queues a message from the leader. Never waits.
+    pub fn deliver(&self, message: ReplMessage) {
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.len() >= FOLLOWER_INBOX_MAX {
+            tracing::warn!(topic = %self.key.topic, partition = self.key.partition, "follower inbox full; dropping a message (the leader resyncs)");
+            return;
+        }
+        inbox.push_back(message);
+        drop(inbox);
+        self.inbox_changed.notify();
+    }
+
+    async fn run(self: Rc<Self>) {
+        loop {
+            let seen = self.inbox_changed.epoch();
+            if self.stopped.get() {
+                return;
+            }
+            let message = self.inbox.borrow_mut().pop_front();
+            match message {
+                Some(message) => self.handle(message).await,
+                None => self.inbox_changed.changed(seen).await,
+            }
+        }
+    }
+
+    fn progress(&self, status: FollowerStatus) -> ReplMessage {
+        let offsets = self.log().offsets();
+        ReplMessage::Progress {
+            key: self.key.clone(),
+            epoch: self.epoch.get(),
+            from: self.shard,
+            probe: self.probe.get(),
+            status,
+            next: offsets.next,
+            written: offsets.written,
+            synced: offsets.synced,
+        }
+    }
+
+    async fn answer(&self, status: FollowerStatus) {
+        let message = self.progress(status);
+        let _ = self.transport.send(self.leader.get(), message).await;
+    }
+
+    async fn handle(self: &Rc<Self>, message: ReplMessage) {
+        match message {
+            ReplMessage::Probe {
+                epoch,
+                from,
+                probe,
+                leader_epochs,
+                leader_next,
+                ..
+            } => {
+                if epoch < self.epoch.get() {
+                    return; // a deposed leader
+                }
+                self.epoch.set(epoch);
+                self.leader.set(from);
+                self.probe.set(probe);
+                if self.log().health() != Health::Healthy {
+                    return self.answer(FollowerStatus::Failed).await;
+                }
+                let Some(leader_epochs) = EpochCache::from_entries(leader_epochs) else {
+                    return self.answer(FollowerStatus::NotReady).await;
+                };
+                let next = self.log().offsets().next;
+                let point = divergence(&leader_epochs, leader_next, &self.epochs.borrow(), next);
+                if point < next
+                    && let Err(error) = self.truncate(point).await
+                {
+                    tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error, "truncating a divergent tail failed");
+                    return self.answer(FollowerStatus::Failed).await;
+                }
+                self.answer(FollowerStatus::Ready).await;
+            }
+            ReplMessage::Append {
+                epoch,
+                from,
+                probe,
+                base,
+                batches,
+                hw,
+                sync,
+                ..
+            } => {
+                if epoch != self.epoch.get()
+                    || from != self.leader.get()
+                    || probe != self.probe.get()
+                {
+                    if epoch > self.epoch.get() {
+                        self.epoch.set(epoch);
+                        self.leader.set(from);
+                        self.probe.set(probe);
+                        self.answer(FollowerStatus::Resync).await;
+                    }
+                    return;
+                }
+                let log = self.log();
+                if log.health() != Health::Healthy {
+                    return self.answer(FollowerStatus::Failed).await;
+                }
+                if base != log.offsets().next {
+                    return self.answer(FollowerStatus::Resync).await;
+                }
+                let mut next = base;
+                for batch in Batches::new(&batches) {
+                    let Ok(batch) = batch else {
+                        tracing::error!(topic = %self.key.topic, partition = self.key.partition, "invalid batch from the leader");
+                        return self.answer(FollowerStatus::Resync).await;
+                    };
+                    let header = batch.header();
+                    if batch.base_offset() != next {
+                        return self.answer(FollowerStatus::Resync).await;
+                    }
+                    if self
+                        .epochs
+                        .borrow()
+                        .last_epoch()
+                        .is_none_or(|last| header.leader_epoch > last)
+                    {
+                        let persisted = {
+                            let mut epochs = self.epochs.borrow().clone();
+                            epochs.assign(header.leader_epoch, next);
+                            let persisted = epochs.persist(&self.storage, &self.dir).await;
+                            persisted.map(|()| epochs)
+                        };
+                        match persisted {
+                            Ok(epochs) => *self.epochs.borrow_mut() = epochs,
+                            Err(error) => {
+                                tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error, "persisting the epoch cache failed");
+                                return self.answer(FollowerStatus::Failed).await;
+                            }
+                        }
+                    }
+                    match log.append(batch.as_bytes(), header.leader_epoch).await {
+                        Ok(appended) => next = appended.next_offset,
+                        Err(error) => {
+                            tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error, "follower append failed");
+                            return self.answer(FollowerStatus::Failed).await;
+                        }
+                    }
+                }
+                self.known_hw.set(self.known_hw.get().max(hw.min(next)));
+                let follower = Rc::clone(self);
+                self.rt.spawn(Box::pin(async move {
+                    follower.report(log, next, sync).await;
+                }));
+            }
+            ReplMessage::Progress { .. } => {}
+        }
+    }
+
+    /// Waits for the write (with `sync`: write and sync, in one group commit) of everything
+    /// below `next` and tells the leader.
+    async fn report(&self, log: Rc<Log<S>>, next: u64, sync: bool) {
+        let done = if sync {
+            log.wait_synced(next).await
+        } else {
+            log.wait_written(next).await
+        };
+        match done {
+            Ok(()) => self.answer(FollowerStatus::Ready).await,
+            Err(LogError::Closed) => {}
+            Err(_) => self.answer(FollowerStatus::Failed).await,
+        }
+    }
+
+    /// Drops the log's records from `point` on: close, truncate the files, reopen.
+    async fn truncate(&self, point: u64) -> Result<(), LogError> {
+        let old = self.log();
+        tracing::warn!(topic = %self.key.topic, partition = self.key.partition, from = point,
+            to = old.offsets().next, "truncating a divergent uncommitted tail");
+        old.close().await?;
+        let truncated = truncate_to(&self.storage, &self.dir, &self.config, point).await?;
+        let (log, _) = Log::open(self.storage.clone(), &self.dir, self.config).await?;
+        let mut epochs = self.epochs.borrow().clone();
+        if epochs.clamp(truncated.new_end) {
+            epochs.persist(&self.storage, &self.dir).await?;
+        }
+        *self.epochs.borrow_mut() = epochs;
+        *self.log.borrow_mut() = Rc::new(log);
+        self.truncations.set(self.truncations.get() + 1);
+        Ok(())
+    }
+}

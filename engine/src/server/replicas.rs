@@ -1,0 +1,327 @@
+//! The shard's side of replication: which replicas it leads or follows (brought in line
+//! with each catalogue), the mailbox transport and glommio runtime the replication code
+//! runs on, routing of replication messages, and failover requests to the control plane.
+
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use glommio::TaskQueueHandle;
+
+use crate::control::catalog::{Catalog, PartitionEntry, TopicEntry};
+use crate::log::storage::DmaStorage;
+use crate::log::{Log, Retention};
+use crate::partition::{Partition, open_log};
+use crate::replication::{
+    FollowerStatus, LAG_BOUNDS_DEFAULT, Leader, LeaderInit, LocalFuture, ReplMessage, ReplicaKey,
+    Runtime, Transport,
+};
+
+use super::Shard;
+use super::messages::ShardMessage;
+
+/// glommio as the replication runtime: the hot task queue, the monotonic clock.
+pub(crate) struct ShardRuntime {
+    pub hot: TaskQueueHandle,
+    pub start: Instant,
+}
+
+impl Runtime for ShardRuntime {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn sleep(&self, duration: Duration) -> LocalFuture<()> {
+        Box::pin(async move {
+            glommio::timer::sleep(duration).await;
+        })
+    }
+
+    fn spawn(&self, task: LocalFuture<()>) {
+        if let Ok(task) = glommio::spawn_local_into(task, self.hot) {
+            task.detach();
+        }
+    }
+}
+
+/// The shard mailboxes as the replication transport.
+pub(crate) struct MailboxTransport {
+    pub shard: Weak<Shard>,
+}
+
+impl Transport for MailboxTransport {
+    fn send(&self, to: u16, message: ReplMessage) -> LocalFuture<bool> {
+        let shard = self.shard.clone();
+        Box::pin(async move {
+            let Some(shard) = shard.upgrade() else {
+                return false;
+            };
+            match shard.outbox(to) {
+                Some(outbox) => outbox.send(ShardMessage::Repl(message)).await.is_ok(),
+                None => false,
+            }
+        })
+    }
+}
+
+impl Shard {
+    fn runtime(&self) -> Rc<dyn Runtime> {
+        Rc::new(ShardRuntime {
+            hot: self.hot,
+            start: self.started,
+        })
+    }
+
+    fn transport(self: &Rc<Self>) -> Rc<dyn Transport> {
+        Rc::new(MailboxTransport {
+            shard: Rc::downgrade(self),
+        })
+    }
+
+    /// Routes a replication message from another shard. Never waits (receive loop).
+    pub(crate) fn on_repl(self: &Rc<Self>, message: ReplMessage) {
+        let key = message.key().clone();
+        match &message {
+            ReplMessage::Progress { .. } => {
+                if let Some(partition) = self.partition(&key.topic, key.partition)
+                    && partition.topic_id == key.topic_id
+                {
+                    partition.leader.on_message(message);
+                }
+            }
+            ReplMessage::Probe { from, probe, .. } | ReplMessage::Append { from, probe, .. } => {
+                let follower = self
+                    .followers
+                    .borrow()
+                    .get(&(key.topic.clone(), key.partition))
+                    .filter(|f| f.key.topic_id == key.topic_id)
+                    .cloned();
+                match follower {
+                    Some(follower) => follower.deliver(message),
+                    None => {
+                        // Not opened yet (start-up) or not a follower here: the leader probes
+                        // again later.
+                        let answer = ReplMessage::Progress {
+                            epoch: match &message {
+                                ReplMessage::Probe { epoch, .. }
+                                | ReplMessage::Append { epoch, .. } => *epoch,
+                                ReplMessage::Progress { epoch, .. } => *epoch,
+                            },
+                            key,
+                            from: self.id.0,
+                            probe: *probe,
+                            status: FollowerStatus::NotReady,
+                            next: 0,
+                            written: 0,
+                            synced: 0,
+                        };
+                        let to = *from;
+                        let transport = self.transport();
+                        super::messages::spawn_hot(self, async move {
+                            let _ = transport.send(to, answer).await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens, promotes, demotes and starts the replicas this shard holds in `next`.
+    pub(crate) async fn apply_replicas(self: &Rc<Self>, next: &Catalog, errors: &mut Vec<String>) {
+        for topic in next.topics() {
+            for (index, placement) in topic.partitions.iter().enumerate() {
+                let index = index as u32;
+                let Some(position) = placement.replicas.iter().position(|s| *s == self.id.0) else {
+                    continue;
+                };
+                let outcome = if position == 0 {
+                    self.ensure_leader(topic, index, placement).await
+                } else {
+                    self.ensure_follower(topic, index).await
+                };
+                if let Err(error) = outcome {
+                    errors.push(format!("{}-{index}: {error}", topic.name));
+                }
+            }
+        }
+    }
+
+    async fn open_replica_log(
+        &self,
+        topic: &TopicEntry,
+        index: u32,
+    ) -> Result<Rc<Log<DmaStorage>>, String> {
+        let retention = Retention {
+            ms: topic.retention_ms,
+            bytes: topic.retention_bytes,
+        };
+        let config = self.log.log_config(&self.config, retention);
+        let dir = self.partition_dir(&topic.name, index);
+        let (log, recovery) = open_log(&dir, config)
+            .await
+            .map_err(|error| error.to_string())?;
+        if let Some(cut) = &recovery.truncated {
+            tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
+                position = cut.position, offset = cut.offset, reason = %cut.reason,
+                "recovery cut a torn tail");
+        }
+        Ok(Rc::new(log))
+    }
+
+    async fn ensure_leader(
+        self: &Rc<Self>,
+        topic: &TopicEntry,
+        index: u32,
+        placement: &PartitionEntry,
+    ) -> Result<(), String> {
+        if let Some(existing) = self.partition(&topic.name, index)
+            && existing.topic_id == topic.id
+        {
+            return Ok(());
+        }
+        let promoted = self
+            .followers
+            .borrow_mut()
+            .remove(&(topic.name.clone(), index))
+            .filter(|f| f.key.topic_id == topic.id);
+        let (log, hw) = match promoted {
+            Some(follower) => {
+                follower.stop();
+                tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
+                    epoch = placement.leader_epoch, "follower promoted to leader");
+                (follower.log(), follower.known_hw())
+            }
+            None => (self.open_replica_log(topic, index).await?, 0),
+        };
+        let key = ReplicaKey {
+            topic: topic.name.clone(),
+            topic_id: topic.id,
+            partition: index,
+        };
+        let init = LeaderInit {
+            key: key.clone(),
+            shard: self.id.0,
+            epoch: placement.leader_epoch,
+            storage: DmaStorage,
+            log: Rc::clone(&log),
+            followers: placement.replicas.iter().skip(1).copied().collect(),
+            min_insync: topic.min_insync,
+            bounds: LAG_BOUNDS_DEFAULT,
+            hw,
+        };
+        let leader = Leader::start(init, self.runtime(), self.transport())
+            .await
+            .map_err(|error| error.to_string())?;
+        let weak = Rc::downgrade(self);
+        let epoch = placement.leader_epoch;
+        leader.on_failed(Box::new(move |in_sync| {
+            if let Some(shard) = weak.upgrade() {
+                let task_shard = Rc::clone(&shard);
+                super::messages::spawn_hot(&shard, async move {
+                    task_shard.request_move(key, epoch, in_sync).await;
+                });
+            }
+        }));
+        let partition = Partition {
+            topic: topic.name.clone(),
+            topic_id: topic.id,
+            index,
+            leader_epoch: placement.leader_epoch,
+            log,
+            leader,
+        };
+        self.partitions
+            .borrow_mut()
+            .entry(topic.name.clone())
+            .or_default()
+            .insert(index, Rc::new(partition));
+        Ok(())
+    }
+
+    async fn ensure_follower(
+        self: &Rc<Self>,
+        topic: &TopicEntry,
+        index: u32,
+    ) -> Result<(), String> {
+        let existing = self
+            .followers
+            .borrow()
+            .get(&(topic.name.clone(), index))
+            .is_some_and(|f| f.key.topic_id == topic.id);
+        if existing {
+            return Ok(());
+        }
+        let demoted = self.take_partition(&topic.name, index);
+        let log = match demoted {
+            Some(partition) if partition.topic_id == topic.id => {
+                partition.leader.stop();
+                tracing::warn!(shard = %self.id, topic = %topic.name, partition = index, "leader demoted to follower");
+                Rc::clone(&partition.log)
+            }
+            _ => self.open_replica_log(topic, index).await?,
+        };
+        let retention = Retention {
+            ms: topic.retention_ms,
+            bytes: topic.retention_bytes,
+        };
+        let config = self.log.log_config(&self.config, retention);
+        let key = ReplicaKey {
+            topic: topic.name.clone(),
+            topic_id: topic.id,
+            partition: index,
+        };
+        let init = crate::replication::FollowerInit {
+            key,
+            shard: self.id.0,
+            storage: DmaStorage,
+            config,
+            log,
+            known_hw: 0,
+        };
+        let follower = crate::replication::Follower::start(init, self.runtime(), self.transport())
+            .await
+            .map_err(|error| error.to_string())?;
+        self.followers
+            .borrow_mut()
+            .insert((topic.name.clone(), index), follower);
+        Ok(())
+    }
+
+    fn take_partition(&self, topic: &str, index: u32) -> Option<Rc<Partition>> {
+        let mut partitions = self.partitions.borrow_mut();
+        let taken = partitions.get_mut(topic)?.remove(&index);
+        partitions.retain(|_, p| !p.is_empty());
+        taken
+    }
+
+    /// Asks the control plane (shard 0) to move leadership of a partition whose leader log
+    /// failed to one of `in_sync`.
+    async fn request_move(self: &Rc<Self>, key: ReplicaKey, epoch: u32, in_sync: Vec<u16>) {
+        if self.id.0 == 0 {
+            move_leader(self, key, epoch, in_sync).await;
+        } else if let Some(outbox) = self.outbox(0) {
+            let _ = outbox
+                .send(ShardMessage::MoveLeader {
+                    key,
+                    epoch,
+                    in_sync,
+                })
+                .await;
+        }
+    }
+}
+
+/// On shard 0: moves leadership of `key` (whose leader in `epoch` failed) to an in-sync
+/// follower, persists the catalogue and has every shard apply it.
+pub(crate) async fn move_leader(shard: &Rc<Shard>, key: ReplicaKey, epoch: u32, in_sync: Vec<u16>) {
+    let change = |catalog: &Catalog| {
+        catalog.with_leader_moved(&key.topic, key.topic_id, key.partition, epoch, &in_sync)
+    };
+    match super::dispatch::change_catalog(shard, change).await {
+        Ok(()) => {
+            tracing::warn!(topic = %key.topic, partition = key.partition, from_epoch = epoch, "leadership moved")
+        }
+        Err((code, message)) => {
+            tracing::error!(topic = %key.topic, partition = key.partition, epoch, code = code.0, %message, "leadership not moved; the partition is unavailable")
+        }
+    }
+}
