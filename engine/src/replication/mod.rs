@@ -557,9 +557,14 @@ impl<S: Storage + 'static> Leader<S> {
             }
             let mut st = self.state.borrow_mut();
             match status {
-                FollowerStatus::Ready if !session.streaming => {
+                // Awaiting this probe's answer: this is it.
+                FollowerStatus::Ready if !session.streaming && session.answer.is_none() => {
                     session.answer = Some((status, next));
-                    st.on_progress(from, next, written, synced, &lo, now)
+                    if next > lo.next {
+                        None // refused by `probe` (follower ahead)
+                    } else {
+                        st.on_probe_answer(from, next, written, synced, &lo, now)
+                    }
                 }
                 FollowerStatus::Ready => {
                     while session.in_flight.front().is_some_and(|end| *end <= written) {
@@ -593,7 +598,8 @@ impl<S: Storage + 'static> Leader<S> {
             }
             IsrChange::LeftLagTime(shard)
             | IsrChange::LeftLagBytes(shard)
-            | IsrChange::LeftFailed(shard) => {
+            | IsrChange::LeftFailed(shard)
+            | IsrChange::LeftBehind(shard) => {
                 stats.isr_shrinks += 1;
                 tracing::warn!(topic = %self.key.topic, partition = self.key.partition, follower = shard, ?change, "follower left the in-sync set");
             }
@@ -815,6 +821,14 @@ pub struct Follower<S: Storage> {
     transport: Rc<dyn Transport>,
 }
 
+/// Which leader session a follower's answer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FollowerSession {
+    leader: u16,
+    epoch: u32,
+    probe: u64,
+}
+
 /// Bound on queued messages per follower: the leader keeps at most
 /// `APPENDS_IN_FLIGHT_MAX` appends plus a probe outstanding, so more is a confused peer.
 const FOLLOWER_INBOX_MAX: usize = 4 * APPENDS_IN_FLIGHT_MAX;
@@ -913,23 +927,35 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
     }
 
-    fn progress(&self, status: FollowerStatus) -> ReplMessage {
-        let offsets = self.log().offsets();
-        ReplMessage::Progress {
-            key: self.key.clone(),
+    /// The session (leader, epoch, probe) this replica follows now.
+    fn session(&self) -> FollowerSession {
+        FollowerSession {
+            leader: self.leader.get(),
             epoch: self.epoch.get(),
-            from: self.shard,
             probe: self.probe.get(),
+        }
+    }
+
+    /// Answers `session` with `log`'s offsets: an answer names the session and describes the
+    /// log it was produced under, never a later one.
+    async fn answer_with(&self, session: FollowerSession, log: &Log<S>, status: FollowerStatus) {
+        let offsets = log.offsets();
+        let message = ReplMessage::Progress {
+            key: self.key.clone(),
+            epoch: session.epoch,
+            from: self.shard,
+            probe: session.probe,
             status,
             next: offsets.next,
             written: offsets.written,
             synced: offsets.synced,
-        }
+        };
+        let _ = self.transport.send(session.leader, message).await;
     }
 
     async fn answer(&self, status: FollowerStatus) {
-        let message = self.progress(status);
-        let _ = self.transport.send(self.leader.get(), message).await;
+        let log = self.log();
+        self.answer_with(self.session(), &log, status).await;
     }
 
     async fn handle(self: &Rc<Self>, message: ReplMessage) {
@@ -979,10 +1005,16 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                     || probe != self.probe.get()
                 {
                     if epoch > self.epoch.get() {
-                        self.epoch.set(epoch);
-                        self.leader.set(from);
-                        self.probe.set(probe);
-                        self.answer(FollowerStatus::Resync).await;
+                        // A newer leader we were never probed by: it must probe first (our
+                        // log may diverge from its lineage). Nothing changes here.
+                        let session = FollowerSession {
+                            leader: from,
+                            epoch,
+                            probe,
+                        };
+                        let log = self.log();
+                        self.answer_with(session, &log, FollowerStatus::Resync)
+                            .await;
                     }
                     return;
                 }
@@ -1033,8 +1065,9 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 }
                 self.known_hw.set(self.known_hw.get().max(hw.min(next)));
                 let follower = Rc::clone(self);
+                let session = self.session();
                 self.rt.spawn(Box::pin(async move {
-                    follower.report(log, next, sync).await;
+                    follower.report(session, log, next, sync).await;
                 }));
             }
             ReplMessage::Progress { .. } => {}
@@ -1043,16 +1076,25 @@ impl<S: Storage + Clone + 'static> Follower<S> {
 
     /// Waits for the write (with `sync`: write and sync, in one group commit) of everything
     /// below `next` and tells the leader.
-    async fn report(&self, log: Rc<Log<S>>, next: u64, sync: bool) {
+    /// The answer is stamped with the session the `Append` came in and built from `log`;
+    /// dropped once the session or the log changed (a probe came; a truncation replaced the
+    /// log): it would describe offsets the replica no longer has.
+    async fn report(&self, session: FollowerSession, log: Rc<Log<S>>, next: u64, sync: bool) {
         let done = if sync {
             log.wait_synced(next).await
         } else {
             log.wait_written(next).await
         };
+        if session != self.session() || !Rc::ptr_eq(&log, &self.log()) || self.stopped.get() {
+            return;
+        }
         match done {
-            Ok(()) => self.answer(FollowerStatus::Ready).await,
+            Ok(()) => self.answer_with(session, &log, FollowerStatus::Ready).await,
             Err(LogError::Closed) => {}
-            Err(_) => self.answer(FollowerStatus::Failed).await,
+            Err(_) => {
+                self.answer_with(session, &log, FollowerStatus::Failed)
+                    .await
+            }
         }
     }
 
