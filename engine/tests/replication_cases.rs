@@ -623,3 +623,138 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
 fn leader_follower(leader: &Leader<SimStorage>) -> String {
     format!("{:?}", leader.stats())
 }
+
+/// A follower that held A [0,2) and B [2,4) in epoch 1, started on `disks[1]`.
+async fn follower_with_a_and_b(
+    disk: &SimStorage,
+    rt: &SimRt,
+    net: &Rc<Net>,
+) -> Rc<Follower<SimStorage>> {
+    prepare(disk, 1, &[batch("A", 2), batch("B", 2)]).await;
+    let (flog, _) = Log::open(disk.clone(), &dir(1), config()).await.unwrap();
+    Follower::start(
+        FollowerInit {
+            key: key(),
+            shard: 1,
+            storage: disk.clone(),
+            config: config(),
+            log: Rc::new(flog),
+            known_hw: 0,
+        },
+        Rc::new(rt.clone()),
+        Rc::new(NetHandle(Rc::clone(net))),
+    )
+    .await
+    .unwrap()
+}
+
+/// P5: a follower promoted while a probe's truncation is in progress hands over its log only
+/// once the truncation finished: the new leader appends to the reopened log, not to the old
+/// closed one (whose appends fail `Closed`, with no failover: the partition is stuck).
+#[test]
+fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
+    run_local(|| async {
+        let rt = SimRt {
+            now: Rc::new(Cell::new(0)),
+        };
+        let stop = Rc::new(Cell::new(false));
+        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+        let disk = SimStorage::new(2);
+        let net = net(3);
+        let follower = follower_with_a_and_b(&disk, &rt, &net).await;
+        // The leader of epoch 2 has A only: the follower cuts B.
+        follower.deliver(ReplMessage::Probe {
+            key: key(),
+            epoch: 2,
+            from: 0,
+            probe: 1,
+            leader_epochs: vec![(1, 0), (2, 2)],
+            leader_next: 2,
+        });
+        // Let the follower start handling it, then promote it (epoch 3).
+        let spins = 3;
+        // (three polls: the follower task is inside the truncation, waiting for its I/O)
+        for _ in 0..spins {
+            futures_lite::future::yield_now().await;
+        }
+        follower.stop_and_join().await;
+        let log = follower.log();
+        let appended = log.append(&batch("X", 1), 3).await;
+        eprintln!(
+            "spins {spins}; truncations {}; log {:?}; append {:?}",
+            follower.truncations(),
+            log.offsets(),
+            appended.as_ref().map(|a| a.base_offset)
+        );
+        stop.set(true);
+        assert_eq!(
+            appended.map(|a| a.base_offset).ok(),
+            Some(2),
+            "the promoted replica appends after the cut (not into the log being truncated, \
+             where the cut would then drop the record)"
+        );
+        assert_eq!(follower.truncations(), 1);
+    });
+}
+
+/// P6: an `Append` from a newer leader that never probed this replica changes nothing here:
+/// it is answered `Resync` (to that leader, in its session), nothing is appended and the
+/// replica's epoch stays.
+#[test]
+fn an_append_from_a_newer_epoch_without_a_probe_is_answered_resync_and_not_adopted() {
+    run_local(|| async {
+        let rt = SimRt {
+            now: Rc::new(Cell::new(0)),
+        };
+        let stop = Rc::new(Cell::new(false));
+        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+        let disk = SimStorage::new(2);
+        let net = net(3);
+        let follower = follower_with_a_and_b(&disk, &rt, &net).await;
+        follower.deliver(ReplMessage::Probe {
+            key: key(),
+            epoch: 1,
+            from: 0,
+            probe: 1,
+            leader_epochs: vec![(1, 0)],
+            leader_next: 4,
+        });
+        settle(&rt, 10_000).await;
+        follower.deliver(ReplMessage::Append {
+            key: key(),
+            epoch: 2,
+            from: 2,
+            probe: 9,
+            base: 4,
+            batches: batch("Z", 1),
+            hw: 0,
+            sync: false,
+        });
+        settle(&rt, 10_000).await;
+        let epoch_after = follower.epoch();
+        stop.set(true);
+        let answers: Vec<_> = net
+            .sent
+            .borrow()
+            .iter()
+            .filter_map(|(to, m)| match m {
+                ReplMessage::Progress {
+                    epoch,
+                    probe,
+                    status,
+                    ..
+                } => Some((*to, *epoch, *probe, *status)),
+                _ => None,
+            })
+            .collect();
+        let next = follower.log().offsets().next;
+        eprintln!("answers {answers:?}; epoch {epoch_after}; next {next}");
+        follower.stop();
+        assert!(
+            answers.contains(&(2, 2, 9, FollowerStatus::Resync)),
+            "the newer leader is told to probe: {answers:?}"
+        );
+        assert_eq!(epoch_after, 1, "an unprobed epoch is not adopted");
+        assert_eq!(next, 4, "nothing of the unprobed leader's lands");
+    });
+}

@@ -217,6 +217,9 @@ pub struct Leader<S: Storage> {
     sync_wanted: Cell<u64>,
     epochs: RefCell<EpochCache>,
     stopped: Cell<bool>,
+    /// Produces between their admission and the end of their append: appends in this
+    /// term's epoch that may still land in the log.
+    appending: Cell<usize>,
     failure_reported: Cell<bool>,
     /// Called once when the leader's log fails, with the in-sync followers (failover).
     on_failed: RefCell<Option<FailoverCallback>>,
@@ -224,6 +227,26 @@ pub struct Leader<S: Storage> {
     rt: Rc<dyn Runtime>,
     transport: Rc<dyn Transport>,
     stats: RefCell<ReplStats>,
+}
+
+/// Counts one produce's append in progress while alive (also when its future is dropped).
+struct Appending<'a> {
+    count: &'a Cell<usize>,
+    changed: &'a Notify,
+}
+
+impl<'a> Appending<'a> {
+    fn new(count: &'a Cell<usize>, changed: &'a Notify) -> Appending<'a> {
+        count.set(count.get() + 1);
+        Appending { count, changed }
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.count.set(self.count.get().saturating_sub(1));
+        self.changed.notify();
+    }
 }
 
 /// How a leader term starts.
@@ -287,6 +310,7 @@ impl<S: Storage + 'static> Leader<S> {
             sync_wanted: Cell::new(0),
             epochs: RefCell::new(epochs),
             stopped: Cell::new(false),
+            appending: Cell::new(0),
             failure_reported: Cell::new(false),
             on_failed: RefCell::new(None),
             next_probe: Cell::new(1),
@@ -325,6 +349,19 @@ impl<S: Storage + 'static> Leader<S> {
     pub fn stop(&self) {
         self.stopped.set(true);
         self.changed.notify();
+    }
+
+    /// Ends the term and returns once no append of it can still land in the log: call
+    /// before another role (a follower) takes the log over.
+    pub async fn stop_and_join(&self) {
+        self.stop();
+        loop {
+            let seen = self.changed.epoch();
+            if self.appending.get() == 0 {
+                return;
+            }
+            self.changed.changed(seen).await;
+        }
     }
 
     pub fn stats(&self) -> ReplStats {
@@ -433,7 +470,10 @@ impl<S: Storage + 'static> Leader<S> {
                 });
             }
         }
-        let appended = match self.log.append(batch, self.epoch).await {
+        let appending = Appending::new(&self.appending, &self.changed);
+        let appended = self.log.append(batch, self.epoch).await;
+        drop(appending);
+        let appended = match appended {
             Ok(appended) => appended,
             Err(error) => {
                 self.refresh();
@@ -817,6 +857,8 @@ pub struct Follower<S: Storage> {
     inbox: RefCell<VecDeque<ReplMessage>>,
     inbox_changed: Notify,
     stopped: Cell<bool>,
+    /// The message task ended (after `stop`): nothing of this follower touches the log.
+    finished: Cell<bool>,
     rt: Rc<dyn Runtime>,
     transport: Rc<dyn Transport>,
 }
@@ -869,6 +911,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             inbox: RefCell::new(VecDeque::new()),
             inbox_changed: Notify::default(),
             stopped: Cell::new(false),
+            finished: Cell::new(false),
             rt: Rc::clone(&rt),
             transport,
         });
@@ -901,6 +944,20 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         self.inbox_changed.notify();
     }
 
+    /// Stops following and returns once the message task ended: a truncation or append in
+    /// progress finished, so `log()` is the replica's log for good and no write of this
+    /// follower lands in it any more. Call before another role takes the log over.
+    pub async fn stop_and_join(&self) {
+        self.stop();
+        loop {
+            let seen = self.inbox_changed.epoch();
+            if self.finished.get() {
+                return;
+            }
+            self.inbox_changed.changed(seen).await;
+        }
+    }
+
     /// Queues a message from the leader. Never waits.
     pub fn deliver(&self, message: ReplMessage) {
         let mut inbox = self.inbox.borrow_mut();
@@ -917,6 +974,8 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         loop {
             let seen = self.inbox_changed.epoch();
             if self.stopped.get() {
+                self.finished.set(true);
+                self.inbox_changed.notify();
                 return;
             }
             let message = self.inbox.borrow_mut().pop_front();
