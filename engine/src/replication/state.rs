@@ -361,6 +361,23 @@ impl LeaderState {
         let synced = in_sync.map(|f| f.synced).fold(leader.synced, u64::min);
         self.hw = self.hw.max(written);
         self.hw_synced = self.hw_synced.max(synced).min(self.hw);
+        self.trim_bytes_at();
+    }
+
+    /// Forgets the byte positions no in-sync follower can need any more: those below the
+    /// slowest one's written offset (the last entry at or below it stays, to measure from).
+    /// Followers out of the set are not measured in bytes.
+    fn trim_bytes_at(&mut self) {
+        let floor = self
+            .followers
+            .iter()
+            .filter(|f| f.in_sync)
+            .map(|f| f.written)
+            .min()
+            .unwrap_or(u64::MAX);
+        while self.bytes_at.len() > 1 && self.bytes_at.get(1).is_some_and(|(n, _)| *n <= floor) {
+            self.bytes_at.pop_front();
+        }
     }
 }
 
@@ -524,6 +541,21 @@ mod tests {
         state.tick(&l, 1_000_002);
         assert_eq!(state.hw(), 10);
         assert_eq!(state.isr(&l, 0), vec![0, 1]);
+    }
+
+    #[test]
+    fn byte_positions_are_kept_only_beyond_the_slowest_in_sync_follower() {
+        let mut state = LeaderState::new(1, 2, BOUNDS, &[1], 0, 0);
+        let l = leader(1000, 1000, 1000);
+        state.on_probe_answer(1, 0, 0, 0, &l, 0);
+        for i in 1..=1000 {
+            state.on_append(i, 100);
+        }
+        assert_eq!(state.bytes_at.len(), 1000);
+        state.on_progress(1, 990, 990, 990, &l, 1);
+        assert_eq!(state.bytes_at.len(), 11, "[990, 1000]");
+        assert_eq!(state.bytes_beyond(990), 1000);
+        assert_eq!(state.bytes_beyond(995), 500);
     }
 
     fn cache(entries: &[(u32, u64)]) -> EpochCache {
