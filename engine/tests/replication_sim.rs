@@ -412,6 +412,7 @@ async fn producer(
         }
         match result {
             Ok(appended) => {
+                check_ack(&cluster, &leader, acks, appended.next_offset);
                 if acks != Acks::None {
                     let values = records(&bytes);
                     let mut model = model.borrow_mut();
@@ -429,12 +430,50 @@ async fn producer(
     }
 }
 
+/// At the moment `all`/`all+fsync` answers: every in-sync replica wrote (synced) the batch.
+fn check_ack(cluster: &Cluster, leader: &Leader<SimStorage>, acks: Acks, next: u64) {
+    if !matches!(acks, Acks::All | Acks::AllFsync) {
+        return;
+    }
+    let status = leader.status();
+    let follower = cluster.follower.borrow().clone();
+    for shard in status.isr {
+        let offsets = if shard == leader.shard {
+            leader.log().offsets()
+        } else {
+            match &follower {
+                Some(f) if f.shard == shard => f.log().offsets(),
+                _ => continue,
+            }
+        };
+        let held = if acks.needs_fsync() {
+            offsets.synced
+        } else {
+            offsets.written
+        };
+        assert!(
+            held >= next,
+            "{acks:?} acknowledged up to {next} while in-sync replica {shard} holds {held}"
+        );
+    }
+}
+
 /// Reads below the high watermark as a consumer would, remembering what it was served.
 async fn consumer(cluster: Rc<Cluster>, model: Rc<RefCell<Model>>, stop: Rc<Cell<bool>>) {
     let mut offset = 0;
+    let mut term: Option<(Rc<Leader<SimStorage>>, u64)> = None;
     while !stop.get() {
         let leader = cluster.leader();
         let hw = leader.hw();
+        if let Some((seen, seen_hw)) = &term
+            && Rc::ptr_eq(seen, &leader)
+        {
+            assert!(
+                hw >= *seen_hw,
+                "high watermark went back: {seen_hw} -> {hw}"
+            );
+        }
+        term = Some((Rc::clone(&leader), hw));
         if hw > offset && !leader.is_stopped() {
             let Ok(bytes) = try_read_range(leader.log(), offset, hw).await else {
                 cluster.rt.sleep(Duration::from_millis(2)).await;
