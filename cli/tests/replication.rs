@@ -1,8 +1,10 @@
 //! The real `ringmq` binary with replication factor 2 over 2 shards whose data directories
 //! sit on two different filesystems (shard 0 on the normal disk, shard 1 on a loop-mounted
 //! ext4 image): killed with SIGKILL under load with `acks=all`, restarted, read back in
-//! full. Every acknowledged record must be there. Needs root (mount) and 2 cores; otherwise
-//! it prints why it skipped.
+//! full. Every acknowledged record must be there, and on the follower's replica too (its
+//! directory, copied after the kill, served alone by a one-shard broker: were `all` only
+//! `leader`, the follower's lag would show). Needs root (mount) and 2 cores; otherwise it
+//! prints why it skipped.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -59,6 +61,29 @@ impl LoopMount {
     }
 }
 
+/// The follower's filesystem frozen (`fsfreeze`): its writes block. Thawed on drop.
+struct Frozen<'a> {
+    dir: &'a Path,
+}
+
+impl<'a> Frozen<'a> {
+    fn new(dir: &'a Path) -> Frozen<'a> {
+        let status = Command::new("fsfreeze")
+            .arg("-f")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "fsfreeze -f {}", dir.display());
+        Frozen { dir }
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(self.dir).status();
+    }
+}
+
 impl Drop for LoopMount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
@@ -96,39 +121,98 @@ fn value(partition: u32, seq: u64) -> String {
 }
 
 /// Reads every partition from the start until every record of `acked` was seen or 15 s
-/// passed (after a restart the high watermark waits for the follower to report).
+/// passed (after a restart the high watermark waits for the follower to report). Errors
+/// (a broker still opening its replicas) are retried until then.
 fn read_back(address: &str, acked: &BTreeSet<(u32, u64)>) -> BTreeSet<(u32, u64)> {
     let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = BTreeSet::new();
     loop {
-        let client = Client::connect(address, ClientConfig::default()).unwrap();
-        let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
-        let mut seen = BTreeSet::new();
-        for partition in 0..PARTITIONS {
-            consumer
-                .assign("t", partition, StartOffset::Earliest)
-                .unwrap();
-            let end = consumer
-                .client()
-                .list_offsets("t", partition, client::OffsetSpec::Latest)
-                .unwrap();
-            let mut position = 0;
-            while position < end {
-                for record in consumer.poll(Duration::from_millis(500)).unwrap() {
-                    let text = String::from_utf8(record.value).unwrap();
-                    let seq: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
-                    seen.insert((record.partition, seq));
-                    if record.partition == partition {
-                        position = record.offset + 1;
-                    }
-                }
-            }
-            consumer.unassign("t", partition);
+        if let Err(error) = read_all(address, deadline, &mut seen) {
+            eprintln!("reading back: {error}");
         }
         if acked.is_subset(&seen) || Instant::now() > deadline {
             return seen;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// One pass over every partition up to its end, until `deadline` at most.
+fn read_all(
+    address: &str,
+    deadline: Instant,
+    seen: &mut BTreeSet<(u32, u64)>,
+) -> Result<(), String> {
+    let client = Client::connect(address, ClientConfig::default()).map_err(|e| e.to_string())?;
+    let mut consumer =
+        Consumer::new(client, ConsumerConfig::default()).map_err(|e| e.to_string())?;
+    for partition in 0..PARTITIONS {
+        consumer
+            .assign("t", partition, StartOffset::Earliest)
+            .map_err(|e| e.to_string())?;
+        let end = consumer
+            .client()
+            .list_offsets("t", partition, client::OffsetSpec::Latest)
+            .map_err(|e| e.to_string())?;
+        let mut position = 0;
+        while position < end {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "t-{partition}: read to {position} of {end} in time"
+                ));
+            }
+            for record in consumer
+                .poll(Duration::from_millis(500))
+                .map_err(|e| e.to_string())?
+            {
+                let text = String::from_utf8(record.value).unwrap();
+                let seq: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
+                seen.insert((record.partition, seq));
+                if record.partition == partition {
+                    position = record.offset + 1;
+                }
+            }
+        }
+        consumer.unassign("t", partition);
+    }
+    Ok(())
+}
+
+/// Copies a directory tree (a replica's files).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Copies the follower's replicas (from `follower_data`) over the one-shard broker's in
+/// `solo_data` (whose catalogue holds topic `t` with replication factor 1).
+fn copy_follower(solo_data: &Path, follower_data: &Path) {
+    for partition in 0..PARTITIONS {
+        let replica = solo_data.join("shard-0").join(format!("t-{partition}"));
+        std::fs::remove_dir_all(&replica).unwrap();
+        copy_dir(&follower_data.join(format!("t-{partition}")), &replica);
+    }
+}
+
+/// Serves the copy of the follower's replicas alone and reads every record back.
+fn read_back_follower_copy(
+    solo_config: &Path,
+    solo_data: &Path,
+    acked: &BTreeSet<(u32, u64)>,
+) -> BTreeSet<(u32, u64)> {
+    let (mut solo, address) = serve(solo_config, solo_data);
+    let seen = read_back(&address, acked);
+    solo.kill().unwrap();
+    solo.wait().unwrap();
+    seen
 }
 
 #[test]
@@ -160,6 +244,20 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
     let config = scratch.path().join("profile.toml");
     std::fs::write(&config, profile).unwrap();
 
+    // The one-shard broker that serves copies of the follower's replicas.
+    let solo_config = scratch.path().join("solo.toml");
+    std::fs::write(&solo_config, tiny.replace("cores = \"all\"", "cores = [0]")).unwrap();
+    let solo_data = scratch.path().join("solo");
+    {
+        let (mut solo, solo_address) = serve(&solo_config, &solo_data);
+        Client::connect(&solo_address, ClientConfig::default())
+            .unwrap()
+            .create_topic("t", PARTITIONS, 1)
+            .unwrap();
+        solo.kill().unwrap();
+        solo.wait().unwrap();
+    }
+
     let (mut broker, mut address) = serve(&config, &data);
     Client::connect(&address, ClientConfig::default())
         .unwrap()
@@ -172,14 +270,27 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
     for partition in &topic.partitions {
         assert_eq!(partition.replicas.len(), 2, "replicas on both shards");
     }
+    // Partitions led by shard 0 (their follower on the loop-mounted filesystem).
+    let led_by_0: Vec<u32> = topic
+        .partitions
+        .iter()
+        .filter(|p| p.leader_shard == 0)
+        .map(|p| p.partition)
+        .collect();
+    assert!(!led_by_0.is_empty());
 
     let mut acked_total = 0;
     let mut next_seq = 0u64;
-    for cycle in 0..2u64 {
+    // Cycles 0 and 1 kill under load; cycle 2 first freezes the follower's filesystem for a
+    // while (nothing new reaches the follower's replica: `all` must acknowledge nothing
+    // meanwhile), then kills.
+    let cycles = 3u64;
+    for cycle in 0..cycles {
         let acked: Arc<Mutex<BTreeSet<(u32, u64)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let producer_thread = {
             let (acked, stop, address) = (Arc::clone(&acked), Arc::clone(&stop), address.clone());
+            let led_by_0 = led_by_0.clone();
             let first = next_seq;
             std::thread::spawn(move || {
                 let client = Client::connect(&address, ClientConfig::default()).unwrap();
@@ -198,7 +309,13 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
                 while !stop.load(Ordering::Relaxed) {
                     let mut sent = Vec::new();
                     for _ in 0..20 {
-                        let partition = (seq % u64::from(PARTITIONS)) as u32;
+                        // Cycle 2 freezes the follower's filesystem of the partitions led by
+                        // shard 0: only they could still take (and wrongly acknowledge) writes.
+                        let partition = if cycle == 2 {
+                            led_by_0[(seq % led_by_0.len() as u64) as usize]
+                        } else {
+                            (seq % u64::from(PARTITIONS)) as u32
+                        };
                         if let Err(error) =
                             producer.send("t", partition, b"", value(partition, seq).as_bytes())
                         {
@@ -233,9 +350,24 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
         while acked.lock().unwrap().is_empty() && Instant::now() < flowing {
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(300 + 300 * cycle));
-        broker.kill().unwrap(); // SIGKILL
+        std::thread::sleep(Duration::from_millis(300 + 300 * (cycle % 2)));
+        let follower_data = mount.dir.join("shard-1");
+        if cycle == 2 {
+            let frozen = Frozen::new(&mount.dir);
+            std::thread::sleep(Duration::from_millis(800));
+            broker.kill().unwrap(); // SIGKILL
+            std::thread::sleep(Duration::from_millis(200));
+            // What the follower completed writing; its writes blocked on the frozen
+            // filesystem (they hold the dying process until the thaw) never completed.
+            copy_follower(&solo_data, &follower_data);
+            drop(frozen);
+        } else {
+            broker.kill().unwrap(); // SIGKILL
+        }
         broker.wait().unwrap();
+        if cycle != 2 {
+            copy_follower(&solo_data, &follower_data);
+        }
         stop.store(true, Ordering::Relaxed);
         next_seq = producer_thread.join().unwrap() + 1000;
         let acked = acked.lock().unwrap().clone();
@@ -244,6 +376,16 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
             "cycle {cycle}: nothing was acknowledged before the kill"
         );
         acked_total += acked.len();
+
+        // `all`: the follower wrote every acknowledged record (kill -9 keeps written data).
+        let on_follower = read_back_follower_copy(&solo_config, &solo_data, &acked);
+        let missing: Vec<_> = acked.difference(&on_follower).collect();
+        assert!(
+            missing.is_empty(),
+            "cycle {cycle}: {} acknowledged records missing from the follower's replica, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
 
         (broker, address) = serve(&config, &data);
         let seen = read_back(&address, &acked);
@@ -268,7 +410,10 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
     }
     broker.kill().unwrap();
     broker.wait().unwrap();
-    eprintln!("R1-repl kill-9 rf=2 acks=all,all+fsync cycles=2 acked={acked_total} lost=0");
+    eprintln!(
+        "R1-repl kill-9 rf=2 acks=all,all+fsync cycles={cycles} (one with the follower's \
+         filesystem frozen) acked={acked_total} lost=0, all on the follower"
+    );
 }
 
 /// Whether this process runs as root (it may mount).

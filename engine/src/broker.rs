@@ -138,7 +138,13 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
         .map(|s| s.data_dir.clone())
         .unwrap_or_default();
     let catalog = match Catalog::load(&catalog_dir)? {
-        Some(catalog) => catalog,
+        Some(catalog) => {
+            // Every leader term gets a new epoch, a restart included: durably, before any
+            // replica applies it.
+            let restarted = catalog.for_restart()?;
+            restarted.persist_blocking(&catalog_dir)?;
+            restarted
+        }
         None => {
             refuse_orphan_data(&shard_configs, &catalog_dir)?;
             Catalog::default()

@@ -7,7 +7,8 @@
 //! - the follower's disk fails mid-stream;
 //! - the leader's disk fails mid-stream (failover to the in-sync follower, epoch 2);
 //! - a whole-process crash at a random point: kill -9 (completed writes survive) and power
-//!   loss (`SimStorage::crash`) on both disks at once, then restart and reconciliation.
+//!   loss (`SimStorage::crash`) on both disks at once, then restart in the next epoch,
+//!   reconciliation, and more produces and reads in the new term.
 //!
 //! Checked: acknowledged records lost (per policy the contract covers) 0; records served
 //! below the high watermark that later vanish or change 0; replicas byte-identical over the
@@ -256,10 +257,26 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(disks: Vec<SimStorage>, net: Rc<Net>, rt: SimRt, min_insync: u16) -> Cluster {
+    async fn start(
+        disks: Vec<SimStorage>,
+        net: Rc<Net>,
+        rt: SimRt,
+        min_insync: u16,
+        epoch: u32,
+    ) -> Cluster {
         let leader_failed = Rc::new(Cell::new(false));
-        let (leader, follower) =
-            start_pair(&disks, &net, &rt, 0, 1, 1, min_insync, 0, &leader_failed).await;
+        let (leader, follower) = start_pair(
+            &disks,
+            &net,
+            &rt,
+            0,
+            1,
+            epoch,
+            min_insync,
+            0,
+            &leader_failed,
+        )
+        .await;
         Cluster {
             disks,
             net,
@@ -267,7 +284,7 @@ impl Cluster {
             leader: RefCell::new(leader),
             follower: RefCell::new(Some(follower)),
             leader_failed,
-            epoch: Cell::new(1),
+            epoch: Cell::new(epoch),
         }
     }
 
@@ -365,6 +382,8 @@ struct Model {
     served: BTreeMap<u64, Vec<u8>>,
     not_enough_replicas: u64,
     in_doubt: u64,
+    /// Offsets served again (after a restart) with another value than before.
+    served_changed: u64,
 }
 
 async fn producer(
@@ -393,6 +412,7 @@ async fn producer(
         }
         match result {
             Ok(appended) => {
+                check_ack(&cluster, &leader, acks, appended.next_offset);
                 if acks != Acks::None {
                     let values = records(&bytes);
                     let mut model = model.borrow_mut();
@@ -410,12 +430,50 @@ async fn producer(
     }
 }
 
+/// At the moment `all`/`all+fsync` answers: every in-sync replica wrote (synced) the batch.
+fn check_ack(cluster: &Cluster, leader: &Leader<SimStorage>, acks: Acks, next: u64) {
+    if !matches!(acks, Acks::All | Acks::AllFsync) {
+        return;
+    }
+    let status = leader.status();
+    let follower = cluster.follower.borrow().clone();
+    for shard in status.isr {
+        let offsets = if shard == leader.shard {
+            leader.log().offsets()
+        } else {
+            match &follower {
+                Some(f) if f.shard == shard => f.log().offsets(),
+                _ => continue,
+            }
+        };
+        let held = if acks.needs_fsync() {
+            offsets.synced
+        } else {
+            offsets.written
+        };
+        assert!(
+            held >= next,
+            "{acks:?} acknowledged up to {next} while in-sync replica {shard} holds {held}"
+        );
+    }
+}
+
 /// Reads below the high watermark as a consumer would, remembering what it was served.
 async fn consumer(cluster: Rc<Cluster>, model: Rc<RefCell<Model>>, stop: Rc<Cell<bool>>) {
     let mut offset = 0;
+    let mut term: Option<(Rc<Leader<SimStorage>>, u64)> = None;
     while !stop.get() {
         let leader = cluster.leader();
         let hw = leader.hw();
+        if let Some((seen, seen_hw)) = &term
+            && Rc::ptr_eq(seen, &leader)
+        {
+            assert!(
+                hw >= *seen_hw,
+                "high watermark went back: {seen_hw} -> {hw}"
+            );
+        }
+        term = Some((Rc::clone(&leader), hw));
         if hw > offset && !leader.is_stopped() {
             let Ok(bytes) = try_read_range(leader.log(), offset, hw).await else {
                 cluster.rt.sleep(Duration::from_millis(2)).await;
@@ -427,7 +485,13 @@ async fn consumer(cluster: Rc<Cluster>, model: Rc<RefCell<Model>>, stop: Rc<Cell
             for (at, value) in records(&bytes) {
                 if at >= offset {
                     assert!(at < hw, "served {at} at or above the high watermark {hw}");
-                    model.borrow_mut().served.insert(at, value);
+                    let mut model = model.borrow_mut();
+                    if let Some(before) = model.served.insert(at, value.clone())
+                        && before != value
+                    {
+                        eprintln!("served {at} again with another value");
+                        model.served_changed += 1;
+                    }
                     offset = at + 1;
                 }
             }
@@ -478,7 +542,7 @@ async fn run(seed: u64, scenario: Scenario) -> String {
         1
     };
     let cluster =
-        Rc::new(Cluster::start(disks.clone(), Rc::clone(&net), rt.clone(), min_insync).await);
+        Rc::new(Cluster::start(disks.clone(), Rc::clone(&net), rt.clone(), min_insync, 1).await);
     let model = Rc::new(RefCell::new(Model::default()));
     let stop = Rc::new(Cell::new(false));
 
@@ -567,12 +631,33 @@ async fn run(seed: u64, scenario: Scenario) -> String {
                 }
             }
             drop(cluster);
-            // Restart: same placement, same epoch; the follower reconciles by probe.
+            // Restart: same placement, the next epoch (a restarted broker's catalogue bumps
+            // every partition's, `Catalog::for_restart`); the follower reconciles by probe.
+            // Then more produces (every policy) and reads in the new term.
             net.stopped.set(false);
             glommio::spawn_local(pump(Rc::clone(&net))).detach();
             let cluster = Rc::new(
-                Cluster::start(disks.clone(), Rc::clone(&net), rt.clone(), min_insync).await,
+                Cluster::start(disks.clone(), Rc::clone(&net), rt.clone(), min_insync, 2).await,
             );
+            let stop = Rc::new(Cell::new(false));
+            let consumer_task = glommio::spawn_local(consumer(
+                Rc::clone(&cluster),
+                Rc::clone(&model),
+                Rc::clone(&stop),
+            ));
+            for id in 10..12 {
+                producer(
+                    Rc::clone(&cluster),
+                    Rc::clone(&model),
+                    Rc::clone(&stop),
+                    Rc::clone(&rng),
+                    id,
+                    30,
+                )
+                .await;
+            }
+            stop.set(true);
+            consumer_task.await;
             let report = verify(&cluster, &model, scenario).await;
             cluster.stop();
             net.stopped.set(true);
@@ -721,6 +806,9 @@ async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -
         }
     }
     assert_eq!(lost, 0, "acknowledged records lost");
+    if scenario != Scenario::PowerLoss {
+        assert_eq!(model.served_changed, 0, "served records changed");
+    }
     assert_eq!(
         served_uncommitted, 0,
         "records served above the high watermark"

@@ -89,6 +89,11 @@ pub enum CatalogError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A refused change, with the code and a sentence for the client.
@@ -274,6 +279,47 @@ impl Catalog {
         moved.replicas = replicas;
         moved.leader_epoch = epoch + 1;
         Ok(next)
+    }
+
+    /// The catalogue a restarted broker runs: every partition's leader term is a new one,
+    /// with the next epoch. A restarted leader's log may have lost appended records a
+    /// follower kept (or kept ones the follower never got); with the same epoch the follower
+    /// could not tell them apart from the leader's new records at the same offsets.
+    pub fn for_restart(&self) -> Result<Catalog, CatalogError> {
+        let mut next = self.clone();
+        for topic in &mut next.topics {
+            for placement in &mut topic.partitions {
+                placement.leader_epoch =
+                    placement
+                        .leader_epoch
+                        .checked_add(1)
+                        .ok_or_else(|| CatalogError::Parse {
+                            path: PathBuf::from(CATALOG_FILE),
+                            message: format!("{}: leader epoch exhausted", topic.name),
+                        })?;
+            }
+        }
+        Ok(next)
+    }
+
+    /// `persist` for start-up, before any executor runs: temp file, fdatasync, rename,
+    /// directory fsync.
+    pub fn persist_blocking(&self, dir: &Path) -> Result<(), CatalogError> {
+        let tmp = dir.join(CATALOG_TMP);
+        let wrap = |path: &Path, source: std::io::Error| CatalogError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = std::fs::File::create(&tmp).map_err(|e| wrap(&tmp, e))?;
+        std::io::Write::write_all(&mut file, self.encode().as_bytes())
+            .map_err(|e| wrap(&tmp, e))?;
+        file.sync_data().map_err(|e| wrap(&tmp, e))?;
+        drop(file);
+        let path = dir.join(CATALOG_FILE);
+        std::fs::rename(&tmp, &path).map_err(|e| wrap(&path, e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| wrap(dir, e))
     }
 
     /// The catalogue without topic `name`.

@@ -217,6 +217,9 @@ pub struct Leader<S: Storage> {
     sync_wanted: Cell<u64>,
     epochs: RefCell<EpochCache>,
     stopped: Cell<bool>,
+    /// Produces between their admission and the end of their append: appends in this
+    /// term's epoch that may still land in the log.
+    appending: Cell<usize>,
     failure_reported: Cell<bool>,
     /// Called once when the leader's log fails, with the in-sync followers (failover).
     on_failed: RefCell<Option<FailoverCallback>>,
@@ -224,6 +227,26 @@ pub struct Leader<S: Storage> {
     rt: Rc<dyn Runtime>,
     transport: Rc<dyn Transport>,
     stats: RefCell<ReplStats>,
+}
+
+/// Counts one produce's append in progress while alive (also when its future is dropped).
+struct Appending<'a> {
+    count: &'a Cell<usize>,
+    changed: &'a Notify,
+}
+
+impl<'a> Appending<'a> {
+    fn new(count: &'a Cell<usize>, changed: &'a Notify) -> Appending<'a> {
+        count.set(count.get() + 1);
+        Appending { count, changed }
+    }
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        self.count.set(self.count.get().saturating_sub(1));
+        self.changed.notify();
+    }
 }
 
 /// How a leader term starts.
@@ -287,6 +310,7 @@ impl<S: Storage + 'static> Leader<S> {
             sync_wanted: Cell::new(0),
             epochs: RefCell::new(epochs),
             stopped: Cell::new(false),
+            appending: Cell::new(0),
             failure_reported: Cell::new(false),
             on_failed: RefCell::new(None),
             next_probe: Cell::new(1),
@@ -325,6 +349,19 @@ impl<S: Storage + 'static> Leader<S> {
     pub fn stop(&self) {
         self.stopped.set(true);
         self.changed.notify();
+    }
+
+    /// Ends the term and returns once no append of it can still land in the log: call
+    /// before another role (a follower) takes the log over.
+    pub async fn stop_and_join(&self) {
+        self.stop();
+        loop {
+            let seen = self.changed.epoch();
+            if self.appending.get() == 0 {
+                return;
+            }
+            self.changed.changed(seen).await;
+        }
     }
 
     pub fn stats(&self) -> ReplStats {
@@ -433,7 +470,10 @@ impl<S: Storage + 'static> Leader<S> {
                 });
             }
         }
-        let appended = match self.log.append(batch, self.epoch).await {
+        let appending = Appending::new(&self.appending, &self.changed);
+        let appended = self.log.append(batch, self.epoch).await;
+        drop(appending);
+        let appended = match appended {
             Ok(appended) => appended,
             Err(error) => {
                 self.refresh();
@@ -568,9 +608,14 @@ impl<S: Storage + 'static> Leader<S> {
             }
             let mut st = self.state.borrow_mut();
             match status {
-                FollowerStatus::Ready if !session.streaming => {
+                // Awaiting this probe's answer: this is it.
+                FollowerStatus::Ready if !session.streaming && session.answer.is_none() => {
                     session.answer = Some((status, next));
-                    st.on_progress(from, next, written, synced, &lo, now)
+                    if next > lo.next {
+                        None // refused by `probe` (follower ahead)
+                    } else {
+                        st.on_probe_answer(from, next, written, synced, &lo, now)
+                    }
                 }
                 FollowerStatus::Ready => {
                     while session.in_flight.front().is_some_and(|end| *end <= written) {
@@ -604,7 +649,8 @@ impl<S: Storage + 'static> Leader<S> {
             }
             IsrChange::LeftLagTime(shard)
             | IsrChange::LeftLagBytes(shard)
-            | IsrChange::LeftFailed(shard) => {
+            | IsrChange::LeftFailed(shard)
+            | IsrChange::LeftBehind(shard) => {
                 stats.isr_shrinks += 1;
                 tracing::warn!(topic = %self.key.topic, partition = self.key.partition, follower = shard, ?change, "follower left the in-sync set");
             }
@@ -822,8 +868,18 @@ pub struct Follower<S: Storage> {
     inbox: RefCell<VecDeque<ReplMessage>>,
     inbox_changed: Notify,
     stopped: Cell<bool>,
+    /// The message task ended (after `stop`): nothing of this follower touches the log.
+    finished: Cell<bool>,
     rt: Rc<dyn Runtime>,
     transport: Rc<dyn Transport>,
+}
+
+/// Which leader session a follower's answer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FollowerSession {
+    leader: u16,
+    epoch: u32,
+    probe: u64,
 }
 
 /// Bound on queued messages per follower: the leader keeps at most
@@ -866,6 +922,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             inbox: RefCell::new(VecDeque::new()),
             inbox_changed: Notify::default(),
             stopped: Cell::new(false),
+            finished: Cell::new(false),
             rt: Rc::clone(&rt),
             transport,
         });
@@ -898,6 +955,20 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         self.inbox_changed.notify();
     }
 
+    /// Stops following and returns once the message task ended: a truncation or append in
+    /// progress finished, so `log()` is the replica's log for good and no write of this
+    /// follower lands in it any more. Call before another role takes the log over.
+    pub async fn stop_and_join(&self) {
+        self.stop();
+        loop {
+            let seen = self.inbox_changed.epoch();
+            if self.finished.get() {
+                return;
+            }
+            self.inbox_changed.changed(seen).await;
+        }
+    }
+
     /// Queues a message from the leader. Never waits.
     pub fn deliver(&self, message: ReplMessage) {
         let mut inbox = self.inbox.borrow_mut();
@@ -914,6 +985,8 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         loop {
             let seen = self.inbox_changed.epoch();
             if self.stopped.get() {
+                self.finished.set(true);
+                self.inbox_changed.notify();
                 return;
             }
             let message = self.inbox.borrow_mut().pop_front();
@@ -924,23 +997,35 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
     }
 
-    fn progress(&self, status: FollowerStatus) -> ReplMessage {
-        let offsets = self.log().offsets();
-        ReplMessage::Progress {
-            key: self.key.clone(),
+    /// The session (leader, epoch, probe) this replica follows now.
+    fn session(&self) -> FollowerSession {
+        FollowerSession {
+            leader: self.leader.get(),
             epoch: self.epoch.get(),
-            from: self.shard,
             probe: self.probe.get(),
+        }
+    }
+
+    /// Answers `session` with `log`'s offsets: an answer names the session and describes the
+    /// log it was produced under, never a later one.
+    async fn answer_with(&self, session: FollowerSession, log: &Log<S>, status: FollowerStatus) {
+        let offsets = log.offsets();
+        let message = ReplMessage::Progress {
+            key: self.key.clone(),
+            epoch: session.epoch,
+            from: self.shard,
+            probe: session.probe,
             status,
             next: offsets.next,
             written: offsets.written,
             synced: offsets.synced,
-        }
+        };
+        let _ = self.transport.send(session.leader, message).await;
     }
 
     async fn answer(&self, status: FollowerStatus) {
-        let message = self.progress(status);
-        let _ = self.transport.send(self.leader.get(), message).await;
+        let log = self.log();
+        self.answer_with(self.session(), &log, status).await;
     }
 
     async fn handle(self: &Rc<Self>, message: ReplMessage) {
@@ -990,10 +1075,16 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                     || probe != self.probe.get()
                 {
                     if epoch > self.epoch.get() {
-                        self.epoch.set(epoch);
-                        self.leader.set(from);
-                        self.probe.set(probe);
-                        self.answer(FollowerStatus::Resync).await;
+                        // A newer leader we were never probed by: it must probe first (our
+                        // log may diverge from its lineage). Nothing changes here.
+                        let session = FollowerSession {
+                            leader: from,
+                            epoch,
+                            probe,
+                        };
+                        let log = self.log();
+                        self.answer_with(session, &log, FollowerStatus::Resync)
+                            .await;
                     }
                     return;
                 }
@@ -1044,8 +1135,9 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 }
                 self.known_hw.set(self.known_hw.get().max(hw.min(next)));
                 let follower = Rc::clone(self);
+                let session = self.session();
                 self.rt.spawn(Box::pin(async move {
-                    follower.report(log, next, sync).await;
+                    follower.report(session, log, next, sync).await;
                 }));
             }
             ReplMessage::Progress { .. } => {}
@@ -1054,16 +1146,25 @@ impl<S: Storage + Clone + 'static> Follower<S> {
 
     /// Waits for the write (with `sync`: write and sync, in one group commit) of everything
     /// below `next` and tells the leader.
-    async fn report(&self, log: Rc<Log<S>>, next: u64, sync: bool) {
+    /// The answer is stamped with the session the `Append` came in and built from `log`;
+    /// dropped once the session or the log changed (a probe came; a truncation replaced the
+    /// log): it would describe offsets the replica no longer has.
+    async fn report(&self, session: FollowerSession, log: Rc<Log<S>>, next: u64, sync: bool) {
         let done = if sync {
             log.wait_synced(next).await
         } else {
             log.wait_written(next).await
         };
+        if session != self.session() || !Rc::ptr_eq(&log, &self.log()) || self.stopped.get() {
+            return;
+        }
         match done {
-            Ok(()) => self.answer(FollowerStatus::Ready).await,
+            Ok(()) => self.answer_with(session, &log, FollowerStatus::Ready).await,
             Err(LogError::Closed) => {}
-            Err(_) => self.answer(FollowerStatus::Failed).await,
+            Err(_) => {
+                self.answer_with(session, &log, FollowerStatus::Failed)
+                    .await
+            }
         }
     }
 

@@ -39,7 +39,15 @@ pub struct FollowerView {
     pub next: u64,
     pub written: u64,
     pub synced: u64,
+    /// Holds the high watermarks back (it is waited for). At a term's start every follower
+    /// does, until it joins or leaves.
     pub in_sync: bool,
+    /// Answered a probe of this term: its reports count (before, they may describe a log a
+    /// truncation is about to cut).
+    pub answered: bool,
+    /// Answered a probe of this term holding everything below the high watermarks: it
+    /// counts toward `min_insync` and may take over. Only then is it in the in-sync set.
+    pub joined: bool,
     /// Its log failed (fail-stop): out of the in-sync set until the broker restarts.
     pub failed: bool,
     /// Last time (µs) its written offset reached the leader's end as of its previous report.
@@ -55,6 +63,8 @@ pub enum IsrChange {
     LeftLagTime(u16),
     LeftLagBytes(u16),
     LeftFailed(u16),
+    /// A probe's answer showed it no longer holds everything below the watermarks.
+    LeftBehind(u16),
 }
 
 /// The leader's replication state of one partition.
@@ -77,9 +87,11 @@ pub struct LeaderState {
 }
 
 impl LeaderState {
-    /// A new leader term. Every follower starts in sync with unknown progress (its offsets
-    /// 0), so the high watermark waits for followers to report; one that stays silent past
-    /// the lag time leaves. `hw` is what this replica knew of the previous term's.
+    /// A new leader term. Every follower starts pending: it holds the high watermarks back
+    /// (offsets 0) but is not in the in-sync set (counts for no `min_insync`, is no failover
+    /// candidate) until it answered a probe of this term with everything below them; one that
+    /// stays silent past the lag time stops holding them. `hw` is what this replica knew of
+    /// the previous term's.
     pub fn new(
         epoch: u32,
         min_insync: u16,
@@ -100,6 +112,8 @@ impl LeaderState {
                     written: 0,
                     synced: 0,
                     in_sync: true,
+                    answered: false,
+                    joined: false,
                     failed: false,
                     caught_up_at_us: now_us,
                     target: 0,
@@ -136,12 +150,22 @@ impl LeaderState {
         if leader.healthy {
             isr.push(leader_shard);
         }
-        isr.extend(self.followers.iter().filter(|f| f.in_sync).map(|f| f.shard));
+        isr.extend(
+            self.followers
+                .iter()
+                .filter(|f| f.in_sync && f.joined)
+                .map(|f| f.shard),
+        );
         isr
     }
 
     pub fn isr_len(&self, leader: &LeaderOffsets) -> usize {
-        usize::from(leader.healthy) + self.followers.iter().filter(|f| f.in_sync).count()
+        usize::from(leader.healthy)
+            + self
+                .followers
+                .iter()
+                .filter(|f| f.in_sync && f.joined)
+                .count()
     }
 
     /// Whether a produce with `acks` may be appended now: `all` needs `min_insync` in-sync
@@ -201,7 +225,41 @@ impl LeaderState {
         }
     }
 
-    /// A follower reported its offsets. Returns the change of the in-sync set, if any.
+    /// A follower answered a probe of this term: its offsets are exactly these (after any
+    /// truncation), whatever it reported before. Returns the change of the in-sync set.
+    pub fn on_probe_answer(
+        &mut self,
+        shard: u16,
+        next: u64,
+        written: u64,
+        synced: u64,
+        leader: &LeaderOffsets,
+        now_us: u64,
+    ) -> Option<IsrChange> {
+        let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
+        if follower.failed {
+            return None;
+        }
+        follower.next = next.max(written);
+        follower.written = written;
+        follower.synced = synced.min(written);
+        follower.answered = true;
+        let mut left = None;
+        if follower.written < self.hw || follower.synced < self.hw_synced {
+            // Lost records below the watermarks (cannot happen within a term to a healthy
+            // replica): it no longer holds what it must to be in the in-sync set.
+            if follower.in_sync && follower.joined {
+                left = Some(IsrChange::LeftBehind(shard));
+            }
+            follower.in_sync = false;
+            follower.joined = false;
+        }
+        self.on_progress(shard, next, written, synced, leader, now_us)
+            .or(left)
+    }
+
+    /// A follower reported its offsets in the session of a probe it answered. Returns the
+    /// change of the in-sync set, if any.
     pub fn on_progress(
         &mut self,
         shard: u16,
@@ -211,9 +269,8 @@ impl LeaderState {
         leader: &LeaderOffsets,
         now_us: u64,
     ) -> Option<IsrChange> {
-        let (hw, hw_synced) = (self.hw, self.hw_synced);
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        if follower.failed {
+        if follower.failed || !follower.answered {
             return None;
         }
         follower.next = next.max(written);
@@ -223,9 +280,18 @@ impl LeaderState {
             follower.caught_up_at_us = now_us;
         }
         follower.target = leader.next;
+        // A pending follower holds the watermarks: with its report they may move (not
+        // past it), and it joins once it holds everything below them.
+        self.advance(leader);
+        let (hw, hw_synced) = (self.hw, self.hw_synced);
+        let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
         let mut change = None;
-        if !follower.in_sync && follower.written >= hw && follower.synced >= hw_synced {
+        if !(follower.in_sync && follower.joined)
+            && follower.written >= hw
+            && follower.synced >= hw_synced
+        {
             follower.in_sync = true;
+            follower.joined = true;
             follower.caught_up_at_us = now_us;
             change = Some(IsrChange::Joined(shard));
         }
@@ -236,9 +302,10 @@ impl LeaderState {
     /// A follower's log failed or it refused to follow: it leaves for good (until restart).
     pub fn on_failed(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        let was = follower.in_sync;
+        let was = follower.in_sync && follower.joined;
         follower.failed = true;
         follower.in_sync = false;
+        follower.joined = false;
         self.advance(leader);
         was.then_some(IsrChange::LeftFailed(shard))
     }
@@ -246,6 +313,7 @@ impl LeaderState {
     /// Time passed: followers lagging past a bound leave the in-sync set.
     pub fn tick(&mut self, leader: &LeaderOffsets, now_us: u64) -> Vec<IsrChange> {
         let mut changes = Vec::new();
+        let mut any = false;
         let bytes_beyond: Vec<u64> = self
             .followers
             .iter()
@@ -259,15 +327,22 @@ impl LeaderState {
                 follower.caught_up_at_us = now_us;
                 continue;
             }
-            if now_us.saturating_sub(follower.caught_up_at_us) > self.bounds.time_us {
-                follower.in_sync = false;
-                changes.push(IsrChange::LeftLagTime(follower.shard));
+            let left = if now_us.saturating_sub(follower.caught_up_at_us) > self.bounds.time_us {
+                IsrChange::LeftLagTime(follower.shard)
             } else if beyond > self.bounds.bytes {
-                follower.in_sync = false;
-                changes.push(IsrChange::LeftLagBytes(follower.shard));
+                IsrChange::LeftLagBytes(follower.shard)
+            } else {
+                continue;
+            };
+            if follower.joined {
+                changes.push(left);
             }
+            follower.in_sync = false;
+            follower.joined = false;
+            // Pending and dropped: the watermarks stop waiting for it all the same.
+            any = true;
         }
-        if !changes.is_empty() {
+        if any {
             self.advance(leader);
         }
         changes
@@ -286,6 +361,23 @@ impl LeaderState {
         let synced = in_sync.map(|f| f.synced).fold(leader.synced, u64::min);
         self.hw = self.hw.max(written);
         self.hw_synced = self.hw_synced.max(synced).min(self.hw);
+        self.trim_bytes_at();
+    }
+
+    /// Forgets the byte positions no in-sync follower can need any more: those below the
+    /// slowest one's written offset (the last entry at or below it stays, to measure from).
+    /// Followers out of the set are not measured in bytes.
+    fn trim_bytes_at(&mut self) {
+        let floor = self
+            .followers
+            .iter()
+            .filter(|f| f.in_sync)
+            .map(|f| f.written)
+            .min()
+            .unwrap_or(u64::MAX);
+        while self.bytes_at.len() > 1 && self.bytes_at.get(1).is_some_and(|(n, _)| *n <= floor) {
+            self.bytes_at.pop_front();
+        }
     }
 }
 
@@ -355,9 +447,9 @@ mod tests {
     fn hw_is_the_least_written_offset_of_the_in_sync_replicas() {
         let mut state = LeaderState::new(1, 2, BOUNDS, &[1, 2], 0, 0);
         let l = leader(10, 10, 4);
-        state.on_progress(1, 8, 8, 2, &l, 1);
+        state.on_probe_answer(1, 8, 8, 2, &l, 1);
         assert_eq!(state.hw(), 0, "follower 2 has not reported");
-        state.on_progress(2, 6, 6, 6, &l, 2);
+        state.on_probe_answer(2, 6, 6, 6, &l, 2);
         assert_eq!(state.hw(), 6);
         assert_eq!(state.hw_synced(), 2);
         assert!(state.acked(Acks::All, 6, &l));
@@ -371,6 +463,11 @@ mod tests {
     fn a_silent_follower_leaves_after_the_lag_time_and_rejoins_once_caught_up() {
         let mut state = LeaderState::new(1, 2, BOUNDS, &[1], 0, 0);
         let l = leader(10, 10, 10);
+        assert!(
+            !state.admits(Acks::All, &l),
+            "not in the in-sync set before it answered a probe of this term"
+        );
+        state.on_probe_answer(1, 0, 0, 0, &l, 0);
         assert!(state.admits(Acks::All, &l));
         assert!(state.tick(&l, 500_000).is_empty());
         assert_eq!(state.tick(&l, 1_000_001), vec![IsrChange::LeftLagTime(1)]);
@@ -396,7 +493,7 @@ mod tests {
             state.on_append(i * 100, 1 << 20);
         }
         let l = leader(300, 300, 300);
-        state.on_progress(1, 100, 100, 100, &l, 10);
+        state.on_probe_answer(1, 100, 100, 100, &l, 10);
         assert_eq!(state.tick(&l, 20), vec![IsrChange::LeftLagBytes(1)]);
     }
 
@@ -404,7 +501,7 @@ mod tests {
     fn a_failed_follower_leaves_for_good_and_hw_never_goes_back() {
         let mut state = LeaderState::new(1, 1, BOUNDS, &[1], 0, 0);
         let l = leader(10, 10, 10);
-        state.on_progress(1, 7, 7, 7, &l, 1);
+        state.on_probe_answer(1, 7, 7, 7, &l, 1);
         assert_eq!(state.hw(), 7);
         assert_eq!(state.on_failed(1, &l), Some(IsrChange::LeftFailed(1)));
         assert_eq!(state.hw(), 10);
@@ -416,6 +513,49 @@ mod tests {
         };
         assert!(!state.acked(Acks::All, 10, &failed_leader));
         assert_eq!(state.isr(&l, 0), vec![0]);
+    }
+
+    #[test]
+    fn followers_join_a_term_only_by_answering_a_probe_and_the_answer_sets_their_offsets() {
+        let mut state = LeaderState::new(2, 2, BOUNDS, &[1, 2], 0, 0);
+        let l = leader(10, 10, 10);
+        assert_eq!(
+            state.isr(&l, 0),
+            vec![0],
+            "pending followers are not in the set"
+        );
+        // Reports before a probe answer (a previous session's) count for nothing.
+        assert_eq!(state.on_progress(1, 10, 10, 10, &l, 1), None);
+        assert_eq!(state.hw(), 0, "pending followers hold the watermark");
+        assert_eq!(
+            state.on_probe_answer(1, 10, 10, 10, &l, 2),
+            Some(IsrChange::Joined(1))
+        );
+        assert_eq!(state.isr(&l, 0), vec![0, 1]);
+        // A later answer (after a truncation) is what the follower holds: set, not max.
+        state.on_probe_answer(1, 4, 4, 4, &l, 3);
+        assert_eq!(state.follower(1).unwrap().written, 4);
+        // A silent follower stops holding the watermark after the lag time.
+        state.on_probe_answer(1, 10, 10, 10, &l, 4);
+        assert_eq!(state.hw(), 0, "follower 2 pending");
+        state.tick(&l, 1_000_002);
+        assert_eq!(state.hw(), 10);
+        assert_eq!(state.isr(&l, 0), vec![0, 1]);
+    }
+
+    #[test]
+    fn byte_positions_are_kept_only_beyond_the_slowest_in_sync_follower() {
+        let mut state = LeaderState::new(1, 2, BOUNDS, &[1], 0, 0);
+        let l = leader(1000, 1000, 1000);
+        state.on_probe_answer(1, 0, 0, 0, &l, 0);
+        for i in 1..=1000 {
+            state.on_append(i, 100);
+        }
+        assert_eq!(state.bytes_at.len(), 1000);
+        state.on_progress(1, 990, 990, 990, &l, 1);
+        assert_eq!(state.bytes_at.len(), 11, "[990, 1000]");
+        assert_eq!(state.bytes_beyond(990), 1000);
+        assert_eq!(state.bytes_beyond(995), 500);
     }
 
     fn cache(entries: &[(u32, u64)]) -> EpochCache {

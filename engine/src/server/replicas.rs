@@ -185,7 +185,7 @@ impl Shard {
             .filter(|f| f.key.topic_id == topic.id);
         let (log, hw) = match promoted {
             Some(follower) => {
-                follower.stop();
+                follower.stop_and_join().await;
                 tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
                     epoch = placement.leader_epoch, "follower promoted to leader");
                 (follower.log(), follower.known_hw())
@@ -253,7 +253,7 @@ impl Shard {
         let demoted = self.take_partition(&topic.name, index);
         let log = match demoted {
             Some(partition) if partition.topic_id == topic.id => {
-                partition.leader.stop();
+                partition.leader.stop_and_join().await;
                 tracing::warn!(shard = %self.id, topic = %topic.name, partition = index, "leader demoted to follower");
                 Rc::clone(&partition.log)
             }
