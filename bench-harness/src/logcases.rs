@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use engine::log::storage::{DmaStorage, OpenFlags, Storage, StorageFile, probe_dir};
-use engine::log::{Durability, Log, LogConfig, LogStats, Preallocate, Retention};
+use engine::log::{Durability, Log, LogConfig, LogStats, Preallocate, Retention, WritePipeline};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -59,6 +59,8 @@ pub struct LogCase {
     /// `LogConfig::group_commit_window_us` and `group_commit_bytes`.
     pub group_commit_window_us: u64,
     pub group_commit_bytes: u64,
+    /// The writer's pipelining (writes in flight, write size).
+    pub pipeline: WritePipeline,
     /// Diagnostic: each appender yields to the other tasks between its append and its wait,
     /// so every appender that a commit woke appends before the next commit starts.
     pub yield_before_wait: bool,
@@ -104,6 +106,8 @@ pub struct LogCaseResult {
     pub syncs: u64,
     pub rolls: u64,
     pub segments_deleted: u64,
+    /// Writes issued while another write of the log was in flight.
+    pub writes_overlapped: u64,
     /// `maintain` passes that prepared a spare segment during the window.
     pub spares_prepared: u64,
     pub cpu: CpuUse,
@@ -329,7 +333,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         group_commit_bytes: case.group_commit_bytes,
         ..LogConfig::default()
     };
-    let (log, _recovery) = Log::open(DmaStorage, &case.dir, config)
+    let (log, _recovery) = Log::open_with(DmaStorage, &case.dir, config, case.pipeline)
         .await
         .with_context(|| format!("opening the log in {}", case.dir.display()))?;
     let log = Rc::new(log);
@@ -435,6 +439,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         syncs: stats.syncs,
         rolls: stats.rolls,
         segments_deleted: stats.segments_deleted,
+        writes_overlapped: stats.writes_overlapped,
         spares_prepared: spares.get(),
         cpu,
         shard_sched,
@@ -563,6 +568,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
         syncs: 0,
         rolls: 0,
         segments_deleted: 0,
+        writes_overlapped: 0,
         spares_prepared: 0,
         cpu,
         shard_sched,

@@ -422,6 +422,13 @@ pub(crate) async fn open<S: Storage>(
             .await
             .map_err(LogError::io("remove stale spare"))?;
     }
+    // Whatever entries the directory shows are about to be used (and appended to): make
+    // them durable first, or a segment created just before a crash, its entry never synced,
+    // could take acknowledged batches with it at the next one.
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(LogError::io("sync log directory"))?;
     let spare_ready = names.iter().any(|n| n == SPARE_READY);
     let closed_cleanly = names.iter().any(|n| n == CLEAN_FILE);
     let checkpoint = read_small_file(storage, &dir.join(CHECKPOINT_FILE))
