@@ -322,7 +322,7 @@ impl Plan {
                 "1 MiB block".to_owned(),
             ),
             DMA_256K_QD1 => (
-                "diagnostic, no log: glommio DmaFile write_rc_at, 1 in flight, pre-zeroed file (the floor for a log that keeps one group-commit write in flight)".to_owned(),
+                "diagnostic, no log: glommio DmaFile write_rc_at, 1 in flight, pre-zeroed file (the floor for a log with one write in flight: `--writes-in-flight 1`)".to_owned(),
                 "none (O_DIRECT, no fsync)".to_owned(),
                 "-".to_owned(),
                 "256 KiB block".to_owned(),

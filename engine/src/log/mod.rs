@@ -3,16 +3,21 @@
 //! - Segments `<base-offset>.log` are created at full size and pre-zeroed (or fallocated),
 //!   so appends never change a file's size and an fdatasync never has to journal one.
 //! - Appended batches are copied into a 4 KiB-aligned tail buffer. A **group commit** writes
-//!   every pending block in one O_DIRECT write and, when a caller waits for durability, one
-//!   fdatasync covers every batch that arrived meanwhile (or the files are opened O_DSYNC).
-//! - The partly filled last block is rewritten by the next commit with the same leading
-//!   bytes, so a torn rewrite cannot destroy what a sync already made durable (proven by the
-//!   torn-write simulation tests).
+//!   the pending blocks in large O_DIRECT writes (about `WritePipeline::write_bytes_max`
+//!   each, up to `writes_in_flight` at once) and, when a caller waits for durability, one
+//!   fdatasync covers every batch whose write completed before it (or the files are opened
+//!   O_DSYNC). Writes in flight never share a block; `written` advances only over the
+//!   contiguous prefix of completed writes.
+//! - The partly filled last block is written (padded) only when a waiter needs it and no
+//!   other write is in flight, and is rewritten later with the same leading bytes, so a torn
+//!   rewrite cannot destroy what a sync already made durable (proven by the torn-write
+//!   simulation tests).
 //! - After a failed write or fdatasync the log fails stop: it refuses further appends and
 //!   never reports the lost data as durable.
 //! - Recovery walks the tail from the last index entry, checking every batch's length and
-//!   crc32c, truncates a torn tail, and marks the log damaged when an invalid batch sits in
-//!   data that was durable (below the checkpointed durable point).
+//!   crc32c, truncates a torn tail (and any remains of later writes after a hole), and marks
+//!   the log damaged when an invalid batch sits in data that was durable (below the
+//!   checkpointed durable point).
 //!
 //! All I/O goes through [`storage::Storage`]: [`storage::DmaStorage`] in production,
 //! [`sim::SimStorage`] in tests.
