@@ -217,11 +217,14 @@ impl Shard {
     /// §1.5), so glommio decides polled I/O correctly for that device.
     ///
     /// `spin_before_park`: how long the executor spins for I/O completions before it sleeps
-    /// (zero: glommio's default, sleep at once).
+    /// (zero: glommio's default, sleep at once). `io_memory_bytes`: glommio's registered
+    /// buffer arena (the profile's `shards.io_memory_bytes`); the log's tail and write buffers
+    /// come from it, and from the heap (page faults on first touch) once it is exhausted.
     pub fn start(
         core: usize,
         probe_in: &Path,
         spin_before_park: Duration,
+        io_memory_bytes: usize,
     ) -> anyhow::Result<Shard> {
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let (result_tx, result_rx) = mpsc::channel::<anyhow::Result<LogCaseResult>>();
@@ -230,8 +233,9 @@ impl Shard {
         let thread = std::thread::Builder::new()
             .name("logbench-shard".into())
             .spawn(move || {
-                let mut builder =
-                    LocalExecutorBuilder::new(Placement::Fixed(core)).name("logbench");
+                let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
+                    .name("logbench")
+                    .io_memory(io_memory_bytes);
                 if !spin_before_park.is_zero() {
                     builder = builder.spin_before_park(spin_before_park);
                 }

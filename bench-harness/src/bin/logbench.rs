@@ -47,6 +47,9 @@ usage: logbench [options]
                        LogConfig::group_commit_bytes (default: LogConfig's, 1 MiB)
   --writes-in-flight N WritePipeline::writes_in_flight (default: WritePipeline's, 4)
   --write-bytes-max B  WritePipeline::write_bytes_max (default: WritePipeline's, 1 MiB)
+  --io-memory-mib MIB  glommio io_memory of the executor (default 32, as tuning/throughput.toml;
+                       the default profile has 10): the log's tail and write buffers come
+                       from this registered arena, and from the heap once it is used up
   --spin-us US         glommio spin_before_park of the executor (default 0: sleep at once)
   --yield-before-wait  diagnostic: appenders yield once between append and wait, so a
                        commit's woken appenders all append before the next commit starts
@@ -80,6 +83,7 @@ struct Args {
     group_commit_bytes: u64,
     writes_in_flight: usize,
     write_bytes_max: u64,
+    io_memory_mib: u64,
     cases: Option<Vec<String>>,
 }
 
@@ -101,6 +105,7 @@ impl Args {
             group_commit_bytes: LogConfig::default().group_commit_bytes,
             writes_in_flight: WritePipeline::default().writes_in_flight,
             write_bytes_max: WritePipeline::default().write_bytes_max,
+            io_memory_mib: 32,
             cases: None,
         };
         let mut it = std::env::args().skip(1);
@@ -142,6 +147,7 @@ impl Args {
                 "--group-commit-bytes" => args.group_commit_bytes = number(&value)?,
                 "--writes-in-flight" => args.writes_in_flight = number(&value)? as usize,
                 "--write-bytes-max" => args.write_bytes_max = number(&value)?,
+                "--io-memory-mib" => args.io_memory_mib = number(&value)?,
                 "--cases" => {
                     let ids: Vec<String> = value.split(',').map(str::to_owned).collect();
                     for id in &ids {
@@ -274,6 +280,7 @@ struct Report {
     group_commit_bytes: u64,
     writes_in_flight: usize,
     write_bytes_max: u64,
+    io_memory_mib: u64,
     /// `git describe`-like state of the source tree the binary ran from, when known.
     source: String,
     durable_batch_bytes: usize,
@@ -517,7 +524,12 @@ fn main() -> anyhow::Result<()> {
     };
     print_machine(&machine, &fio_version, &plan);
 
-    let shard = Shard::start(core, &plan.work, Duration::from_micros(plan.args.spin_us))?;
+    let shard = Shard::start(
+        core,
+        &plan.work,
+        Duration::from_micros(plan.args.spin_us),
+        (plan.args.io_memory_mib << 20) as usize,
+    )?;
     eprintln!(
         "glommio executor pinned to core {core}; VmPin after start: {} KiB",
         shard
@@ -613,6 +625,7 @@ fn main() -> anyhow::Result<()> {
         group_commit_bytes: plan.args.group_commit_bytes,
         writes_in_flight: plan.args.writes_in_flight,
         write_bytes_max: plan.args.write_bytes_max,
+        io_memory_mib: plan.args.io_memory_mib,
         source: source_state(),
         durable_batch_bytes: plan.durable_batch.len(),
         durable_value_bytes: plan.durable_value_bytes,
@@ -668,7 +681,7 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
         "- {} s measured per case and run, {} runs, cases interleaved per run; log cases: \
          128 MiB segments, 2 MiB tail buffer (LogConfig defaults), maintain every {} ms, \
          retention {} MiB, warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}, \
-         writes_in_flight {}, write_bytes_max {}; executor spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
+         writes_in_flight {}, write_bytes_max {}; executor io_memory {} MiB, spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
         plan.args.seconds,
         plan.args.runs,
         plan.args.maintain_ms,
@@ -680,6 +693,7 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
         plan.args.group_commit_bytes,
         plan.args.writes_in_flight,
         plan.args.write_bytes_max,
+        plan.args.io_memory_mib,
         plan.args.spin_us,
         if plan.args.yield_before_wait {
             "yes"
