@@ -525,7 +525,10 @@ impl<S: Storage> Log<S> {
         if need <= st.tail.handed_end() || st.tail_block_busy {
             return None;
         }
-        let in_flight = st.inflight.iter().filter(|w| !w.done).count();
+        // Every write not yet retired counts, done or not: a completed write behind a slow
+        // one still holds its buffer, so counting only the unfinished ones would let a stuck
+        // write pin any number of buffers (and put remains any distance past a hole).
+        let in_flight = st.inflight.len();
         if in_flight >= self.pipeline.writes_in_flight {
             return None;
         }
@@ -610,6 +613,12 @@ impl<S: Storage> Log<S> {
         }
         st.stats.writes += 1;
         st.stats.write_bytes += len as u64;
+        if st.health != Health::Healthy {
+            // Fail-stop: a write that completes after the failure is done in the books but
+            // never acknowledged; `written` and `synced` stay where the failure left them.
+            st.check_invariants();
+            return;
+        }
         while st.inflight.front().is_some_and(|w| w.done) {
             if let Some(retired) = st.inflight.pop_front() {
                 st.written_end = st.written_end.max(retired.data.data_end());
@@ -635,6 +644,11 @@ impl<S: Storage> Log<S> {
             let mut st = self.state.borrow_mut();
             st.syncing = false;
             match synced {
+                // Fail-stop: after a failure (of a write, meanwhile) nothing more is reported.
+                Ok(()) if st.health != Health::Healthy => {
+                    st.stats.syncs += 1;
+                    Err(st.health.check().err().unwrap_or(LogError::Closed))
+                }
                 Ok(()) => {
                     st.synced_offset = st.synced_offset.max(job.offset);
                     st.synced_end = st.synced_end.max(job.end);
