@@ -114,6 +114,42 @@ struct PendingWrite<B> {
     done: bool,
 }
 
+/// Which operation an `Abandoned` guard watches.
+#[derive(Clone, Copy)]
+enum AbandonedOp {
+    Write,
+    Sync,
+}
+
+/// Armed while a committer awaits a write or sync it issued; dropped only if that committer
+/// is dropped (cancelled, e.g. by a timeout) before the operation completes, whose result is
+/// then lost. An abandoned sync just lets the next committer issue another. An abandoned
+/// write can never be recorded as complete and the kernel may still perform it later (a
+/// rewrite of its block could be overtaken by it), so it fails the log: fail-stop instead of
+/// a log whose `written` never moves again and whose `close` never returns.
+struct Abandoned<'a, S: Storage> {
+    log: &'a Log<S>,
+    op: AbandonedOp,
+}
+
+impl<S: Storage> Drop for Abandoned<'_, S> {
+    fn drop(&mut self) {
+        // No borrow of the state is ever held across an await, so this never fails.
+        if let Ok(mut st) = self.log.state.try_borrow_mut() {
+            match self.op {
+                AbandonedOp::Sync => st.syncing = false,
+                AbandonedOp::Write if st.health == Health::Healthy => {
+                    let error = io::Error::other("write abandoned by a cancelled committer");
+                    let _ = self.log.fail(&mut st, "write (abandoned)", &error);
+                }
+                // Already failed (or damaged): the first failure stands.
+                AbandonedOp::Write => {}
+            }
+        }
+        self.log.changed.notify();
+    }
+}
+
 /// What a committer does next.
 enum Step<F: StorageFile> {
     /// Something in flight (a write or sync) must complete first.
@@ -576,7 +612,12 @@ impl<S: Storage> Log<S> {
     /// the log; nothing at or after it is ever reported written.
     async fn run_write(&self, job: WriteJob<S::File>) -> Result<(), LogError> {
         let len = (*job.buf).as_ref().len();
+        let abandoned = Abandoned {
+            log: self,
+            op: AbandonedOp::Write,
+        };
         let written = job.file.write_at(job.buf, job.pos).await;
+        std::mem::forget(abandoned);
         let result = {
             let mut st = self.state.borrow_mut();
             match written {
@@ -639,7 +680,12 @@ impl<S: Storage> Log<S> {
     }
 
     async fn run_sync(&self, job: SyncJob<S::File>) -> Result<(), LogError> {
+        let abandoned = Abandoned {
+            log: self,
+            op: AbandonedOp::Sync,
+        };
         let synced = job.file.sync().await;
+        std::mem::forget(abandoned);
         let result = {
             let mut st = self.state.borrow_mut();
             st.syncing = false;
