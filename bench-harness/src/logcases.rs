@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use engine::log::storage::{DmaStorage, OpenFlags, Storage, StorageFile, probe_dir};
-use engine::log::{Durability, Log, LogConfig, LogStats, Preallocate, Retention};
+use engine::log::{Durability, Log, LogConfig, LogStats, Preallocate, Retention, WritePipeline};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -59,6 +59,8 @@ pub struct LogCase {
     /// `LogConfig::group_commit_window_us` and `group_commit_bytes`.
     pub group_commit_window_us: u64,
     pub group_commit_bytes: u64,
+    /// The writer's pipelining (writes in flight, write size).
+    pub pipeline: WritePipeline,
     /// Diagnostic: each appender yields to the other tasks between its append and its wait,
     /// so every appender that a commit woke appends before the next commit starts.
     pub yield_before_wait: bool,
@@ -104,6 +106,8 @@ pub struct LogCaseResult {
     pub syncs: u64,
     pub rolls: u64,
     pub segments_deleted: u64,
+    /// Writes issued while another write of the log was in flight.
+    pub writes_overlapped: u64,
     /// `maintain` passes that prepared a spare segment during the window.
     pub spares_prepared: u64,
     pub cpu: CpuUse,
@@ -213,11 +217,14 @@ impl Shard {
     /// §1.5), so glommio decides polled I/O correctly for that device.
     ///
     /// `spin_before_park`: how long the executor spins for I/O completions before it sleeps
-    /// (zero: glommio's default, sleep at once).
+    /// (zero: glommio's default, sleep at once). `io_memory_bytes`: glommio's registered
+    /// buffer arena (the profile's `shards.io_memory_bytes`); the log's tail and write buffers
+    /// come from it, and from the heap (page faults on first touch) once it is exhausted.
     pub fn start(
         core: usize,
         probe_in: &Path,
         spin_before_park: Duration,
+        io_memory_bytes: usize,
     ) -> anyhow::Result<Shard> {
         let (job_tx, job_rx) = mpsc::channel::<Job>();
         let (result_tx, result_rx) = mpsc::channel::<anyhow::Result<LogCaseResult>>();
@@ -226,8 +233,9 @@ impl Shard {
         let thread = std::thread::Builder::new()
             .name("logbench-shard".into())
             .spawn(move || {
-                let mut builder =
-                    LocalExecutorBuilder::new(Placement::Fixed(core)).name("logbench");
+                let mut builder = LocalExecutorBuilder::new(Placement::Fixed(core))
+                    .name("logbench")
+                    .io_memory(io_memory_bytes);
                 if !spin_before_park.is_zero() {
                     builder = builder.spin_before_park(spin_before_park);
                 }
@@ -329,7 +337,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         group_commit_bytes: case.group_commit_bytes,
         ..LogConfig::default()
     };
-    let (log, _recovery) = Log::open(DmaStorage, &case.dir, config)
+    let (log, _recovery) = Log::open_with(DmaStorage, &case.dir, config, case.pipeline)
         .await
         .with_context(|| format!("opening the log in {}", case.dir.display()))?;
     let log = Rc::new(log);
@@ -435,6 +443,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         syncs: stats.syncs,
         rolls: stats.rolls,
         segments_deleted: stats.segments_deleted,
+        writes_overlapped: stats.writes_overlapped,
         spares_prepared: spares.get(),
         cpu,
         shard_sched,
@@ -563,6 +572,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
         syncs: 0,
         rolls: 0,
         segments_deleted: 0,
+        writes_overlapped: 0,
         spares_prepared: 0,
         cpu,
         shard_sched,

@@ -23,7 +23,7 @@ use bench_harness::machine::{
     CpuSample, CpuUse, DiskSample, MachineFacts, ScratchDir, allowed_cores, loadavg_1m,
 };
 use bench_harness::sample_batch;
-use engine::log::{Durability, LogConfig, Preallocate};
+use engine::log::{Durability, LogConfig, Preallocate, WritePipeline};
 use serde::Serialize;
 
 const USAGE: &str = "\
@@ -34,7 +34,10 @@ usage: logbench [options]
   --runs N             runs; every run does every case (default 3)
   --core C             CPU for the log's executor and for fio (default: last allowed CPU)
   --json FILE          also write the results as JSON
-  --appenders N        appender tasks of the throughput cases (default 8)
+  --appenders N        appender tasks of the throughput cases (default 64: each keeps one
+                       66 KiB batch outstanding, so 64 hold about 4 MiB in flight, as
+                       fio's 1 MiB writes at queue depth 4 do; with 8, at most 0.5 MiB is
+                       in flight and the device idles between writes)
   --group N            appender tasks of the group-commit cases (default 16)
   --maintain-ms MS     pause between background maintain passes (default 10)
   --retain-mib MIB     byte retention of every log case (default 1024): bounds disk use
@@ -42,12 +45,20 @@ usage: logbench [options]
                        LogConfig::group_commit_window_us (default: LogConfig's, 0)
   --group-commit-bytes B
                        LogConfig::group_commit_bytes (default: LogConfig's, 1 MiB)
+  --writes-in-flight N WritePipeline::writes_in_flight (default: WritePipeline's, 4)
+  --write-bytes-max B  WritePipeline::write_bytes_max (default: WritePipeline's, 1 MiB)
+  --io-memory-mib MIB  glommio io_memory of the executor (default 32, as tuning/throughput.toml;
+                       the default profile has 10): the log's tail and write buffers come
+                       from this registered arena, and from the heap once it is used up
   --spin-us US         glommio spin_before_park of the executor (default 0: sleep at once)
   --yield-before-wait  diagnostic: appenders yield once between append and wait, so a
                        commit's woken appenders all append before the next commit starts
   --cases LIST         comma-separated subset of case ids (default: all); ids:
                        ";
 
+/// Appenders of the throughput cases: 64 x 66 KiB batches outstanding is about the 4 MiB
+/// that fio's sequential case keeps in flight (1 MiB writes, queue depth 4).
+const TPUT_APPENDERS: usize = 64;
 /// Records per throughput batch and their value size: 64 x 1 KiB, about 66 KiB per batch.
 const TPUT_RECORDS: usize = 64;
 const RECORD_VALUE_BYTES: usize = 1024;
@@ -70,6 +81,9 @@ struct Args {
     yield_before_wait: bool,
     group_commit_window_us: u64,
     group_commit_bytes: u64,
+    writes_in_flight: usize,
+    write_bytes_max: u64,
+    io_memory_mib: u64,
     cases: Option<Vec<String>>,
 }
 
@@ -81,7 +95,7 @@ impl Args {
             runs: 3,
             core: None,
             json: None,
-            appenders: 8,
+            appenders: TPUT_APPENDERS,
             group: 16,
             maintain_ms: 10,
             retain_mib: 1024,
@@ -89,6 +103,9 @@ impl Args {
             yield_before_wait: false,
             group_commit_window_us: LogConfig::default().group_commit_window_us,
             group_commit_bytes: LogConfig::default().group_commit_bytes,
+            writes_in_flight: WritePipeline::default().writes_in_flight,
+            write_bytes_max: WritePipeline::default().write_bytes_max,
+            io_memory_mib: 32,
             cases: None,
         };
         let mut it = std::env::args().skip(1);
@@ -128,6 +145,9 @@ impl Args {
                 "--spin-us" => args.spin_us = number(&value)?,
                 "--group-commit-window-us" => args.group_commit_window_us = number(&value)?,
                 "--group-commit-bytes" => args.group_commit_bytes = number(&value)?,
+                "--writes-in-flight" => args.writes_in_flight = number(&value)? as usize,
+                "--write-bytes-max" => args.write_bytes_max = number(&value)?,
+                "--io-memory-mib" => args.io_memory_mib = number(&value)?,
                 "--cases" => {
                     let ids: Vec<String> = value.split(',').map(str::to_owned).collect();
                     for id in &ids {
@@ -258,6 +278,9 @@ struct Report {
     yield_before_wait: bool,
     group_commit_window_us: u64,
     group_commit_bytes: u64,
+    writes_in_flight: usize,
+    write_bytes_max: u64,
+    io_memory_mib: u64,
     /// `git describe`-like state of the source tree the binary ran from, when known.
     source: String,
     durable_batch_bytes: usize,
@@ -306,7 +329,7 @@ impl Plan {
                 "1 MiB block".to_owned(),
             ),
             DMA_256K_QD1 => (
-                "diagnostic, no log: glommio DmaFile write_rc_at, 1 in flight, pre-zeroed file (the floor for a log that keeps one group-commit write in flight)".to_owned(),
+                "diagnostic, no log: glommio DmaFile write_rc_at, 1 in flight, pre-zeroed file (the floor for a log with one write in flight: `--writes-in-flight 1`)".to_owned(),
                 "none (O_DIRECT, no fsync)".to_owned(),
                 "-".to_owned(),
                 "256 KiB block".to_owned(),
@@ -449,6 +472,10 @@ impl Plan {
             yield_before_wait: self.args.yield_before_wait,
             group_commit_window_us: self.args.group_commit_window_us,
             group_commit_bytes: self.args.group_commit_bytes,
+            pipeline: WritePipeline {
+                writes_in_flight: self.args.writes_in_flight,
+                write_bytes_max: self.args.write_bytes_max,
+            },
         }
     }
 }
@@ -497,7 +524,12 @@ fn main() -> anyhow::Result<()> {
     };
     print_machine(&machine, &fio_version, &plan);
 
-    let shard = Shard::start(core, &plan.work, Duration::from_micros(plan.args.spin_us))?;
+    let shard = Shard::start(
+        core,
+        &plan.work,
+        Duration::from_micros(plan.args.spin_us),
+        (plan.args.io_memory_mib << 20) as usize,
+    )?;
     eprintln!(
         "glommio executor pinned to core {core}; VmPin after start: {} KiB",
         shard
@@ -591,6 +623,9 @@ fn main() -> anyhow::Result<()> {
         yield_before_wait: plan.args.yield_before_wait,
         group_commit_window_us: plan.args.group_commit_window_us,
         group_commit_bytes: plan.args.group_commit_bytes,
+        writes_in_flight: plan.args.writes_in_flight,
+        write_bytes_max: plan.args.write_bytes_max,
+        io_memory_mib: plan.args.io_memory_mib,
         source: source_state(),
         durable_batch_bytes: plan.durable_batch.len(),
         durable_value_bytes: plan.durable_value_bytes,
@@ -645,8 +680,8 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
         out,
         "- {} s measured per case and run, {} runs, cases interleaved per run; log cases: \
          128 MiB segments, 2 MiB tail buffer (LogConfig defaults), maintain every {} ms, \
-         retention {} MiB, warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}; \
-         executor spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
+         retention {} MiB, warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}, \
+         writes_in_flight {}, write_bytes_max {}; executor io_memory {} MiB, spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
         plan.args.seconds,
         plan.args.runs,
         plan.args.maintain_ms,
@@ -656,6 +691,9 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
             .as_millis(),
         plan.args.group_commit_window_us,
         plan.args.group_commit_bytes,
+        plan.args.writes_in_flight,
+        plan.args.write_bytes_max,
+        plan.args.io_memory_mib,
         plan.args.spin_us,
         if plan.args.yield_before_wait {
             "yes"
@@ -844,6 +882,9 @@ fn metrics(id: &str) -> Vec<Metric> {
             }),
             m("mean group-commit write", "KiB", |r| {
                 log_result(r).map(|l| l.bytes_per_write() / 1024.0)
+            }),
+            m("writes issued while another was in flight", "share", |r| {
+                log_result(r).map(|l| l.writes_overlapped as f64 / l.writes.max(1) as f64)
             }),
             m("append->written p99", "us", |r| {
                 log_result(r).map(|l| us(l.latency.p99_ns))

@@ -2,7 +2,7 @@
 //! partition replica's log.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -14,11 +14,11 @@ use protocol::{BatchHeader, BatchView};
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use super::index::{Index, SegmentSummary};
 use super::notify::Notify;
-use super::recovery::{self, Recovery, SPARE_READY, SPARE_TMP};
+use super::recovery::{self, CLEAN_FILE, Recovery, SPARE_READY, SPARE_TMP};
 use super::segment::{Segment, index_path, log_path};
 use super::storage::{BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor};
-use super::tail::{Inflight, Tail};
-use super::{Durability, Health, LogConfig, LogError};
+use super::tail::{Inflight, Tail, Take};
+use super::{Durability, Health, LogConfig, LogError, WritePipeline};
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub struct LogStats {
     pub syncs: u64,
     pub rolls: u64,
     pub segments_deleted: u64,
+    /// Writes issued while another write of this log was in flight (pipelining at work).
+    pub writes_overlapped: u64,
 }
 
 impl LogStats {
@@ -63,6 +65,7 @@ impl LogStats {
             syncs: self.syncs - earlier.syncs,
             rolls: self.rolls - earlier.rolls,
             segments_deleted: self.segments_deleted - earlier.segments_deleted,
+            writes_overlapped: self.writes_overlapped - earlier.writes_overlapped,
         }
     }
 }
@@ -98,25 +101,107 @@ pub struct Log<S: Storage> {
     storage: S,
     dir: PathBuf,
     config: LogConfig,
+    pipeline: WritePipeline,
     state: RefCell<State<S::File>>,
     changed: Notify,
+}
+
+/// A write handed to the disk.
+struct PendingWrite<B> {
+    id: u64,
+    data: Inflight<B>,
+    /// Completed successfully; retired once every earlier write has too.
+    done: bool,
+}
+
+/// Which operation an `Abandoned` guard watches.
+#[derive(Clone, Copy)]
+enum AbandonedOp {
+    Write,
+    Sync,
+}
+
+/// Armed while a committer awaits a write or sync it issued; dropped only if that committer
+/// is dropped (cancelled, e.g. by a timeout) before the operation completes, whose result is
+/// then lost. An abandoned sync just lets the next committer issue another. An abandoned
+/// write can never be recorded as complete and the kernel may still perform it later (a
+/// rewrite of its block could be overtaken by it), so it fails the log: fail-stop instead of
+/// a log whose `written` never moves again and whose `close` never returns.
+struct Abandoned<'a, S: Storage> {
+    log: &'a Log<S>,
+    op: AbandonedOp,
+}
+
+impl<S: Storage> Drop for Abandoned<'_, S> {
+    fn drop(&mut self) {
+        // No borrow of the state is ever held across an await, so this never fails.
+        if let Ok(mut st) = self.log.state.try_borrow_mut() {
+            match self.op {
+                AbandonedOp::Sync => st.syncing = false,
+                AbandonedOp::Write if st.health == Health::Healthy => {
+                    let error = io::Error::other("write abandoned by a cancelled committer");
+                    let _ = self.log.fail(&mut st, "write (abandoned)", &error);
+                }
+                // Already failed (or damaged): the first failure stands.
+                AbandonedOp::Write => {}
+            }
+        }
+        self.log.changed.notify();
+    }
+}
+
+/// What a committer does next.
+enum Step<F: StorageFile> {
+    /// Something in flight (a write or sync) must complete first.
+    Wait,
+    /// A write may be issued, but this committer has not yet let other appenders join.
+    Gather,
+    Write(WriteJob<F>),
+    Sync(SyncJob<F>),
+}
+
+struct WriteJob<F: StorageFile> {
+    id: u64,
+    file: Rc<F>,
+    buf: Rc<F::Buffer>,
+    pos: u64,
+}
+
+struct SyncJob<F> {
+    file: Rc<F>,
+    /// `written_offset` and `written_batch_end` when the sync was issued: what it covers.
+    offset: u64,
+    end: u64,
 }
 
 struct State<F: StorageFile> {
     sealed: BTreeMap<u64, Segment<F>>,
     active: Segment<F>,
     tail: Tail<F::Buffer>,
-    inflight: Option<Inflight<F::Buffer>>,
-    /// Bytes of the active segment in completed writes.
+    /// Writes of the active segment handed to the disk and not yet retired, in file order
+    /// (each starts at or after the previous one's last full block). A completed write stays
+    /// here, readable, until every write before it has completed too.
+    inflight: VecDeque<PendingWrite<F::Buffer>>,
+    /// Id of the next write handed to the disk.
+    write_id_next: u64,
+    /// The tail's first block is in a padded write still in flight: no write may touch it
+    /// until that one completes.
+    tail_block_busy: bool,
+    /// An fdatasync is in flight.
+    syncing: bool,
+    /// (end position, next offset) of each batch of the active segment that ends after
+    /// `written_batch_end`, in order: maps a written position back to whole batches.
+    batch_ends: VecDeque<(u64, u64)>,
+    /// Bytes of the active segment in the contiguous prefix of completed writes (may end
+    /// inside a batch).
     written_end: u64,
-    /// Bytes of the active segment known durable.
+    /// End of the last whole batch inside `written_end`: `written_offset` ends here.
+    written_batch_end: u64,
+    /// Bytes of the active segment known durable; always at a batch boundary.
     synced_end: u64,
     next_offset: u64,
     written_offset: u64,
     synced_offset: u64,
-    /// Highest offset a waiter wants durable: the next commit syncs if it is above `synced`.
-    sync_wanted: u64,
-    flushing: bool,
     rolling: bool,
     closed: bool,
     health: Health,
@@ -133,6 +218,17 @@ impl<F: StorageFile> State<F> {
         self.health.check()
     }
 
+    /// End position (in the active segment) of the first batch not yet written whose next
+    /// offset reaches `upto`: the bytes a waiter for `upto` needs written. Callers ask only
+    /// for `upto > written_offset`, which such a batch always holds; the end of the data
+    /// otherwise.
+    fn position_after(&self, upto: u64) -> u64 {
+        let at = self.batch_ends.partition_point(|&(_, next)| next < upto);
+        self.batch_ends
+            .get(at)
+            .map_or(self.active.data_end, |&(end, _)| end)
+    }
+
     fn log_start(&self) -> u64 {
         self.sealed
             .values()
@@ -143,8 +239,10 @@ impl<F: StorageFile> State<F> {
     fn check_invariants(&self) {
         assert!(self.synced_offset <= self.written_offset);
         assert!(self.written_offset <= self.next_offset);
-        assert!(self.synced_end <= self.written_end);
+        assert!(self.synced_end <= self.written_batch_end);
+        assert!(self.written_batch_end <= self.written_end);
         assert!(self.written_end <= self.active.data_end);
+        assert!(self.written_end <= self.tail.handed_end());
         assert_eq!(self.tail.data_end(), self.active.data_end);
         assert_eq!(self.active.next_offset, self.next_offset);
         self.active.check_invariants();
@@ -158,6 +256,19 @@ impl<S: Storage> Log<S> {
         dir: &Path,
         config: LogConfig,
     ) -> Result<(Log<S>, Recovery), LogError> {
+        Self::open_with(storage, dir, config, WritePipeline::default()).await
+    }
+
+    /// `open`, with the writer's pipelining chosen by the caller.
+    pub async fn open_with(
+        storage: S,
+        dir: &Path,
+        config: LogConfig,
+        pipeline: WritePipeline,
+    ) -> Result<(Log<S>, Recovery), LogError> {
+        pipeline
+            .validate()
+            .map_err(|(field, reason)| LogError::Config { field, reason })?;
         config
             .validate()
             .map_err(|(field, reason)| LogError::Config { field, reason })?;
@@ -191,14 +302,17 @@ impl<S: Storage> Log<S> {
             sealed: opened.sealed,
             active,
             tail,
-            inflight: None,
+            inflight: VecDeque::new(),
+            write_id_next: 0,
+            tail_block_busy: false,
+            syncing: false,
+            batch_ends: VecDeque::new(),
             written_end: data_end,
+            written_batch_end: data_end,
             synced_end: data_end,
             next_offset: next,
             written_offset: next,
             synced_offset: next,
-            sync_wanted: next,
-            flushing: false,
             rolling: false,
             closed: false,
             health: opened.health,
@@ -211,6 +325,7 @@ impl<S: Storage> Log<S> {
             storage,
             dir: dir.to_path_buf(),
             config,
+            pipeline,
             state: RefCell::new(state),
             changed: Notify::default(),
         };
@@ -268,7 +383,7 @@ impl<S: Storage> Log<S> {
                     self.changed.notify();
                     rolled?;
                 }
-                AppendStep::MakeRoom => self.commit_step(seen).await?,
+                AppendStep::MakeRoom => self.make_room(seen).await?,
             }
         }
     }
@@ -291,7 +406,10 @@ impl<S: Storage> Log<S> {
             st.rolling = true;
             return Ok(AppendStep::Roll);
         }
-        if (st.tail.free_bytes() as u64) < len {
+        // A full tail, or enough pending for one large write: hand it to the disk first.
+        if (st.tail.free_bytes() as u64) < len
+            || st.tail.dirty_bytes() as u64 >= self.pipeline.write_bytes_max
+        {
             return Ok(AppendStep::MakeRoom);
         }
         let base_offset = st.next_offset;
@@ -305,6 +423,8 @@ impl<S: Storage> Log<S> {
             .index
             .observe(base_offset, position, header.max_timestamp_ms);
         st.active.data_end += len;
+        let batch_end = st.active.data_end;
+        st.batch_ends.push_back((batch_end, next_offset));
         st.active.next_offset = next_offset;
         st.next_offset = next_offset;
         st.stats.appends += 1;
@@ -346,12 +466,17 @@ impl<S: Storage> Log<S> {
         }
     }
 
-    /// Group commit: the first waiter becomes the committer and writes (and syncs) everything
-    /// appended so far; the others wait for it, and whoever is still not covered commits next.
+    /// Group commit, pipelined. Every waiter drives the log towards its own goal: it issues a
+    /// write of what is pending when its batch is not yet handed to the disk (and the
+    /// pipeline has room), or an fdatasync once its batch is written, and otherwise waits for
+    /// the next completion. Up to `WritePipeline::writes_in_flight` writes run at once, never
+    /// two on the same block; `written` moves only over the contiguous prefix of completed
+    /// writes, and a sync covers only writes that completed before it was issued.
     async fn commit(&self, upto: u64, durable: bool) -> Result<(), LogError> {
+        let mut gathered = false;
         loop {
             let seen = self.changed.epoch();
-            {
+            let step = {
                 let mut st = self.state.borrow_mut();
                 assert!(
                     upto <= st.next_offset,
@@ -368,31 +493,227 @@ impl<S: Storage> Log<S> {
                     return Ok(());
                 }
                 st.health.check()?;
-                if durable {
-                    st.sync_wanted = st.sync_wanted.max(upto);
+                if st.written_offset < upto {
+                    let need = st.position_after(upto);
+                    match self.plan_write(&st, need) {
+                        None => Step::Wait,
+                        Some(_) if !gathered => Step::Gather,
+                        Some(how) => Step::Write(self.take_write(&mut st, how)),
+                    }
+                } else if st.syncing {
+                    Step::Wait
+                } else {
+                    // Written but not durable: only with fdatasync (O_DSYNC writes are
+                    // durable when they complete).
+                    st.syncing = true;
+                    Step::Sync(SyncJob {
+                        file: Rc::clone(&st.active.file),
+                        offset: st.written_offset,
+                        end: st.written_batch_end,
+                    })
                 }
+            };
+            match step {
+                Step::Wait => self.changed.changed(seen).await,
+                Step::Gather => {
+                    gathered = true;
+                    self.gather().await;
+                }
+                Step::Write(job) => self.run_write(job).await?,
+                Step::Sync(job) => self.run_sync(job).await?,
             }
-            self.commit_step(seen).await?;
         }
     }
 
-    /// Runs one group commit if none is running, otherwise waits for the running one.
-    async fn commit_step(&self, seen: u64) -> Result<(), LogError> {
-        if self.state.borrow().flushing {
-            self.changed.changed(seen).await;
-            return Ok(());
+    /// The tail is full: hand what it holds to the disk (a fresh buffer takes its place at
+    /// once), or wait for a write in flight to complete.
+    async fn make_room(&self, seen: u64) -> Result<(), LogError> {
+        let job = {
+            let mut st = self.state.borrow_mut();
+            st.writable()?;
+            // Room comes from handing out whole blocks; the partial one can stay.
+            let need = st.tail.whole_blocks_end().max(st.tail.handed_end() + 1);
+            match self.plan_write(&st, need) {
+                Some(how) => Some(self.take_write(&mut st, how)),
+                None => None,
+            }
+        };
+        match job {
+            Some(job) => self.run_write(job).await,
+            None => {
+                self.changed.changed(seen).await;
+                Ok(())
+            }
         }
-        self.state.borrow_mut().flushing = true;
-        self.gather().await;
-        let result = self.flush().await;
-        self.state.borrow_mut().flushing = false;
+    }
+
+    /// Whether a write may be issued now for a waiter that needs the bytes before `need`
+    /// written, and how much it takes; `None`: wait for a completion.
+    ///
+    /// - Bytes already handed to a write are not written again.
+    /// - No write touches a block that a write in flight touches, and at most
+    ///   `writes_in_flight` run at once.
+    /// - Whole blocks go out as soon as someone needs them. A partly filled last block goes out
+    ///   (padded, to be rewritten later) only when someone needs it and no other write is in
+    ///   flight: while writes are in flight, later appends usually fill it and it leaves as a
+    ///   whole block, and a padded block stalls the next write until it completes.
+    fn plan_write(&self, st: &State<S::File>, need: u64) -> Option<Take> {
+        if need <= st.tail.handed_end() || st.tail_block_busy {
+            return None;
+        }
+        // Every write not yet retired counts, done or not: a completed write behind a slow
+        // one still holds its buffer, so counting only the unfinished ones would let a stuck
+        // write pin any number of buffers (and put remains any distance past a hole).
+        let in_flight = st.inflight.len();
+        if in_flight >= self.pipeline.writes_in_flight {
+            return None;
+        }
+        let whole = st.tail.has_whole_dirty_blocks();
+        if whole && need <= st.tail.whole_blocks_end() {
+            Some(Take::WholeBlocks)
+        } else if in_flight == 0 {
+            Some(Take::Padded)
+        } else if whole {
+            Some(Take::WholeBlocks)
+        } else {
+            None
+        }
+    }
+
+    /// Takes the tail's dirty blocks for a write, as planned by `plan_write`.
+    fn take_write(&self, st: &mut State<S::File>, how: Take) -> WriteJob<S::File> {
+        let fresh = st
+            .active
+            .file
+            .alloc_buffer(self.config.write_buffer_bytes as usize);
+        let data = st.tail.take(fresh, how);
+        if st.inflight.iter().any(|w| !w.done) {
+            st.stats.writes_overlapped += 1;
+        }
+        st.tail_block_busy = data.padded;
+        let id = st.write_id_next;
+        st.write_id_next += 1;
+        let job = WriteJob {
+            id,
+            file: Rc::clone(&st.active.file),
+            buf: Rc::clone(&data.buf),
+            pos: data.pos,
+        };
+        st.inflight.push_back(PendingWrite {
+            id,
+            data,
+            done: false,
+        });
+        job
+    }
+
+    /// Issues one write and records its completion: the contiguous prefix of completed
+    /// writes becomes `written` (and, with O_DSYNC, `synced`). A failed or short write fails
+    /// the log; nothing at or after it is ever reported written.
+    async fn run_write(&self, job: WriteJob<S::File>) -> Result<(), LogError> {
+        let len = (*job.buf).as_ref().len();
+        let abandoned = Abandoned {
+            log: self,
+            op: AbandonedOp::Write,
+        };
+        let written = job.file.write_at(job.buf, job.pos).await;
+        std::mem::forget(abandoned);
+        let result = {
+            let mut st = self.state.borrow_mut();
+            match written {
+                Ok(n) if n == len => {
+                    self.complete_write(&mut st, job.id, len);
+                    Ok(())
+                }
+                Ok(n) => {
+                    let error = io::Error::other(format!("short write {n} of {len}"));
+                    Err(self.fail(&mut st, "write", &error))
+                }
+                Err(error) => Err(self.fail(&mut st, "write", &error)),
+            }
+        };
         self.changed.notify();
         result
     }
 
-    /// The group-commit window: before writing, wait up to `group_commit_window_us` for more
-    /// appends to join, unless `group_commit_bytes` are already pending. Runs while this task
-    /// holds `flushing`, so the appends that arrive meanwhile ride the same write and sync.
+    fn complete_write(&self, st: &mut State<S::File>, id: u64, len: usize) {
+        // Only `run_write` completes writes, once each, and a roll waits for all of them.
+        let at = st.inflight.iter().position(|w| w.id == id);
+        assert!(at.is_some(), "completed write {id} is not in flight");
+        let mut padded_block_end = None;
+        if let Some(write) = at.and_then(|at| st.inflight.get_mut(at)) {
+            write.done = true;
+            if write.data.padded {
+                padded_block_end = Some(write.data.block_end());
+            }
+        }
+        if let Some(block_end) = padded_block_end {
+            // Nothing was issued at the busy block meanwhile: it is still the tail's first.
+            assert_eq!(block_end, st.tail.pos() + BLOCK_BYTES as u64);
+            st.tail_block_busy = false;
+        }
+        st.stats.writes += 1;
+        st.stats.write_bytes += len as u64;
+        if st.health != Health::Healthy {
+            // Fail-stop: a write that completes after the failure is done in the books but
+            // never acknowledged; `written` and `synced` stay where the failure left them.
+            st.check_invariants();
+            return;
+        }
+        while st.inflight.front().is_some_and(|w| w.done) {
+            if let Some(retired) = st.inflight.pop_front() {
+                st.written_end = st.written_end.max(retired.data.data_end());
+            }
+        }
+        while let Some(&(end, next)) = st.batch_ends.front()
+            && end <= st.written_end
+        {
+            st.written_batch_end = end;
+            st.written_offset = next;
+            st.batch_ends.pop_front();
+        }
+        if self.config.durability == Durability::Dsync {
+            st.synced_end = st.written_batch_end;
+            st.synced_offset = st.written_offset;
+        }
+        st.check_invariants();
+    }
+
+    async fn run_sync(&self, job: SyncJob<S::File>) -> Result<(), LogError> {
+        let abandoned = Abandoned {
+            log: self,
+            op: AbandonedOp::Sync,
+        };
+        let synced = job.file.sync().await;
+        std::mem::forget(abandoned);
+        let result = {
+            let mut st = self.state.borrow_mut();
+            st.syncing = false;
+            match synced {
+                // Fail-stop: after a failure (of a write, meanwhile) nothing more is reported.
+                Ok(()) if st.health != Health::Healthy => {
+                    st.stats.syncs += 1;
+                    Err(st.health.check().err().unwrap_or(LogError::Closed))
+                }
+                Ok(()) => {
+                    st.synced_offset = st.synced_offset.max(job.offset);
+                    st.synced_end = st.synced_end.max(job.end);
+                    st.stats.syncs += 1;
+                    st.check_invariants();
+                    Ok(())
+                }
+                // The kernel may have dropped the dirty state; a retry could report data as
+                // durable when it is not. Stop here, for good.
+                Err(error) => Err(self.fail(&mut st, "fdatasync", &error)),
+            }
+        };
+        self.changed.notify();
+        result
+    }
+
+    /// The group-commit window: before its first write, a committer waits up to
+    /// `group_commit_window_us` for more appends to join, unless `group_commit_bytes` are
+    /// already pending, so the appends that arrive meanwhile ride the same write and sync.
     async fn gather(&self) {
         let window_us = self.config.group_commit_window_us;
         if window_us == 0 {
@@ -408,81 +729,6 @@ impl<S: Storage> Log<S> {
                 .sleep(std::time::Duration::from_micros(window_us))
                 .await;
         }
-    }
-
-    /// One group commit: write the dirty tail blocks, then fdatasync if anyone waits for
-    /// durability. Only one runs at a time (`flushing`).
-    async fn flush(&self) -> Result<(), LogError> {
-        let job = {
-            let mut st = self.state.borrow_mut();
-            if st.tail.is_dirty() {
-                let fresh = st
-                    .active
-                    .file
-                    .alloc_buffer(self.config.write_buffer_bytes as usize);
-                let inflight = st.tail.take_dirty(fresh);
-                let job = (
-                    Rc::clone(&st.active.file),
-                    Rc::clone(&inflight.buf),
-                    inflight.pos,
-                    inflight.data_end(),
-                    st.next_offset,
-                );
-                st.inflight = Some(inflight);
-                Some(job)
-            } else {
-                None
-            }
-        };
-        if let Some((file, buf, pos, data_end, upto)) = job {
-            let len = (*buf).as_ref().len();
-            let written = file.write_at(buf, pos).await;
-            let mut st = self.state.borrow_mut();
-            st.inflight = None;
-            match written {
-                Ok(n) if n == len => {}
-                Ok(n) => {
-                    let error = io::Error::other(format!("short write {n} of {len}"));
-                    return Err(self.fail(&mut st, "write", &error));
-                }
-                Err(error) => return Err(self.fail(&mut st, "write", &error)),
-            }
-            st.written_end = data_end;
-            st.written_offset = upto;
-            if self.config.durability == Durability::Dsync {
-                st.synced_end = data_end;
-                st.synced_offset = upto;
-            }
-            st.stats.writes += 1;
-            st.stats.write_bytes += len as u64;
-        }
-        if self.config.durability == Durability::Fdatasync {
-            let job = {
-                let st = self.state.borrow();
-                let wanted =
-                    st.sync_wanted > st.synced_offset && st.written_offset > st.synced_offset;
-                wanted.then(|| {
-                    (
-                        Rc::clone(&st.active.file),
-                        st.written_offset,
-                        st.written_end,
-                    )
-                })
-            };
-            if let Some((file, upto, end)) = job {
-                let synced = file.sync().await;
-                let mut st = self.state.borrow_mut();
-                if let Err(error) = synced {
-                    // The kernel may have dropped the dirty state; a retry could report data
-                    // as durable when it is not. Stop here, for good.
-                    return Err(self.fail(&mut st, "fdatasync", &error));
-                }
-                st.synced_offset = st.synced_offset.max(upto);
-                st.synced_end = st.synced_end.max(end);
-                st.stats.syncs += 1;
-            }
-        }
-        Ok(())
     }
 
     fn fail(&self, st: &mut State<S::File>, op: &'static str, error: &io::Error) -> LogError {
@@ -524,8 +770,12 @@ impl<S: Storage> Log<S> {
             };
             let old = std::mem::replace(&mut st.active, segment);
             st.sealed.insert(old.base_offset, old);
+            // The commit above waited for every write of the old segment.
+            assert!(st.inflight.is_empty() && st.batch_ends.is_empty());
             st.tail = Tail::new(tail_buf, 0);
+            st.tail_block_busy = false;
             st.written_end = 0;
+            st.written_batch_end = 0;
             st.synced_end = 0;
             st.stats.rolls += 1;
             st.check_invariants();
@@ -810,10 +1060,11 @@ impl<S: Storage> Log<S> {
                         .tail
                         .bytes(cur, to.min(tail_end))
                         .filter(|b| !b.is_empty());
-                    let in_flight = st
-                        .inflight
-                        .as_ref()
-                        .and_then(|f| f.bytes(cur, to.min(f.data_end())).filter(|b| !b.is_empty()));
+                    let in_flight = st.inflight.iter().find_map(|w| {
+                        w.data
+                            .bytes(cur, to.min(w.data.data_end()))
+                            .filter(|b| !b.is_empty())
+                    });
                     if let Some(bytes) = in_tail.or(in_flight) {
                         out.extend_from_slice(bytes);
                         cur += bytes.len() as u64;
@@ -902,8 +1153,37 @@ impl<S: Storage> Log<S> {
             self.write_active_index().await;
             self.write_checkpoint().await?;
         }
-        self.state.borrow_mut().closed = true;
+        let quiet = {
+            let mut st = self.state.borrow_mut();
+            st.closed = true;
+            // Nothing appended after the commit above and nothing in flight: every write is
+            // complete and synced, so no lost write can have left remains past the data.
+            healthy
+                && st.inflight.is_empty()
+                && st.synced_end == st.active.data_end
+                && st.synced_offset == st.next_offset
+        };
         self.changed.notify();
+        if quiet {
+            // Best effort: without the marker the next open checks the rest of the segment.
+            let marked = recovery::write_small_file(
+                &self.storage,
+                &self.dir.join(CLEAN_FILE),
+                b"closed cleanly",
+            )
+            .await;
+            let synced = match marked {
+                Ok(()) => self
+                    .storage
+                    .sync_dir(&self.dir)
+                    .await
+                    .map_err(LogError::io("sync log directory")),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = synced {
+                tracing::warn!(dir = %self.dir.display(), %error, "clean-close marker not written");
+            }
+        }
         Ok(())
     }
 }

@@ -6,6 +6,12 @@
 //! is walked from its last index entry to the first all-zero header (segments are
 //! pre-zeroed), checking every batch's length, crc32c and offset.
 //!
+//! Writes complete out of order (several are in flight at once, and a device cache may persist
+//! a later write and lose an earlier one), so after a crash valid-looking bytes can follow a
+//! hole of zeros. The scan stops at the hole; unless the log was closed cleanly, the rest of
+//! the last segment is then checked for such remains, which are treated like a torn tail:
+//! left in place they could later line up with new batches and be read back as data.
+//!
 //! An invalid batch in the last segment at or above the durable point (see `checkpoint`) is
 //! the remains of a write that did not complete: the log is cut there and the rest of the
 //! file is zeroed, so no remnant of the torn write can ever be mistaken for data. Below the
@@ -29,6 +35,10 @@ use super::{Durability, Health, LogConfig, LogError, Preallocate};
 pub(crate) const SPARE_TMP: &str = "spare.tmp";
 /// Name of a prepared (allocated, zeroed, synced) segment file waiting for the next roll.
 pub(crate) const SPARE_READY: &str = "spare.ready";
+/// Present while the log is closed cleanly: every write completed and was synced, so no lost
+/// write can have left bytes after the end of the data. `open` removes it (durably) before
+/// the log writes anything.
+pub(crate) const CLEAN_FILE: &str = "clean";
 
 /// What recovery found and did, for the operator and for tests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -179,6 +189,33 @@ async fn scan<F: StorageFile>(
         end,
         scanned_bytes: position - start,
     })
+}
+
+/// The first position at or after `position` that holds a nonzero byte, if any.
+async fn first_nonzero_after<F: StorageFile>(
+    file: &F,
+    position: u64,
+    file_size: u64,
+    chunk_bytes: u64,
+) -> Result<Option<u64>, LogError> {
+    let mut at = block_floor(position);
+    while at < file_size {
+        let len = chunk_bytes.min(block_ceil(file_size) - at) as usize;
+        let data = file
+            .read_at(at, len)
+            .await
+            .map_err(LogError::io("recovery read"))?;
+        let skip = position.saturating_sub(at) as usize;
+        let after = data.get(skip..).unwrap_or_default();
+        if let Some(found) = after.iter().position(|&b| b != 0) {
+            return Ok(Some(at + (skip + found) as u64));
+        }
+        if data.len() < len {
+            break; // the file ended
+        }
+        at += len as u64;
+    }
+    Ok(None)
 }
 
 /// Zeroes every byte of the file from `position` on, so that nothing a torn write left
@@ -385,7 +422,15 @@ pub(crate) async fn open<S: Storage>(
             .await
             .map_err(LogError::io("remove stale spare"))?;
     }
+    // Whatever entries the directory shows are about to be used (and appended to): make
+    // them durable first, or a segment created just before a crash, its entry never synced,
+    // could take acknowledged batches with it at the next one.
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(LogError::io("sync log directory"))?;
     let spare_ready = names.iter().any(|n| n == SPARE_READY);
+    let closed_cleanly = names.iter().any(|n| n == CLEAN_FILE);
     let checkpoint = read_small_file(storage, &dir.join(CHECKPOINT_FILE))
         .await?
         .and_then(|bytes| Checkpoint::decode(&bytes));
@@ -549,7 +594,20 @@ pub(crate) async fn open<S: Storage>(
     }
     let scan = scan(&file, size, start.0, start.1, &mut index, chunk_bytes).await?;
     recovery.scanned_bytes += scan.scanned_bytes;
-    if let ScanEnd::Invalid { reason } = scan.end {
+    let mut invalid = match scan.end {
+        ScanEnd::Invalid { reason } => Some(reason),
+        ScanEnd::Clean => None,
+    };
+    if invalid.is_none()
+        && !closed_cleanly
+        && let Some(at) = first_nonzero_after(&file, scan.data_end, size, chunk_bytes).await?
+    {
+        invalid = Some(format!(
+            "bytes at {at} after the end of the data: remains of writes that completed \
+             after an earlier one was lost"
+        ));
+    }
+    if let Some(reason) = invalid {
         let durable = checkpoint.is_some_and(|c| c.covers(last_base, scan.data_end));
         if durable {
             health = damaged(last_base, scan.data_end, scan.next_offset, reason);
@@ -568,6 +626,17 @@ pub(crate) async fn open<S: Storage>(
     file.sync()
         .await
         .map_err(LogError::io("sync recovered segment"))?;
+    if closed_cleanly {
+        // From here on the log writes again: a crash must find the marker gone.
+        storage
+            .remove(&dir.join(CLEAN_FILE))
+            .await
+            .map_err(LogError::io("remove clean marker"))?;
+        storage
+            .sync_dir(dir)
+            .await
+            .map_err(LogError::io("sync log directory"))?;
+    }
     let active = Segment {
         base_offset: last_base,
         file: Rc::new(file),

@@ -8,8 +8,10 @@ use super::storage::{BLOCK_BYTES, IoBuffer};
 /// Blocks of the active segment that are appended but not yet written.
 ///
 /// Owner: the partition log, on one shard.
-/// Invariant: `pos` is block-aligned; `written <= len <= capacity`; `buf[len..]` is zero up
-/// to the end of the block holding `len` by the time those blocks are written.
+/// Invariant: `pos` is block-aligned; `written <= len <= capacity`; `written < BLOCK_BYTES`
+/// unless it equals `len` (only the carried partial block is ever handed out and kept);
+/// `buf[len..]` is zero up to the end of the block holding `len` by the time those blocks are
+/// written.
 /// Durability: nothing here is on disk until an [`Inflight`] taken from it completes.
 pub(crate) struct Tail<B> {
     buf: B,
@@ -28,6 +30,20 @@ pub(crate) struct Inflight<B> {
     pub pos: u64,
     /// Bytes of batches in `buf` (the rest of the last block is zero padding).
     pub len: usize,
+    /// The write ends in a partly filled block that the tail still holds (and will rewrite).
+    pub padded: bool,
+}
+
+/// How a write takes the tail's dirty bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// Only the whole blocks: the partly filled last block stays in the tail, not handed to
+    /// the disk, so the next write may start at it while this one is in flight.
+    WholeBlocks,
+    /// Everything, the last block padded with zeros. The tail keeps a copy of that block, and
+    /// no later write may touch it until this one completes (writes in flight never share a
+    /// block, or a late completion could put back older bytes).
+    Padded,
 }
 
 impl<B: IoBuffer> Tail<B> {
@@ -41,9 +57,24 @@ impl<B: IoBuffer> Tail<B> {
         }
     }
 
+    /// File position of the tail's first block.
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
     /// File position just after the last appended byte.
     pub fn data_end(&self) -> u64 {
         self.pos + self.len as u64
+    }
+
+    /// File position up to which bytes are written or handed to a write.
+    pub fn handed_end(&self) -> u64 {
+        self.pos + self.written as u64
+    }
+
+    /// File position of the end of the whole blocks the tail holds.
+    pub fn whole_blocks_end(&self) -> u64 {
+        self.pos + (self.len - self.len % BLOCK_BYTES) as u64
     }
 
     pub fn free_bytes(&self) -> usize {
@@ -62,6 +93,11 @@ impl<B: IoBuffer> Tail<B> {
 
     pub fn is_dirty(&self) -> bool {
         self.len > self.written
+    }
+
+    /// Whether a [`Take::WholeBlocks`] would hand out anything.
+    pub fn has_whole_dirty_blocks(&self) -> bool {
+        self.is_dirty() && self.len >= BLOCK_BYTES
     }
 
     /// Copies `batch` in and returns the copy, so the caller can stamp its offset.
@@ -83,17 +119,25 @@ impl<B: IoBuffer> Tail<B> {
         slice_at(self.buf.as_ref(), self.pos, self.len, from, to)
     }
 
-    /// Hands the dirty blocks to the disk. `fresh` becomes the new tail; it starts with a copy
-    /// of the last, partly filled block, which the next commit rewrites with more data. The
-    /// rewrite carries the same leading bytes, so a torn rewrite leaves each sector either old
-    /// or new and never damages what was there before.
-    pub fn take_dirty(&mut self, mut fresh: B) -> Inflight<B> {
+    /// Hands dirty blocks to the disk; `fresh` becomes the new tail and starts with a copy of
+    /// the last, partly filled block. With [`Take::Padded`] that block is written now and
+    /// rewritten by a later write with the same leading bytes, so a torn rewrite leaves each
+    /// sector either old or new and never damages what was there before. With
+    /// [`Take::WholeBlocks`] it is not written now at all.
+    ///
+    /// The caller checks there is something to take (`is_dirty`, and for `WholeBlocks`
+    /// `has_whole_dirty_blocks`).
+    pub fn take(&mut self, mut fresh: B, how: Take) -> Inflight<B> {
         debug_assert!(self.is_dirty());
-        let write_len = self.len.next_multiple_of(BLOCK_BYTES);
+        let keep_from = self.len - self.len % BLOCK_BYTES;
+        let (write_len, data_len) = match how {
+            Take::Padded => (self.len.next_multiple_of(BLOCK_BYTES), self.len),
+            Take::WholeBlocks => (keep_from, keep_from),
+        };
+        assert!(write_len > 0, "take of an empty range");
         if let Some(padding) = self.buf.as_mut().get_mut(self.len..write_len) {
             padding.fill(0);
         }
-        let keep_from = self.len - self.len % BLOCK_BYTES;
         let carried = self.len - keep_from;
         if let (Some(dst), Some(src)) = (
             fresh.as_mut().get_mut(..carried),
@@ -106,11 +150,15 @@ impl<B: IoBuffer> Tail<B> {
         let inflight = Inflight {
             buf: Rc::new(old),
             pos: self.pos,
-            len: self.len,
+            len: data_len,
+            padded: how == Take::Padded && carried > 0,
         };
         self.pos += keep_from as u64;
         self.len = carried;
-        self.written = carried;
+        self.written = match how {
+            Take::Padded => carried,
+            Take::WholeBlocks => 0,
+        };
         inflight
     }
 }
@@ -122,6 +170,11 @@ impl<B: IoBuffer> Inflight<B> {
 
     pub fn data_end(&self) -> u64 {
         self.pos + self.len as u64
+    }
+
+    /// File position just after the last block this write touches.
+    pub fn block_end(&self) -> u64 {
+        self.pos + (*self.buf).as_ref().len() as u64
     }
 }
 
@@ -157,7 +210,7 @@ mod tests {
     fn take_dirty_carries_the_partial_block_and_pads_with_zeros() {
         let mut tail = Tail::new(VecBuf(vec![0xee; 16384]), 8192);
         tail.push(&[1; 5000]);
-        let inflight = tail.take_dirty(VecBuf(vec![0xdd; 16384]));
+        let inflight = tail.take(VecBuf(vec![0xdd; 16384]), Take::Padded);
         assert_eq!(inflight.pos, 8192);
         assert_eq!(inflight.buf.0.len(), 8192);
         assert!(inflight.buf.0[..5000].iter().all(|&b| b == 1));
@@ -170,7 +223,7 @@ mod tests {
         assert!(tail.bytes(8192, 8192 + 10).is_none());
         tail.push(&[2; 100]);
         assert!(tail.is_dirty());
-        let next = tail.take_dirty(VecBuf(vec![0; 16384]));
+        let next = tail.take(VecBuf(vec![0; 16384]), Take::Padded);
         assert_eq!(next.pos, 8192 + 4096);
         assert_eq!(&next.buf.0[..904], &[1; 904][..]);
         assert_eq!(&next.buf.0[904..1004], &[2; 100][..]);
@@ -181,10 +234,37 @@ mod tests {
     fn block_aligned_tail_carries_nothing() {
         let mut tail = Tail::new(VecBuf(vec![0; 8192]), 0);
         tail.push(&[3; 4096]);
-        let inflight = tail.take_dirty(VecBuf(vec![9; 8192]));
+        let inflight = tail.take(VecBuf(vec![9; 8192]), Take::Padded);
         assert_eq!(inflight.buf.0.len(), 4096);
         assert_eq!(tail.data_end(), 4096);
         assert_eq!(tail.free_bytes(), 8192);
+        assert!(!tail.is_dirty());
+    }
+
+    #[test]
+    fn whole_block_take_leaves_the_partial_block_dirty_and_unwritten() {
+        let mut tail = Tail::new(VecBuf(vec![0xee; 16384]), 4096);
+        tail.push(&[1; 9000]);
+        assert!(tail.has_whole_dirty_blocks());
+        assert_eq!(tail.whole_blocks_end(), 4096 + 8192);
+        let inflight = tail.take(VecBuf(vec![0xdd; 16384]), Take::WholeBlocks);
+        assert_eq!(
+            (inflight.pos, inflight.len, inflight.padded),
+            (4096, 8192, false)
+        );
+        assert_eq!(inflight.buf.0.len(), 8192);
+        assert_eq!(inflight.block_end(), 4096 + 8192);
+        // The 808 bytes of the third block are still dirty: nothing of them was handed out.
+        assert_eq!(tail.pos(), 4096 + 8192);
+        assert_eq!(tail.handed_end(), 4096 + 8192);
+        assert_eq!(tail.dirty_bytes(), 808);
+        assert!(!tail.has_whole_dirty_blocks());
+        assert_eq!(tail.bytes(12288, 12288 + 808).unwrap(), &[1; 808][..]);
+        // A padded take of the rest writes that block whole and keeps it as handed.
+        let padded = tail.take(VecBuf(vec![0; 16384]), Take::Padded);
+        assert_eq!((padded.pos, padded.len, padded.padded), (12288, 808, true));
+        assert!(padded.buf.0[808..].iter().all(|&b| b == 0));
+        assert_eq!(tail.handed_end(), 12288 + 808);
         assert!(!tail.is_dirty());
     }
 }

@@ -10,4 +10,5 @@
 
 mod common;
 mod disk;
+mod pipeline;
 mod sim;

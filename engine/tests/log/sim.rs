@@ -1,6 +1,7 @@
 //! The log on the simulated disk: power loss at random points, torn writes, injected I/O
 //! errors, a full disk and corrupted media. Every test is seeded; a failure names its seed,
-//! and `RINGMQ_SEED=<seed> cargo test -p ringmq-engine --test log <test>` replays just it.
+//! and `RINGMQ_SEED=<seed> cargo test -p ringmq-engine --test log <test>` replays just it;
+//! `RINGMQ_SEEDS_X=<k>` runs k times the CI-sized seed counts.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -9,17 +10,21 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::log::sim::{CrashMode, Fault, Op, SimStorage};
-use engine::log::{Health, Log, LogConfig, LogError};
+use engine::log::{Health, Log, LogConfig, LogError, WritePipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::common::{batch, read_all, small_config};
 
-/// Seeds for the CI-sized runs; `RINGMQ_SEED` picks one to replay.
+/// Seeds for the CI-sized runs; `RINGMQ_SEED` picks one to replay, and `RINGMQ_SEEDS_X=<k>`
+/// runs k times as many (a soak: `RINGMQ_SEEDS_X=10 cargo test --release ...`).
 fn seeds(count: u64) -> Vec<u64> {
+    let times: u64 = std::env::var("RINGMQ_SEEDS_X")
+        .map(|x| x.parse().expect("RINGMQ_SEEDS_X is a number"))
+        .unwrap_or(1);
     match std::env::var("RINGMQ_SEED") {
         Ok(seed) => vec![seed.parse().expect("RINGMQ_SEED is a number")],
-        Err(_) => (0..count).map(|i| 0x5eed_0000 + i).collect(),
+        Err(_) => (0..count * times).map(|i| 0x5eed_0000 + i).collect(),
     }
 }
 
@@ -162,6 +167,8 @@ async fn recover_and_check(
 static IDLE_CRASHES: AtomicU64 = AtomicU64::new(0);
 /// Durable acknowledgements checked across all seeds.
 static DURABLE_ACKS: AtomicU64 = AtomicU64::new(0);
+/// Writes issued while another was in flight, across all seeds of the power-loss test.
+static OVERLAPPED_WRITES: AtomicU64 = AtomicU64::new(0);
 
 /// Power loss at a random point, twice per seed, under every crash mode (drop, persist some,
 /// tear writes at 512 B). Acknowledged-durable batches lost: must be 0.
@@ -216,15 +223,30 @@ fn power_loss_keeps_every_synced_batch() {
                 IDLE_CRASHES.fetch_add(1, Ordering::Relaxed);
             }
             crashed.set(true);
+            OVERLAPPED_WRITES.fetch_add(shared.stats().writes_overlapped, Ordering::Relaxed);
             storage.crash(mode);
-            for task in tasks {
-                task.await;
+            // Power loss: nothing runs after it. A task left running would carry on with
+            // fresh handles (a roll creates its new segment through the storage, which
+            // outlives the crash) and write data the crash never saw. Every task is
+            // cancelled before any of them can run again.
+            let handles: Vec<_> = tasks.into_iter().map(|task| task.detach()).collect();
+            for handle in &handles {
+                handle.cancel();
+            }
+            for handle in handles {
+                handle.await;
             }
             drop(shared);
             log = recover_and_check(&storage, &model, seed).await;
         }
         DURABLE_ACKS.fetch_add(model.borrow().acks_durable, Ordering::Relaxed);
     });
+    let overlapped = OVERLAPPED_WRITES.load(Ordering::Relaxed);
+    println!("R4 power-sim writes issued while another was in flight: {overlapped}");
+    assert!(
+        overlapped > 0 || seeds(240).len() < 10,
+        "no write ever overlapped another: the pipeline went untested"
+    );
     let (idle, acks) = (
         IDLE_CRASHES.load(Ordering::Relaxed),
         DURABLE_ACKS.load(Ordering::Relaxed),
@@ -628,5 +650,319 @@ fn crash_mid_roll_recovers() {
             .unwrap();
         assert!(log.offsets().next >= synced, "seed {seed}");
         assert_eq!(read_all(&log, 0).await.len() as u64, log.offsets().next);
+    });
+}
+
+/// A pipeline that keeps many small writes in flight at once, so crashes land between their
+/// completions (and the simulated device persists a later write while losing an earlier one).
+fn narrow_pipeline() -> WritePipeline {
+    WritePipeline {
+        writes_in_flight: 8,
+        write_bytes_max: 8192,
+    }
+}
+
+/// Recovery after a crash with writes in flight: reopen with the narrow pipeline and check as
+/// `recover_and_check` does.
+async fn recover_pipelined(
+    storage: &SimStorage,
+    model: &RefCell<Model>,
+    seed: u64,
+) -> (Log<SimStorage>, engine::log::Recovery) {
+    let (log, recovery) =
+        Log::open_with(storage.clone(), &dir(), small_config(), narrow_pipeline())
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
+    assert_eq!(log.health(), Health::Healthy, "seed {seed}: {recovery:?}");
+    let offsets = log.offsets();
+    let durable_upto = model.borrow().durable_upto;
+    assert!(
+        offsets.next >= durable_upto,
+        "seed {seed}: acked durable up to {durable_upto} but recovered only {} ({recovery:?})",
+        offsets.next
+    );
+    let records = read_all(&log, offsets.log_start).await;
+    let mut model = model.borrow_mut();
+    for (offset, value) in &records {
+        assert_eq!(
+            model.appended.get(offset).map(Vec::as_slice),
+            Some(value.as_slice()),
+            "seed {seed}: offset {offset} holds a record that was never appended there \
+             ({recovery:?})"
+        );
+    }
+    model.appended.split_off(&offsets.next);
+    model.durable_upto = offsets.next;
+    (log, recovery)
+}
+
+/// Recoveries that found valid-looking bytes after a hole (a write lost while a later one
+/// survived) and cut them away.
+static HOLES_CUT: AtomicU64 = AtomicU64::new(0);
+static PIPELINED_OVERLAPS: AtomicU64 = AtomicU64::new(0);
+
+/// Up to 8 writes in flight, each at most 8 KiB plus a batch: power loss lands between their
+/// completions, and the device keeps a random subset of the completed ones (or tears them).
+/// Recovery must cut the log at the first hole, keep every batch acknowledged as synced (a
+/// sync covers only writes that completed before it), and never serve anything after the
+/// hole, in this life or a later one: three lives per seed, each checked against what was
+/// appended since the last recovery.
+#[test]
+fn power_loss_with_writes_in_flight_cuts_at_the_hole_and_keeps_synced_batches() {
+    for_each_seed(200, |seed| async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let storage = SimStorage::new(seed);
+        let model = Rc::new(RefCell::new(Model::default()));
+        let mode = [
+            CrashMode::PersistSome,
+            CrashMode::Torn,
+            CrashMode::DropPending,
+        ][seed as usize % 3];
+        let mut log = Log::open_with(storage.clone(), &dir(), small_config(), narrow_pipeline())
+            .await
+            .unwrap()
+            .0;
+        for round in 0..3 {
+            let shared = Rc::new(log);
+            let crashed = Rc::new(Cell::new(false));
+            let task_rng = Rc::new(RefCell::new(StdRng::seed_from_u64(rng.random())));
+            let producers = rng.random_range(3..=6u32);
+            let mut tasks = Vec::new();
+            for producer in 0..producers {
+                tasks.push(glommio::spawn_local(workload(
+                    Rc::clone(&shared),
+                    Rc::clone(&model),
+                    Rc::clone(&crashed),
+                    Rc::clone(&task_rng),
+                    producer + 10 * round,
+                    rng.random_range(50..200),
+                )));
+            }
+            for _ in 0..rng.random_range(20..600) {
+                futures_lite::future::yield_now().await;
+            }
+            crashed.set(true);
+            PIPELINED_OVERLAPS.fetch_add(shared.stats().writes_overlapped, Ordering::Relaxed);
+            storage.crash(mode);
+            // Power loss: nothing runs after it. A task left running would carry on with
+            // fresh handles (a roll creates its new segment through the storage, which
+            // outlives the crash) and write data the crash never saw. Every task is
+            // cancelled before any of them can run again.
+            let handles: Vec<_> = tasks.into_iter().map(|task| task.detach()).collect();
+            for handle in &handles {
+                handle.cancel();
+            }
+            for handle in handles {
+                handle.await;
+            }
+            drop(shared);
+            let (reopened, recovery) = recover_pipelined(&storage, &model, seed).await;
+            if recovery
+                .truncated
+                .as_ref()
+                .is_some_and(|t| t.reason.contains("after the end of the data"))
+            {
+                HOLES_CUT.fetch_add(1, Ordering::Relaxed);
+            }
+            log = reopened;
+        }
+    });
+    let (holes, overlaps) = (
+        HOLES_CUT.load(Ordering::Relaxed),
+        PIPELINED_OVERLAPS.load(Ordering::Relaxed),
+    );
+    println!("pipelined power-sim: overlapped writes {overlaps}, holes cut {holes}");
+    if seeds(200).len() > 10 {
+        assert!(overlaps > 1000, "too few overlapped writes: {overlaps}");
+        assert!(
+            holes > 0,
+            "no crash ever left a later write after a lost one"
+        );
+    }
+}
+
+/// The remains after a hole are the dangerous part: batches of one size line up with the
+/// batches appended after recovery, with the very offsets the new ones get. Life 1 appends
+/// one-block batches, each written (its own write) but not synced, and loses power: some
+/// seeds keep a later write and lose an earlier one. Life 2 appends a few new one-block
+/// batches, synced, and loses power again. Life 3 must read only life 2's batches at those
+/// offsets: the remains of life 1 past the hole were cut at the first recovery, not left to
+/// be read back as life 2's data.
+#[test]
+fn remains_after_a_hole_never_come_back_as_data() {
+    // A value size that makes each one-record batch exactly one block, so batch starts fall
+    // on block boundaries and life 2's writes leave life 1's later blocks untouched.
+    let overhead = batch(1, 0, 1, 4000).len() - 4000;
+    let value_bytes = 4096 - overhead;
+    assert_eq!(batch(1, 0, 1, value_bytes).len(), 4096);
+    assert_eq!(batch(2, 99, 1, value_bytes).len(), 4096);
+    static HOLES: AtomicU64 = AtomicU64::new(0);
+    for_each_seed(300, move |seed| async move {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let storage = SimStorage::new(seed);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        let first_life = rng.random_range(4..16u32);
+        for seq in 0..first_life {
+            let appended = log.append(&batch(1, seq, 1, value_bytes), 1).await.unwrap();
+            log.wait_written(appended.next_offset).await.unwrap();
+        }
+        drop(log);
+        storage.crash(CrashMode::PersistSome);
+        let (log, recovery) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        if recovery.truncated.is_some() {
+            HOLES.fetch_add(1, Ordering::Relaxed);
+        }
+        let kept = log.offsets().next;
+        let new_batches = rng.random_range(0..=u64::from(first_life) - kept);
+        for seq in 0..new_batches {
+            let appended = log
+                .append(&batch(2, seq as u32, 1, value_bytes), 1)
+                .await
+                .unwrap();
+            log.wait_synced(appended.next_offset).await.unwrap();
+        }
+        drop(log);
+        storage.crash(CrashMode::DropPending);
+        let (log, recovery) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.health(), Health::Healthy, "seed {seed}");
+        let records = read_all(&log, 0).await;
+        assert_eq!(
+            records.len() as u64,
+            kept + new_batches,
+            "seed {seed}: life 1 kept {kept}, life 2 synced {new_batches} more, but the log \
+             holds {} ({recovery:?})",
+            records.len()
+        );
+        for (offset, value) in records.iter().skip(kept as usize) {
+            assert!(
+                value.starts_with(b"2:"),
+                "seed {seed}: offset {offset} came back from life 1"
+            );
+        }
+    });
+    let holes = HOLES.load(Ordering::Relaxed);
+    println!("remains cut after a hole: {holes} seeds");
+    if seeds(300).len() > 10 {
+        assert!(holes > 10, "too few seeds left a hole: {holes}");
+    }
+}
+
+/// A failed write in the middle of the pipeline: later writes may complete, but `written`
+/// never passes the failed one, nothing at or after it is acknowledged, and the log fails stop.
+#[test]
+fn failed_write_among_writes_in_flight_stops_written_at_the_failure() {
+    static FAILED_AMONG_OVERLAPS: AtomicU64 = AtomicU64::new(0);
+    for_each_seed(60, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let (log, _) = Log::open_with(storage.clone(), &dir(), small_config(), narrow_pipeline())
+            .await
+            .unwrap();
+        let log = Rc::new(log);
+        storage.inject(Fault {
+            op: Op::Write,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 5 + (seed % 20) as u32,
+            times: 1,
+        });
+        let acked: Rc<RefCell<Vec<u64>>> = Rc::default();
+        let mut tasks = Vec::new();
+        for producer in 0..5u32 {
+            let (log, acked) = (Rc::clone(&log), Rc::clone(&acked));
+            tasks.push(glommio::spawn_local(async move {
+                for seq in 0..60 {
+                    let Ok(appended) = log.append(&batch(producer, seq, 2, 1800), 1).await else {
+                        return;
+                    };
+                    let waited = if seq % 3 == 0 {
+                        log.wait_synced(appended.next_offset).await
+                    } else {
+                        log.wait_written(appended.next_offset).await
+                    };
+                    match waited {
+                        Ok(()) => acked.borrow_mut().push(appended.next_offset),
+                        Err(LogError::Failed { op: "write", .. }) => return,
+                        Err(other) => panic!("seed {seed}: unexpected error {other}"),
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await;
+        }
+        assert!(
+            matches!(log.health(), Health::Failed { op: "write", .. }),
+            "seed {seed}: the fault never fired"
+        );
+        if log.stats().writes_overlapped > 0 {
+            FAILED_AMONG_OVERLAPS.fetch_add(1, Ordering::Relaxed);
+        }
+        let written = log.offsets().written;
+        let highest_ack = acked.borrow().iter().copied().max().unwrap_or(0);
+        assert!(
+            highest_ack <= written,
+            "seed {seed}: acked {highest_ack} beyond written {written}"
+        );
+        // Written is frozen: waiting again changes nothing and reports the failure.
+        let next = log.offsets().next;
+        if next > written {
+            assert!(matches!(
+                log.wait_written(next).await,
+                Err(LogError::Failed { .. })
+            ));
+        }
+        assert_eq!(log.offsets().written, written);
+        // What was acknowledged written survives a process crash (a completed O_DIRECT write
+        // survives the process) and a reopen.
+        drop(log);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert!(log.offsets().next >= highest_ack, "seed {seed}");
+        read_all(&log, 0).await;
+    });
+    let overlapped = FAILED_AMONG_OVERLAPS.load(Ordering::Relaxed);
+    if seeds(60).len() > 10 {
+        assert!(
+            overlapped * 2 > seeds(60).len() as u64,
+            "writes overlapped in only {overlapped} seeds"
+        );
+    }
+}
+
+/// A clean close leaves a marker that spares the next open the check for remains past the
+/// data; that open removes the marker durably before writing, so a crash later in that life
+/// gets the full check again.
+#[test]
+fn clean_close_marker_is_removed_before_the_next_life_writes() {
+    for_each_seed(1, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        let appended = log.append(&batch(1, 0, 3, 500), 1).await.unwrap();
+        log.wait_written(appended.next_offset).await.unwrap();
+        log.close().await.unwrap();
+        assert!(storage.exists(dir().join("clean")));
+        drop(log);
+        let (log, recovery) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(recovery.truncated, None);
+        assert!(!storage.exists(dir().join("clean")));
+        // The removal is durable: a crash right away does not bring the marker back.
+        drop(log);
+        storage.crash(CrashMode::DropPending);
+        assert!(!storage.exists(dir().join("clean")));
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&log, 0).await.len(), 3);
     });
 }

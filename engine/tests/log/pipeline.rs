@@ -1,0 +1,391 @@
+//! The write pipeline under a gated disk: a `Storage` wrapper over `SimStorage` that holds
+//! chosen writes of the log's segment files until the test releases them (from the review of
+//! the pipelined writes).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use engine::log::sim::{Fault, Op, SimBuffer, SimFile, SimStorage};
+use engine::log::storage::{OpenFlags, Storage, StorageFile};
+use engine::log::{Health, Log, LogError, WritePipeline};
+use futures_lite::future::yield_now;
+
+use crate::common::{batch, run, small_config};
+
+#[derive(Default)]
+struct Gate {
+    held: RefCell<BTreeSet<u64>>,
+    started: Cell<u64>,
+    finished: Cell<u64>,
+    /// Writes that completed while write `held_first` was still held.
+    completed_while_held: Cell<u64>,
+    bytes_while_held: Cell<u64>,
+    /// Syncs of a log file wait while this is set.
+    hold_syncs: Cell<bool>,
+    syncs_started: Cell<u64>,
+}
+
+#[derive(Clone)]
+struct Gated {
+    inner: SimStorage,
+    gate: Rc<Gate>,
+}
+
+struct GatedFile {
+    inner: SimFile,
+    gate: Rc<Gate>,
+    is_log: bool,
+}
+
+impl StorageFile for GatedFile {
+    type Buffer = SimBuffer;
+    type ReadBuf = Vec<u8>;
+    fn alloc_buffer(&self, len: usize) -> SimBuffer {
+        self.inner.alloc_buffer(len)
+    }
+    async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<usize> {
+        if !self.is_log {
+            return self.inner.write_at(buf, pos).await;
+        }
+        let n = self.gate.started.get();
+        self.gate.started.set(n + 1);
+        while self.gate.held.borrow().contains(&n) {
+            yield_now().await;
+        }
+        let len = (*buf).as_ref().len() as u64;
+        let r = self.inner.write_at(buf, pos).await;
+        self.gate.finished.set(self.gate.finished.get() + 1);
+        if !self.gate.held.borrow().is_empty() {
+            self.gate
+                .completed_while_held
+                .set(self.gate.completed_while_held.get() + 1);
+            self.gate
+                .bytes_while_held
+                .set(self.gate.bytes_while_held.get() + len);
+        }
+        r
+    }
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inner.read_at(pos, len).await
+    }
+    async fn sync(&self) -> io::Result<()> {
+        if self.is_log {
+            self.gate
+                .syncs_started
+                .set(self.gate.syncs_started.get() + 1);
+            while self.gate.hold_syncs.get() {
+                yield_now().await;
+            }
+        }
+        self.inner.sync().await
+    }
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        self.inner.allocate(len).await
+    }
+    async fn size(&self) -> io::Result<u64> {
+        self.inner.size().await
+    }
+    async fn close(self) -> io::Result<()> {
+        self.inner.close().await
+    }
+}
+
+impl Storage for Gated {
+    type File = GatedFile;
+    async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<GatedFile> {
+        let inner = self.inner.open(path, flags).await?;
+        let is_log = path.extension().is_some_and(|e| e == "log");
+        Ok(GatedFile {
+            inner,
+            gate: Rc::clone(&self.gate),
+            is_log,
+        })
+    }
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path).await
+    }
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path).await
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to).await
+    }
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove(path).await
+    }
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(path).await
+    }
+    async fn sleep(&self, duration: Duration) {
+        self.inner.sleep(duration).await
+    }
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from("/data/pipeline-0")
+}
+
+fn gated(seed: u64) -> Gated {
+    Gated {
+        inner: SimStorage::new(seed),
+        gate: Rc::default(),
+    }
+}
+
+async fn spin_until(mut cond: impl FnMut() -> bool, max: u32) -> bool {
+    for _ in 0..max {
+        if cond() {
+            return true;
+        }
+        yield_now().await;
+    }
+    cond()
+}
+
+fn one_block_value() -> usize {
+    let overhead = batch(1, 0, 1, 4000).len() - 4000;
+    4096 - overhead
+}
+
+/// Finding: done-but-unretired writes are not counted against `writes_in_flight`; with one
+/// write stuck, the log keeps issuing and completing writes, each pinning a tail buffer.
+#[test]
+fn stuck_write_pins_at_most_writes_in_flight_buffers() {
+    run(|| async {
+        let storage = gated(1);
+        let pipeline = WritePipeline {
+            writes_in_flight: 2,
+            write_bytes_max: 8192,
+        };
+        let (log, _) = Log::open_with(storage.clone(), &dir(), small_config(), pipeline)
+            .await
+            .unwrap();
+        storage.gate.started.set(0);
+        // Hold the first data write of the log forever (until released below).
+        storage.gate.held.borrow_mut().insert(0);
+        let log = Rc::new(log);
+        let value = one_block_value();
+        let appended = Rc::new(Cell::new(0u64));
+        // Two appenders (acks=none style: no waiter); an append that hands the tail to a
+        // write waits for that write, so the one that issued write 0 stays stuck.
+        for producer in 0..2u32 {
+            let (log, appended) = (Rc::clone(&log), Rc::clone(&appended));
+            glommio::spawn_local(async move {
+                for seq in 0..200u32 {
+                    if log
+                        .append(&batch(producer, seq, 1, value), 1)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    appended.set(appended.get() + 4096);
+                }
+            })
+            .detach();
+        }
+        for _ in 0..50_000 {
+            yield_now().await;
+        }
+        let appended = appended.get();
+        let n = storage.gate.completed_while_held.get();
+        let bytes = storage.gate.bytes_while_held.get();
+        println!(
+            "appended {appended} B; writes completed while write 0 held: {n} ({bytes} B); \
+             each pins a {} B tail buffer -> ~{} MiB pinned; offsets {:?}",
+            small_config().write_buffer_bytes,
+            (n * small_config().write_buffer_bytes) >> 20,
+            log.offsets()
+        );
+        assert!(
+            n <= pipeline.writes_in_flight as u64,
+            "writes retained beyond writes_in_flight: {n}"
+        );
+    });
+}
+
+/// A waiter dropped while the write it issued is in flight (a produce timeout) loses that
+/// write's completion. The log must not wedge (`written` stuck before the write for good, its
+/// pipeline slot and padded block held, `close` never returning): it fails stop instead, since
+/// the kernel may still perform the orphaned write at any time.
+#[test]
+fn dropped_waiter_mid_write_fails_the_log_instead_of_wedging_it() {
+    run(|| async {
+        let storage = gated(2);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        storage.gate.started.set(0);
+        let log = Rc::new(log);
+        storage.gate.held.borrow_mut().insert(0);
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        {
+            let fut = log.wait_written(a.next_offset);
+            let timed = futures_lite::future::or(async { Some(fut.await) }, async {
+                // the "produce timeout": give up once the write is issued
+                spin_until(|| storage.gate.started.get() >= 1, 1000).await;
+                None
+            });
+            assert!(timed.await.is_none(), "write should still be held");
+        } // waiter dropped while its write is in flight
+        storage.gate.held.borrow_mut().clear();
+        // Let the (now orphaned) write finish in the storage.
+        for _ in 0..50 {
+            yield_now().await;
+        }
+        let waited = futures_lite::future::or(
+            async {
+                let b = log.append(&batch(1, 1, 1, 100), 1).await?;
+                Some(log.wait_written(b.next_offset).await).transpose()
+            },
+            async {
+                for _ in 0..20_000 {
+                    yield_now().await;
+                }
+                Ok(None)
+            },
+        )
+        .await;
+        println!(
+            "after dropped waiter: append + wait_written -> {:?}; offsets {:?}; health {:?}",
+            waited.as_ref().map_err(|e| e.to_string()),
+            log.offsets(),
+            log.health()
+        );
+        assert!(
+            !matches!(waited, Ok(None)),
+            "log wedged: wait_written never returns"
+        );
+        assert!(
+            matches!(waited, Err(LogError::Failed { .. })),
+            "the orphaned write was never recorded, so nothing after it may be acked"
+        );
+        assert_eq!(log.offsets().written, 0);
+        let closed = futures_lite::future::or(async { Some(log.close().await) }, async {
+            for _ in 0..20_000 {
+                yield_now().await;
+            }
+            None
+        })
+        .await;
+        assert!(closed.is_some(), "close hangs after a dropped waiter");
+    });
+}
+
+/// A waiter dropped while the fdatasync it issued is in flight: the next waiter issues
+/// another one (instead of waiting for the lost completion forever), and close returns.
+#[test]
+fn dropped_waiter_mid_sync_lets_the_next_one_sync() {
+    run(|| async {
+        let storage = gated(4);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        log.wait_written(a.next_offset).await.unwrap();
+        storage.gate.hold_syncs.set(true);
+        let before = storage.gate.syncs_started.get();
+        let timed = futures_lite::future::or(
+            async { Some(log.wait_synced(a.next_offset).await) },
+            async {
+                spin_until(|| storage.gate.syncs_started.get() > before, 1000).await;
+                None
+            },
+        );
+        assert!(timed.await.is_none(), "sync should still be held");
+        storage.gate.hold_syncs.set(false);
+        let waited = futures_lite::future::or(
+            async { Some(log.wait_synced(a.next_offset).await) },
+            async {
+                for _ in 0..20_000 {
+                    yield_now().await;
+                }
+                None
+            },
+        )
+        .await;
+        assert!(
+            matches!(waited, Some(Ok(()))),
+            "wait_synced after a dropped sync waiter: {waited:?}"
+        );
+        assert_eq!(log.offsets().synced, a.next_offset);
+        assert_eq!(log.health(), Health::Healthy);
+        let closed = futures_lite::future::or(async { Some(log.close().await) }, async {
+            for _ in 0..20_000 {
+                yield_now().await;
+            }
+            None
+        })
+        .await;
+        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+    });
+}
+
+/// Finding: after an fdatasync error (fail-stop), a write that was in flight completes and
+/// `wait_written` acknowledges it (leader ack after failure); `written`/HWM advance.
+#[test]
+fn write_completing_after_fdatasync_failure_is_not_acked() {
+    run(|| async {
+        let storage = gated(3);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        storage.gate.started.set(0);
+        let log = Rc::new(log);
+        let value = one_block_value();
+        storage.gate.held.borrow_mut().extend([0, 1]);
+        let a = log.append(&batch(1, 0, 1, value), 1).await.unwrap();
+        let la = Rc::clone(&log);
+        let t1 = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+        assert!(spin_until(|| storage.gate.started.get() >= 1, 1000).await);
+        let b = log.append(&batch(1, 1, 1, value), 1).await.unwrap();
+        let lb = Rc::clone(&log);
+        let t2 = glommio::spawn_local(async move {
+            let r = lb.wait_written(b.next_offset).await;
+            (r, lb.health())
+        });
+        assert!(
+            spin_until(|| storage.gate.started.get() >= 2, 1000).await,
+            "second write not issued while the first is in flight"
+        );
+        storage.inner.inject(Fault {
+            op: Op::Sync,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 0,
+            times: 1,
+        });
+        storage.gate.held.borrow_mut().remove(&0);
+        let r1 = t1.await;
+        let written_at_failure = log.offsets().written;
+        println!(
+            "wait_synced(A) -> {r1:?}; health {:?}; written {written_at_failure}",
+            log.health()
+        );
+        assert!(matches!(
+            r1,
+            Err(LogError::Failed {
+                op: "fdatasync",
+                ..
+            })
+        ));
+        storage.gate.held.borrow_mut().clear();
+        let (r2, health_at_ack) = t2.await;
+        println!(
+            "wait_written(B) after fdatasync failure -> {:?} (health then {:?}); written {} -> {}",
+            r2.as_ref().map_err(|e| e.to_string()),
+            health_at_ack,
+            written_at_failure,
+            log.offsets().written
+        );
+        assert!(
+            r2.is_err(),
+            "acked after fail-stop: written advanced from {written_at_failure} to {}",
+            log.offsets().written
+        );
+    });
+}
