@@ -280,6 +280,7 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
     assert!(!led_by_0.is_empty());
 
     let mut acked_total = 0;
+    let mut acked_all = BTreeSet::new();
     let mut next_seq = 0u64;
     // Cycles 0 and 1 kill under load; cycle 2 first freezes the follower's filesystem for a
     // while (nothing new reaches the follower's replica: `all` must acknowledge nothing
@@ -376,6 +377,7 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
             "cycle {cycle}: nothing was acknowledged before the kill"
         );
         acked_total += acked.len();
+        acked_all.extend(acked.iter().copied());
 
         // `all`: the follower wrote every acknowledged record (kill -9 keeps written data).
         let on_follower = read_back_follower_copy(&solo_config, &solo_data, &acked);
@@ -406,6 +408,30 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
                 .join("shard-1")
                 .join(format!("t-{partition}"))
                 .is_dir()
+        );
+    }
+    // Shard 0's disk is replaced (its replicas gone): at restart the follower's replicas,
+    // the most advanced, lead, and every acknowledged record is still served.
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    for partition in 0..PARTITIONS {
+        std::fs::remove_dir_all(data.join("shard-0").join(format!("t-{partition}"))).unwrap();
+    }
+    (broker, address) = serve(&config, &data);
+    let seen = read_back(&address, &acked_all);
+    let lost: Vec<_> = acked_all.difference(&seen).collect();
+    assert!(
+        lost.is_empty(),
+        "shard 0's replicas gone: {} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let mut client = Client::connect(&address, ClientConfig::default()).unwrap();
+    let metadata = client.metadata().unwrap().clone();
+    for partition in &metadata.topic("t").unwrap().partitions {
+        assert_eq!(
+            partition.leader_shard, 1,
+            "the replica that has the data leads"
         );
     }
     broker.kill().unwrap();

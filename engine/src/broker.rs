@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use ahash::AHashMap;
 use glommio::{LocalExecutorBuilder, Placement};
 use protocol::api::ShardAddress;
 
 use crate::config::{Profile, ShardConfig, allowed_cores};
 use crate::control::catalog::{Catalog, CatalogError};
+use crate::log::Retention;
+use crate::log::epochs::EpochCache;
+use crate::log::storage::DmaStorage;
 use crate::preflight;
 use crate::server::messages::{Control, ShardMessage};
 use crate::server::{BrokerSettings, ShardInit};
@@ -139,9 +143,25 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
         .unwrap_or_default();
     let catalog = match Catalog::load(&catalog_dir)? {
         Some(catalog) => {
-            // Every leader term gets a new epoch, a restart included: durably, before any
-            // replica applies it.
-            let restarted = catalog.for_restart()?;
+            // Each replicated partition is led by its most advanced replica (one that lost
+            // its unsynced tail must not truncate away what another kept), and every leader
+            // term gets a new epoch, a restart included: durably, before any replica
+            // applies it.
+            let positions = replica_positions(&catalog, &shard_configs, &profile)?;
+            let chosen = catalog.with_leaders_chosen(|topic, partition, shard| {
+                positions
+                    .get(&(topic.to_string(), partition, shard))
+                    .copied()
+            });
+            for (before, after) in catalog.topics().iter().zip(chosen.topics()) {
+                for (index, (b, a)) in before.partitions.iter().zip(&after.partitions).enumerate() {
+                    if b.replicas.first() != a.replicas.first() {
+                        tracing::warn!(topic = %before.name, partition = index, from = ?b.replicas.first(),
+                            to = ?a.replicas.first(), "at start-up, leadership moves to the most advanced replica");
+                    }
+                }
+            }
+            let restarted = chosen.for_restart()?;
             restarted.persist_blocking(&catalog_dir)?;
             restarted
         }
@@ -241,6 +261,78 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
         controls,
         executors,
         _locks: locks,
+    })
+}
+
+/// `(topic, partition, shard)` -> `(epoch of its last record, log end)`.
+type ReplicaPositions = AHashMap<(String, u32, u16), (u32, u64)>;
+
+/// Where each replica of a replicated partition stands: `(epoch of its last record, log
+/// end)`, read by opening its log (recovering it, as its shard then does again) on a
+/// temporary executor. A replica without a directory stands at `(0, 0)`; one whose log does
+/// not open is no candidate (its shard reports the error).
+fn replica_positions(
+    catalog: &Catalog,
+    shard_configs: &[ShardConfig],
+    profile: &Profile,
+) -> Result<ReplicaPositions, StartError> {
+    let mut jobs = Vec::new();
+    for topic in catalog.topics() {
+        let retention = Retention {
+            ms: topic.retention_ms,
+            bytes: topic.retention_bytes,
+        };
+        for (index, placement) in topic.partitions.iter().enumerate() {
+            if placement.replicas.len() < 2 {
+                continue;
+            }
+            for &shard in &placement.replicas {
+                let Some(config) = shard_configs.iter().find(|c| c.index == shard) else {
+                    continue;
+                };
+                let dir = config.data_dir.join(format!("{}-{index}", topic.name));
+                let log_config = profile.log.log_config(config, retention);
+                jobs.push(((topic.name.clone(), index as u32, shard), dir, log_config));
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(AHashMap::new());
+    }
+    let io_memory = shard_configs
+        .first()
+        .map_or(1 << 20, |c| c.io_memory_bytes as usize);
+    let joined = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("replica-positions")
+        .io_memory(io_memory)
+        .spawn(move || async move {
+            let mut positions = AHashMap::new();
+            for (key, dir, config) in jobs {
+                if !dir.exists() {
+                    positions.insert(key, (0, 0));
+                    continue;
+                }
+                let Ok((log, _)) = crate::partition::open_log(&dir, config).await else {
+                    continue;
+                };
+                let end = log.offsets().next;
+                let epochs = EpochCache::load(&DmaStorage, &dir).await;
+                let _ = log.close().await;
+                if let Ok(mut epochs) = epochs {
+                    epochs.clamp(end);
+                    positions.insert(key, (epochs.last_epoch().unwrap_or(0), end));
+                }
+            }
+            positions
+        })
+        .map_err(|error| StartError::Shard {
+            shard: 0,
+            reason: format!("reading replica positions: {error}"),
+        })?
+        .join();
+    joined.map_err(|error| StartError::Shard {
+        shard: 0,
+        reason: format!("reading replica positions: {error:?}"),
     })
 }
 

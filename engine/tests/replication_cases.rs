@@ -758,3 +758,46 @@ fn an_append_from_a_newer_epoch_without_a_probe_is_answered_resync_and_not_adopt
         assert_eq!(next, 4, "nothing of the unprobed leader's lands");
     });
 }
+
+/// P8: a promoted replica starts its term with the previous term's watermark, but its
+/// durable watermark is at most what it synced itself.
+#[test]
+fn a_promoted_leader_claims_no_more_synced_than_it_synced() {
+    run_local(|| async {
+        let rt = SimRt {
+            now: Rc::new(Cell::new(0)),
+        };
+        let disk = SimStorage::new(1);
+        let (log, _) = Log::open(disk.clone(), &dir(0), config()).await.unwrap();
+        log.append(&batch("A", 2), 1).await.unwrap();
+        log.wait_written(2).await.unwrap();
+        let synced = log.offsets().synced;
+        assert!(synced < 2, "setup: written, not synced");
+        let net = net(2);
+        let leader = Leader::start(
+            LeaderInit {
+                key: key(),
+                shard: 0,
+                epoch: 2,
+                storage: disk.clone(),
+                log: Rc::new(log),
+                followers: vec![1],
+                min_insync: 1,
+                bounds: BOUNDS,
+                hw: 2, // known from the previous leader
+            },
+            Rc::new(rt.clone()),
+            Rc::new(NetHandle(Rc::clone(&net))),
+        )
+        .await
+        .unwrap();
+        let status = leader.status();
+        leader.stop();
+        assert_eq!(status.hw, 2);
+        assert!(
+            status.hw_synced <= synced,
+            "durable watermark {} beyond what the replica synced ({synced})",
+            status.hw_synced
+        );
+    });
+}

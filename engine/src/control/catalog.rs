@@ -302,6 +302,42 @@ impl Catalog {
         Ok(next)
     }
 
+    /// The catalogue with each replicated partition led by its most advanced replica: the
+    /// greatest `(last leader epoch, log end)` that `position(topic, partition, shard)`
+    /// reports (`None`: unknown, not a candidate). Ties keep the current leader. A replica
+    /// that lost its unsynced tail (power loss) must not lead and truncate away what another
+    /// replica kept: within one epoch every replica holds a prefix of the same log, so the
+    /// longest holds every record any of them does.
+    pub fn with_leaders_chosen(
+        &self,
+        position: impl Fn(&str, u32, u16) -> Option<(u32, u64)>,
+    ) -> Catalog {
+        let mut next = self.clone();
+        for topic in &mut next.topics {
+            for (index, placement) in topic.partitions.iter_mut().enumerate() {
+                if placement.replicas.len() < 2 {
+                    continue;
+                }
+                let index = index as u32;
+                let mut best: Option<(u16, (u32, u64))> = None;
+                for &shard in &placement.replicas {
+                    let Some(at) = position(&topic.name, index, shard) else {
+                        continue;
+                    };
+                    if best.is_none_or(|(_, b)| at > b) {
+                        best = Some((shard, at));
+                    }
+                }
+                let Some((chosen, _)) = best else { continue };
+                if placement.replicas.first() != Some(&chosen) {
+                    placement.replicas.retain(|s| *s != chosen);
+                    placement.replicas.insert(0, chosen);
+                }
+            }
+        }
+        next
+    }
+
     /// `persist` for start-up, before any executor runs: temp file, fdatasync, rename,
     /// directory fsync.
     pub fn persist_blocking(&self, dir: &Path) -> Result<(), CatalogError> {
@@ -483,6 +519,41 @@ mod tests {
                 .code,
             ErrorCode::NOT_ENOUGH_REPLICAS
         );
+    }
+
+    #[test]
+    fn at_restart_the_most_advanced_replica_leads() {
+        let mut request = request("t", 2);
+        request.replication_factor = 2;
+        let catalog = Catalog::default().with_topic(&request, 2).unwrap();
+        let before: Vec<Vec<u16>> = catalog
+            .topic("t")
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        assert_eq!(before, vec![vec![0, 1], vec![1, 0]]);
+        let positions = |_: &str, partition: u32, shard: u16| match (partition, shard) {
+            (0, 0) => Some((3, 100)),
+            (0, 1) => Some((3, 120)), // kept the tail the leader lost
+            (1, 1) => Some((4, 10)),
+            (1, 0) => Some((3, 500)), // longer, but an older epoch's divergent tail
+            _ => None,
+        };
+        let chosen = catalog.with_leaders_chosen(positions);
+        let after: Vec<Vec<u16>> = chosen
+            .topic("t")
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| p.replicas.clone())
+            .collect();
+        assert_eq!(after, vec![vec![1, 0], vec![1, 0]]);
+        // Ties and unknown positions keep the leader.
+        let same = catalog.with_leaders_chosen(|_, _, _| Some((1, 5)));
+        assert_eq!(same, catalog);
+        assert_eq!(catalog.with_leaders_chosen(|_, _, _| None), catalog);
     }
 
     #[test]

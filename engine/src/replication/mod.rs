@@ -284,14 +284,17 @@ impl<S: Storage + 'static> Leader<S> {
             key: init.key,
             shard: init.shard,
             epoch: init.epoch,
-            state: RefCell::new(LeaderState::new(
-                init.epoch,
-                init.min_insync,
-                init.bounds,
-                &init.followers,
-                init.hw.min(next),
-                now,
-            )),
+            state: RefCell::new(
+                LeaderState::new(
+                    init.epoch,
+                    init.min_insync,
+                    init.bounds,
+                    &init.followers,
+                    init.hw.min(next),
+                    now,
+                )
+                .with_hw_synced_at_most(log.offsets().synced),
+            ),
             sessions: RefCell::new(
                 init.followers
                     .iter()

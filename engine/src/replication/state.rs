@@ -126,6 +126,13 @@ impl LeaderState {
         }
     }
 
+    /// Lowers the durable watermark to `synced`: a promoted replica knows the previous term's
+    /// watermark but may not have synced that far itself.
+    pub fn with_hw_synced_at_most(mut self, synced: u64) -> LeaderState {
+        self.hw_synced = self.hw_synced.min(synced);
+        self
+    }
+
     pub fn followers(&self) -> &[FollowerView] {
         &self.followers
     }
