@@ -243,26 +243,12 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
         .produce(request.batch.as_slice(), acks, timeout)
         .await
     {
-        Ok(appended) => {
-            if acks == Acks::None {
-                // Nobody waits for the commit, but it must still happen.
-                let detached = Rc::clone(&partition);
-                let next = appended.next_offset;
-                if let Ok(task) = glommio::spawn_local_into(
-                    async move {
-                        let _ = detached.log.wait_written(next).await;
-                    },
-                    shard.hot,
-                ) {
-                    task.detach();
-                }
-            }
-            respond(
-                ErrorCode::NONE,
-                appended.base_offset,
-                partition.log.offsets().log_start,
-            )
-        }
+        // With `acks = none` nobody waits for the commit; the leader starts it itself.
+        Ok(appended) => respond(
+            ErrorCode::NONE,
+            appended.base_offset,
+            partition.log.offsets().log_start,
+        ),
         Err(error) => {
             tracing::debug!(topic = %partition.topic, partition = partition.index, %error, "produce failed");
             respond(
