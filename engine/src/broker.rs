@@ -12,9 +12,9 @@ use protocol::api::ShardAddress;
 
 use crate::config::{Profile, ShardConfig, allowed_cores};
 use crate::control::catalog::{Catalog, CatalogError};
-use crate::log::Retention;
 use crate::log::epochs::EpochCache;
 use crate::log::storage::DmaStorage;
+use crate::log::{Log, Retention};
 use crate::preflight;
 use crate::server::messages::{Control, ShardMessage};
 use crate::server::{BrokerSettings, ShardInit};
@@ -312,7 +312,7 @@ fn replica_positions(
                     positions.insert(key, (0, 0));
                     continue;
                 }
-                let Ok((log, _)) = crate::partition::open_log(&dir, config).await else {
+                let Ok((log, _)) = Log::open(DmaStorage, &dir, config).await else {
                     continue;
                 };
                 let end = log.offsets().next;

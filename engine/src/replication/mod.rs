@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use protocol::{Acks, Batches};
+use protocol::{Acks, BatchError, BatchView, Batches};
 
 use crate::log::epochs::EpochCache;
 use crate::log::notify::Notify;
@@ -149,6 +149,9 @@ pub enum ReplError {
     /// or stepped down meanwhile): neither a success nor a definite failure.
     #[error("acknowledgement policy not met within {0:?}")]
     InDoubt(Duration),
+    /// The produced batch is malformed (checked before anything is appended).
+    #[error("batch: {0}")]
+    InvalidBatch(#[from] BatchError),
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -188,6 +191,14 @@ struct Session {
     sent_upto: u64,
     /// End offsets of the `Append`s not yet answered with a written offset at or past them.
     in_flight: VecDeque<u64>,
+}
+
+/// What a fetch returns.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub records: Vec<u8>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
 }
 
 /// A snapshot of a leader's replication, for Metadata and describe.
@@ -442,16 +453,18 @@ impl<S: Storage + 'static> Leader<S> {
         }
     }
 
-    /// Appends `batch` in this leader's epoch and waits until `acks` holds, at most
-    /// `timeout`. `all` with fewer than `min_insync` in-sync replicas is refused before the
-    /// append. Once appended, a failure to confirm is `InDoubt`, never a definite error:
-    /// the batch may still be committed.
+    /// Checks `batch` (from a client: lengths, records, crc), appends it in this leader's
+    /// epoch and waits until `acks` holds, at most `timeout`. `all` with fewer than
+    /// `min_insync` in-sync replicas is refused before the append. Once appended, a failure
+    /// to confirm is `InDoubt`, never a definite error: the batch may still be committed.
+    /// With `Acks::None` it returns once appended; the commit still runs.
     pub async fn produce(
         self: &Rc<Self>,
         batch: &[u8],
         acks: Acks,
         timeout: Duration,
     ) -> Result<Appended, ReplError> {
+        BatchView::new(batch)?;
         if self.stopped.get() {
             return Err(ReplError::NotLeader);
         }
@@ -548,6 +561,36 @@ impl<S: Storage + 'static> Leader<S> {
             }
             self.changed.changed(seen).await;
         }
+    }
+
+    /// Long-poll read: whole batches from the one holding `offset`, below the high watermark,
+    /// as soon as any exist or once `max_wait` passed (then empty).
+    pub async fn fetch(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> Result<Fetched, LogError> {
+        let offsets = self.log.offsets();
+        // Above the high watermark but within the log (appended, not yet committed): wait
+        // for it, as for the end. Only past the log's end is out of range.
+        if offset < offsets.log_start || offset > offsets.next {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: offsets.log_start,
+                end: offsets.next,
+            });
+        }
+        if offset >= self.hw() && !max_wait.is_zero() {
+            self.wait_hw_beyond(offset, max_wait).await;
+        }
+        let high_watermark = self.hw();
+        let records = self.log.read(offset, max_bytes, high_watermark).await?;
+        Ok(Fetched {
+            records,
+            high_watermark,
+            log_start_offset: self.log.offsets().log_start,
+        })
     }
 
     /// Waits until the high watermark passes `offset`, the term ends, or `max_wait` passes.

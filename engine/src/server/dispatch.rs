@@ -14,8 +14,8 @@ use rkyv::ser::allocator::ArenaHandle;
 
 use crate::control::catalog::Catalog;
 use crate::log::LogError;
-use crate::partition::{Partition, ProduceError};
-use crate::replication::ReplicaStatus;
+use crate::log::storage::DmaStorage;
+use crate::replication::{Leader, ReplError, ReplicaStatus};
 
 use super::Shard;
 use super::messages::ShardMessage;
@@ -38,18 +38,19 @@ pub fn log_error_code(error: &LogError) -> ErrorCode {
     }
 }
 
-fn produce_error_code(error: &ProduceError) -> ErrorCode {
+fn produce_error_code(error: &ReplError) -> ErrorCode {
     match error {
-        ProduceError::InvalidBatch(protocol::BatchError::BadLength { len })
+        ReplError::InvalidBatch(protocol::BatchError::BadLength { len })
             if *len > protocol::limits::BATCH_BYTES_MAX =>
         {
             ErrorCode::MESSAGE_TOO_LARGE
         }
-        ProduceError::InvalidBatch(_) => ErrorCode::CORRUPT_MESSAGE,
-        ProduceError::Log(error) => log_error_code(error),
-        ProduceError::Timeout(_) => ErrorCode::TIMEOUT,
-        ProduceError::NotLeader => ErrorCode::NOT_LEADER,
-        ProduceError::NotEnoughReplicas { .. } => ErrorCode::NOT_ENOUGH_REPLICAS,
+        ReplError::InvalidBatch(_) => ErrorCode::CORRUPT_MESSAGE,
+        ReplError::Log(error) => log_error_code(error),
+        // Appended but not confirmed in time: the client may retry (in doubt).
+        ReplError::InDoubt(_) => ErrorCode::TIMEOUT,
+        ReplError::NotLeader => ErrorCode::NOT_LEADER,
+        ReplError::NotEnoughReplicas { .. } => ErrorCode::NOT_ENOUGH_REPLICAS,
     }
 }
 
@@ -193,9 +194,14 @@ fn api_versions() -> ApiVersionsResponse {
     }
 }
 
-/// The partition named in a request if this shard leads it, or the code to answer with.
-fn local_partition(shard: &Shard, topic: &str, partition: u32) -> Result<Rc<Partition>, ErrorCode> {
-    if let Some(found) = shard.partition(topic, partition) {
+/// The leader replica of the partition named in a request if this shard leads it, or the
+/// code to answer with.
+fn local_leader(
+    shard: &Shard,
+    topic: &str,
+    partition: u32,
+) -> Result<Rc<Leader<DmaStorage>>, ErrorCode> {
+    if let Some(found) = shard.leader(topic, partition) {
         return Ok(found);
     }
     let catalog = shard.catalog();
@@ -228,18 +234,17 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
             },
         )
     };
-    let partition =
-        match local_partition(shard, request.topic.as_str(), request.partition.to_native()) {
-            Ok(partition) => partition,
-            Err(code) => return respond(code, 0, 0),
-        };
+    let leader = match local_leader(shard, request.topic.as_str(), request.partition.to_native()) {
+        Ok(leader) => leader,
+        Err(code) => return respond(code, 0, 0),
+    };
     let timeout_ms = request.timeout_ms.to_native().min(PRODUCE_TIMEOUT_MS_MAX);
     let timeout = if timeout_ms == 0 {
         PRODUCE_TIMEOUT_DEFAULT
     } else {
         Duration::from_millis(u64::from(timeout_ms))
     };
-    match partition
+    match leader
         .produce(request.batch.as_slice(), acks, timeout)
         .await
     {
@@ -247,14 +252,14 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
         Ok(appended) => respond(
             ErrorCode::NONE,
             appended.base_offset,
-            partition.log.offsets().log_start,
+            leader.log().offsets().log_start,
         ),
         Err(error) => {
-            tracing::debug!(topic = %partition.topic, partition = partition.index, %error, "produce failed");
+            tracing::debug!(topic = %leader.key.topic, partition = leader.key.partition, %error, "produce failed");
             respond(
                 produce_error_code(&error),
                 0,
-                partition.log.offsets().log_start,
+                leader.log().offsets().log_start,
             )
         }
     }
@@ -265,16 +270,15 @@ async fn fetch(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
     let Ok(request) = frame.access::<FetchRequest>() else {
         return error_response(ApiKey::Fetch, correlation_id, ErrorCode::INVALID_REQUEST);
     };
-    let partition =
-        match local_partition(shard, request.topic.as_str(), request.partition.to_native()) {
-            Ok(partition) => partition,
-            Err(code) => return error_response(ApiKey::Fetch, correlation_id, code),
-        };
+    let leader = match local_leader(shard, request.topic.as_str(), request.partition.to_native()) {
+        Ok(leader) => leader,
+        Err(code) => return error_response(ApiKey::Fetch, correlation_id, code),
+    };
     let max_bytes = request.max_bytes.to_native().min(FETCH_BYTES_MAX) as usize;
     let max_wait = Duration::from_millis(u64::from(
         request.max_wait_ms.to_native().min(FETCH_WAIT_MS_MAX),
     ));
-    let response = match partition
+    let response = match leader
         .fetch(request.offset.to_native(), max_bytes, max_wait)
         .await
     {
@@ -284,15 +288,12 @@ async fn fetch(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
             log_start_offset: fetched.log_start_offset,
             records: fetched.records,
         },
-        Err(error) => {
-            let offsets = partition.log.offsets();
-            FetchResponse {
-                error: log_error_code(&error),
-                high_watermark: partition.high_watermark(),
-                log_start_offset: offsets.log_start,
-                records: vec![],
-            }
-        }
+        Err(error) => FetchResponse {
+            error: log_error_code(&error),
+            high_watermark: leader.hw(),
+            log_start_offset: leader.log().offsets().log_start,
+            records: vec![],
+        },
     };
     encode(correlation_id, &response)
 }
@@ -306,17 +307,17 @@ async fn list_offsets(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> 
             ErrorCode::INVALID_REQUEST,
         );
     };
-    let partition = match local_partition(shard, &request.topic, request.partition) {
-        Ok(partition) => partition,
+    let leader = match local_leader(shard, &request.topic, request.partition) {
+        Ok(leader) => leader,
         Err(code) => return error_response(ApiKey::ListOffsets, correlation_id, code),
     };
-    let offsets = partition.log.offsets();
-    let high_watermark = partition.high_watermark();
+    let offsets = leader.log().offsets();
+    let high_watermark = leader.hw();
     let (offset, timestamp_ms) = match request.spec {
         OffsetSpec::Earliest => (offsets.log_start, -1),
         OffsetSpec::Latest => (high_watermark, -1),
-        OffsetSpec::Timestamp(timestamp_ms) => match partition
-            .log
+        OffsetSpec::Timestamp(timestamp_ms) => match leader
+            .log()
             .offset_for_time(timestamp_ms)
             .await
         {
@@ -424,7 +425,7 @@ async fn partition_offsets(
         let answers: Vec<Option<ReplicaStatus>> = if target == usize::from(shard.id.0) {
             partitions
                 .iter()
-                .map(|(topic, index)| shard.partition(topic, *index).map(|p| p.status()))
+                .map(|(topic, index)| shard.leader(topic, *index).map(|l| l.status()))
                 .collect()
         } else {
             let query = partitions.clone();

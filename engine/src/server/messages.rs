@@ -90,7 +90,7 @@ pub async fn receive_loop(shard: Rc<Shard>, source: u16, inbox: Receiver<ShardMe
             ShardMessage::OffsetsQuery { token, partitions } => {
                 let offsets = partitions
                     .iter()
-                    .map(|(topic, index)| shard.partition(topic, *index).map(|p| p.status()))
+                    .map(|(topic, index)| shard.leader(topic, *index).map(|l| l.status()))
                     .collect();
                 let shard = Rc::clone(&shard);
                 spawn_hot(&Rc::clone(&shard), async move {

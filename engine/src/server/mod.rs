@@ -21,8 +21,7 @@ use crate::control::catalog::Catalog;
 use crate::limits::{MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::notify::Notify;
 use crate::log::storage::DmaStorage;
-use crate::partition::Partition;
-use crate::replication::Follower;
+use crate::replication::{Follower, Leader, ReplicaKey};
 use crate::shard::mailbox::{Receiver, Sender};
 use crate::shard::router::{Replies, ShardId};
 use messages::{Control, ShardMessage};
@@ -68,8 +67,48 @@ pub struct ShardStats {
     pub requests_forwarded: u64,
 }
 
-/// Replicas a shard follows: (topic, partition index) -> replica.
-type Followers = AHashMap<(String, u32), Rc<Follower<DmaStorage>>>;
+/// Replicas of one role on a shard: topic name -> partition index -> replica. Looked up by
+/// a borrowed name for every request and replication message.
+pub(crate) struct Replicas<T> {
+    by_topic: AHashMap<String, AHashMap<u32, Rc<T>>>,
+}
+
+impl<T> Default for Replicas<T> {
+    fn default() -> Self {
+        Replicas {
+            by_topic: AHashMap::new(),
+        }
+    }
+}
+
+impl<T> Replicas<T> {
+    pub(crate) fn get(&self, topic: &str, index: u32) -> Option<Rc<T>> {
+        self.by_topic.get(topic)?.get(&index).cloned()
+    }
+
+    pub(crate) fn insert(&mut self, topic: &str, index: u32, replica: Rc<T>) {
+        self.by_topic
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(index, replica);
+    }
+
+    pub(crate) fn remove(&mut self, topic: &str, index: u32) -> Option<Rc<T>> {
+        let partitions = self.by_topic.get_mut(topic)?;
+        let removed = partitions.remove(&index);
+        if partitions.is_empty() {
+            self.by_topic.remove(topic);
+        }
+        removed
+    }
+
+    pub(crate) fn all(&self) -> Vec<Rc<T>> {
+        self.by_topic
+            .values()
+            .flat_map(|p| p.values().cloned())
+            .collect()
+    }
+}
 
 /// One shard's state.
 ///
@@ -82,10 +121,10 @@ pub struct Shard {
     pub addresses: Vec<ShardAddress>,
     log: LogSection,
     catalog: RefCell<Rc<Catalog>>,
-    /// Partitions this shard leads: topic -> partition index -> replica.
-    partitions: RefCell<AHashMap<String, AHashMap<u32, Rc<Partition>>>>,
-    /// Replicas this shard follows: (topic, partition index) -> replica.
-    followers: RefCell<Followers>,
+    /// Partitions this shard leads (serves produce and fetch for).
+    leaders: RefCell<Replicas<Leader<DmaStorage>>>,
+    /// Partitions this shard follows.
+    followers: RefCell<Replicas<Follower<DmaStorage>>>,
     /// Start of the replication clock.
     started: std::time::Instant,
     outboxes: Vec<Option<Sender<ShardMessage>>>,
@@ -109,24 +148,17 @@ impl Shard {
         Rc::clone(&self.catalog.borrow())
     }
 
-    pub fn partition(&self, topic: &str, partition: u32) -> Option<Rc<Partition>> {
-        self.partitions
-            .borrow()
-            .get(topic)?
-            .get(&partition)
-            .cloned()
+    /// The leader replica of `topic`'s `partition` if this shard leads it.
+    pub fn leader(&self, topic: &str, partition: u32) -> Option<Rc<Leader<DmaStorage>>> {
+        self.leaders.borrow().get(topic, partition)
     }
 
-    pub fn local_partitions(&self) -> Vec<Rc<Partition>> {
-        self.partitions
-            .borrow()
-            .values()
-            .flat_map(|p| p.values().cloned())
-            .collect()
+    pub fn local_leaders(&self) -> Vec<Rc<Leader<DmaStorage>>> {
+        self.leaders.borrow().all()
     }
 
     pub fn local_followers(&self) -> Vec<Rc<Follower<DmaStorage>>> {
-        self.followers.borrow().values().cloned().collect()
+        self.followers.borrow().all()
     }
 
     /// The profile's `[log]` section: defaults for every partition log.
@@ -156,44 +188,31 @@ impl Shard {
     pub async fn apply_catalog(self: &Rc<Self>, next: Catalog) -> Result<(), String> {
         let mut errors = Vec::new();
         self.apply_replicas(&next, &mut errors).await;
-        let gone_followers: Vec<Rc<Follower<DmaStorage>>> = {
-            let mut followers = self.followers.borrow_mut();
-            let keys: Vec<(String, u32)> = followers
-                .iter()
-                .filter(|(_, f)| {
-                    next.topic(&f.key.topic)
-                        .is_none_or(|t| t.id != f.key.topic_id)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.iter().filter_map(|k| followers.remove(k)).collect()
-        };
-        for follower in gone_followers {
-            follower.stop();
-            let log = follower.log();
-            let _ = log.close().await;
-            let dir = log.dir().to_path_buf();
-            if let Err(error) = std::fs::remove_dir_all(&dir) {
-                errors.push(format!("removing {}: {error}", dir.display()));
+        let gone = |key: &ReplicaKey| next.topic(&key.topic).is_none_or(|t| t.id != key.topic_id);
+        let mut gone_logs = Vec::new();
+        for follower in self.local_followers() {
+            if gone(&follower.key) {
+                self.followers
+                    .borrow_mut()
+                    .remove(&follower.key.topic, follower.key.partition);
+                follower.stop();
+                gone_logs.push(follower.log());
             }
         }
-        let gone: Vec<Rc<Partition>> = self
-            .local_partitions()
-            .into_iter()
-            .filter(|p| next.topic(&p.topic).is_none_or(|t| t.id != p.topic_id))
-            .collect();
-        for partition in gone {
-            if let Some(topic) = self.partitions.borrow_mut().get_mut(&partition.topic) {
-                topic.remove(&partition.index);
+        for leader in self.local_leaders() {
+            if gone(&leader.key) {
+                self.leaders
+                    .borrow_mut()
+                    .remove(&leader.key.topic, leader.key.partition);
+                leader.stop();
+                gone_logs.push(Rc::clone(leader.log()));
             }
-            self.partitions
-                .borrow_mut()
-                .retain(|_, partitions| !partitions.is_empty());
-            partition.leader.stop();
-            let _ = partition.log.close().await;
-            let dir = partition.log.dir().to_path_buf();
+        }
+        for log in gone_logs {
+            let _ = log.close().await;
+            let dir = log.dir();
             // Deleting a topic is rare; a blocking unlink of its files is acceptable here.
-            if let Err(error) = std::fs::remove_dir_all(&dir) {
+            if let Err(error) = std::fs::remove_dir_all(dir) {
                 errors.push(format!("removing {}: {error}", dir.display()));
             }
         }
@@ -223,10 +242,10 @@ impl Shard {
             })
             .await;
         }
-        for partition in self.local_partitions() {
-            partition.leader.stop();
-            if let Err(error) = partition.log.close().await {
-                tracing::error!(shard = %self.id, topic = %partition.topic, partition = partition.index, %error, "close failed");
+        for leader in self.local_leaders() {
+            leader.stop();
+            if let Err(error) = leader.log().close().await {
+                tracing::error!(shard = %self.id, topic = %leader.key.topic, partition = leader.key.partition, %error, "close failed");
             }
         }
         for follower in self.local_followers() {
@@ -284,8 +303,8 @@ pub async fn run(init: ShardInit) {
         addresses,
         log,
         catalog: RefCell::new(Rc::new(Catalog::default())),
-        partitions: RefCell::new(AHashMap::new()),
-        followers: RefCell::new(AHashMap::new()),
+        leaders: RefCell::new(Replicas::default()),
+        followers: RefCell::new(Replicas::default()),
         started: std::time::Instant::now(),
         outboxes,
         replies: Replies::default(),
@@ -343,9 +362,9 @@ async fn maintain_loop(shard: Rc<Shard>) {
     while !shard.is_shutting_down() {
         glommio::timer::sleep(MAINTENANCE_INTERVAL).await;
         let logs = shard
-            .local_partitions()
+            .local_leaders()
             .into_iter()
-            .map(|p| (p.topic.clone(), p.index, Rc::clone(&p.log)))
+            .map(|l| (l.key.topic.clone(), l.key.partition, Rc::clone(l.log())))
             .chain(
                 shard
                     .local_followers()

@@ -9,11 +9,10 @@ use glommio::TaskQueueHandle;
 
 use crate::control::catalog::{Catalog, PartitionEntry, TopicEntry};
 use crate::log::storage::DmaStorage;
-use crate::log::{Log, Retention};
-use crate::partition::{Partition, open_log};
+use crate::log::{Log, LogConfig, Retention};
 use crate::replication::{
-    FollowerStatus, LAG_BOUNDS_DEFAULT, Leader, LeaderInit, LocalFuture, ReplMessage, ReplicaKey,
-    Runtime, Transport,
+    Follower, FollowerInit, FollowerStatus, LAG_BOUNDS_DEFAULT, Leader, LeaderInit, LocalFuture,
+    ReplMessage, ReplicaKey, Runtime, Transport,
 };
 
 use super::Shard;
@@ -79,48 +78,45 @@ impl Shard {
 
     /// Routes a replication message from another shard. Never waits (receive loop).
     pub(crate) fn on_repl(self: &Rc<Self>, message: ReplMessage) {
-        let key = message.key().clone();
+        let key = message.key();
         match &message {
             ReplMessage::Progress { .. } => {
-                if let Some(partition) = self.partition(&key.topic, key.partition)
-                    && partition.topic_id == key.topic_id
+                if let Some(leader) = self.leader(&key.topic, key.partition)
+                    && leader.key.topic_id == key.topic_id
                 {
-                    partition.leader.on_message(message);
+                    leader.on_message(message);
                 }
             }
-            ReplMessage::Probe { from, probe, .. } | ReplMessage::Append { from, probe, .. } => {
+            &ReplMessage::Probe {
+                from, probe, epoch, ..
+            }
+            | &ReplMessage::Append {
+                from, probe, epoch, ..
+            } => {
                 let follower = self
                     .followers
                     .borrow()
-                    .get(&(key.topic.clone(), key.partition))
-                    .filter(|f| f.key.topic_id == key.topic_id)
-                    .cloned();
-                match follower {
-                    Some(follower) => follower.deliver(message),
-                    None => {
-                        // Not opened yet (start-up) or not a follower here: the leader probes
-                        // again later.
-                        let answer = ReplMessage::Progress {
-                            epoch: match &message {
-                                ReplMessage::Probe { epoch, .. }
-                                | ReplMessage::Append { epoch, .. } => *epoch,
-                                ReplMessage::Progress { epoch, .. } => *epoch,
-                            },
-                            key,
-                            from: self.id.0,
-                            probe: *probe,
-                            status: FollowerStatus::NotReady,
-                            next: 0,
-                            written: 0,
-                            synced: 0,
-                        };
-                        let to = *from;
-                        let transport = self.transport();
-                        super::messages::spawn_hot(self, async move {
-                            let _ = transport.send(to, answer).await;
-                        });
-                    }
+                    .get(&key.topic, key.partition)
+                    .filter(|f| f.key.topic_id == key.topic_id);
+                if let Some(follower) = follower {
+                    return follower.deliver(message);
                 }
+                // Not opened yet (start-up) or not a follower here: the leader probes again
+                // later.
+                let answer = ReplMessage::Progress {
+                    key: key.clone(),
+                    epoch,
+                    from: self.id.0,
+                    probe,
+                    status: FollowerStatus::NotReady,
+                    next: 0,
+                    written: 0,
+                    synced: 0,
+                };
+                let transport = self.transport();
+                super::messages::spawn_hot(self, async move {
+                    let _ = transport.send(from, answer).await;
+                });
             }
         }
     }
@@ -145,18 +141,22 @@ impl Shard {
         }
     }
 
+    /// The configuration of `topic`'s replica logs on this shard.
+    fn replica_log_config(&self, topic: &TopicEntry) -> LogConfig {
+        let retention = Retention {
+            ms: topic.retention_ms,
+            bytes: topic.retention_bytes,
+        };
+        self.log.log_config(&self.config, retention)
+    }
+
     async fn open_replica_log(
         &self,
         topic: &TopicEntry,
         index: u32,
     ) -> Result<Rc<Log<DmaStorage>>, String> {
-        let retention = Retention {
-            ms: topic.retention_ms,
-            bytes: topic.retention_bytes,
-        };
-        let config = self.log.log_config(&self.config, retention);
         let dir = self.partition_dir(&topic.name, index);
-        let (log, recovery) = open_log(&dir, config)
+        let (log, recovery) = Log::open(DmaStorage, &dir, self.replica_log_config(topic))
             .await
             .map_err(|error| error.to_string())?;
         if let Some(cut) = &recovery.truncated {
@@ -173,15 +173,15 @@ impl Shard {
         index: u32,
         placement: &PartitionEntry,
     ) -> Result<(), String> {
-        if let Some(existing) = self.partition(&topic.name, index)
-            && existing.topic_id == topic.id
+        if let Some(existing) = self.leader(&topic.name, index)
+            && existing.key.topic_id == topic.id
         {
             return Ok(());
         }
         let promoted = self
             .followers
             .borrow_mut()
-            .remove(&(topic.name.clone(), index))
+            .remove(&topic.name, index)
             .filter(|f| f.key.topic_id == topic.id);
         let (log, hw) = match promoted {
             Some(follower) => {
@@ -192,17 +192,13 @@ impl Shard {
             }
             None => (self.open_replica_log(topic, index).await?, 0),
         };
-        let key = ReplicaKey {
-            topic: topic.name.clone(),
-            topic_id: topic.id,
-            partition: index,
-        };
+        let key = replica_key(topic, index);
         let init = LeaderInit {
             key: key.clone(),
             shard: self.id.0,
             epoch: placement.leader_epoch,
             storage: DmaStorage,
-            log: Rc::clone(&log),
+            log,
             followers: placement.replicas.iter().skip(1).copied().collect(),
             min_insync: topic.min_insync,
             bounds: LAG_BOUNDS_DEFAULT,
@@ -221,19 +217,7 @@ impl Shard {
                 });
             }
         }));
-        let partition = Partition {
-            topic: topic.name.clone(),
-            topic_id: topic.id,
-            index,
-            leader_epoch: placement.leader_epoch,
-            log,
-            leader,
-        };
-        self.partitions
-            .borrow_mut()
-            .entry(topic.name.clone())
-            .or_default()
-            .insert(index, Rc::new(partition));
+        self.leaders.borrow_mut().insert(&topic.name, index, leader);
         Ok(())
     }
 
@@ -245,52 +229,35 @@ impl Shard {
         let existing = self
             .followers
             .borrow()
-            .get(&(topic.name.clone(), index))
+            .get(&topic.name, index)
             .is_some_and(|f| f.key.topic_id == topic.id);
         if existing {
             return Ok(());
         }
-        let demoted = self.take_partition(&topic.name, index);
+        let demoted = self.leaders.borrow_mut().remove(&topic.name, index);
         let log = match demoted {
-            Some(partition) if partition.topic_id == topic.id => {
-                partition.leader.stop_and_join().await;
+            Some(leader) if leader.key.topic_id == topic.id => {
+                leader.stop_and_join().await;
                 tracing::warn!(shard = %self.id, topic = %topic.name, partition = index, "leader demoted to follower");
-                Rc::clone(&partition.log)
+                Rc::clone(leader.log())
             }
             _ => self.open_replica_log(topic, index).await?,
         };
-        let retention = Retention {
-            ms: topic.retention_ms,
-            bytes: topic.retention_bytes,
-        };
-        let config = self.log.log_config(&self.config, retention);
-        let key = ReplicaKey {
-            topic: topic.name.clone(),
-            topic_id: topic.id,
-            partition: index,
-        };
-        let init = crate::replication::FollowerInit {
-            key,
+        let init = FollowerInit {
+            key: replica_key(topic, index),
             shard: self.id.0,
             storage: DmaStorage,
-            config,
+            config: self.replica_log_config(topic),
             log,
             known_hw: 0,
         };
-        let follower = crate::replication::Follower::start(init, self.runtime(), self.transport())
+        let follower = Follower::start(init, self.runtime(), self.transport())
             .await
             .map_err(|error| error.to_string())?;
         self.followers
             .borrow_mut()
-            .insert((topic.name.clone(), index), follower);
+            .insert(&topic.name, index, follower);
         Ok(())
-    }
-
-    fn take_partition(&self, topic: &str, index: u32) -> Option<Rc<Partition>> {
-        let mut partitions = self.partitions.borrow_mut();
-        let taken = partitions.get_mut(topic)?.remove(&index);
-        partitions.retain(|_, p| !p.is_empty());
-        taken
     }
 
     /// Asks the control plane (shard 0) to move leadership of a partition whose leader log
@@ -307,6 +274,14 @@ impl Shard {
                 })
                 .await;
         }
+    }
+}
+
+fn replica_key(topic: &TopicEntry, index: u32) -> ReplicaKey {
+    ReplicaKey {
+        topic: topic.name.clone(),
+        topic_id: topic.id,
+        partition: index,
     }
 }
 
