@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use protocol::{Acks, BatchError, BatchView, Batches};
+use protocol::{Acks, BatchError, BatchHeader, BatchView, Batches};
 
 use crate::log::epochs::EpochCache;
 use crate::log::notify::Notify;
@@ -843,27 +843,16 @@ impl<S: Storage + 'static> Leader<S> {
                     return;
                 }
             };
-            let mut end = sent_upto;
-            for batch in Batches::new(&batches) {
-                match batch {
-                    Ok(batch) => end = batch.next_offset(),
-                    Err(_) => break,
-                }
-            }
+            let end = end_offset(&batches).unwrap_or(sent_upto);
             if end <= sent_upto {
                 self.wait_change(seen, TICK_INTERVAL).await;
                 continue;
             }
-            let follower_synced = self
+            let (in_sync, follower_synced) = self
                 .state
                 .borrow()
                 .follower(follower)
-                .map_or(0, |f| f.synced);
-            let in_sync = self
-                .state
-                .borrow()
-                .follower(follower)
-                .is_some_and(|f| f.in_sync);
+                .map_or((false, 0), |f| (f.in_sync, f.synced));
             let sync = !in_sync || self.sync_wanted.get() > follower_synced;
             let bytes = batches.len() as u64;
             let message = ReplMessage::Append {
@@ -892,6 +881,22 @@ impl<S: Storage + 'static> Leader<S> {
             }
         }
     }
+}
+
+/// The offset after the last of `batches` (whole batches as `Log::read` returns them, each
+/// already checked against its crc there): walks the headers only.
+fn end_offset(batches: &[u8]) -> Option<u64> {
+    let mut rest = batches;
+    let mut end = None;
+    while let Ok(header) = BatchHeader::parse(rest) {
+        end = Some(header.next_offset());
+        // The read checked every length; the guard only keeps a bad one from looping.
+        match rest.get(header.batch_len as usize..) {
+            Some(after) if after.len() < rest.len() => rest = after,
+            _ => break,
+        }
+    }
+    end
 }
 
 /// A follower replica of a partition: appends what its leader sends.
