@@ -14,10 +14,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use protocol::api::MetadataRequest;
-
-mod common;
 use protocol::limits::FRAME_BYTES_MAX;
 use protocol::{FrameBuf, encode_frame};
+
+mod common;
 
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -13,16 +13,13 @@
 )]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
-};
+use client::{Acks, Client, ClientConfig};
 
 mod common;
 
@@ -90,92 +87,15 @@ impl Drop for LoopMount {
     }
 }
 
+/// Starts the broker with the profile at `config`; its log goes to stderr with
+/// `RINGMQ_TEST_LOG` set.
 fn serve(config: &Path, data: &Path) -> (Child, String) {
-    let mut child = common::ringmq()
-        .args(["serve", "--port", "0", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("RINGMQ_TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .strip_prefix("ringmq serving on ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    (child, address)
-}
-
-fn value(partition: u32, seq: u64) -> String {
-    format!("p{partition}-{seq:08}")
-}
-
-/// Reads every partition from the start until every record of `acked` was seen or 15 s
-/// passed (after a restart the high watermark waits for the follower to report). Errors
-/// (a broker still opening its replicas) are retried until then.
-fn read_back(address: &str, acked: &BTreeSet<(u32, u64)>) -> BTreeSet<(u32, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut seen = BTreeSet::new();
-    loop {
-        if let Err(error) = read_all(address, deadline, &mut seen) {
-            eprintln!("reading back: {error}");
-        }
-        if acked.is_subset(&seen) || Instant::now() > deadline {
-            return seen;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// One pass over every partition up to its end, until `deadline` at most.
-fn read_all(
-    address: &str,
-    deadline: Instant,
-    seen: &mut BTreeSet<(u32, u64)>,
-) -> Result<(), String> {
-    let client = Client::connect(address, ClientConfig::default()).map_err(|e| e.to_string())?;
-    let mut consumer =
-        Consumer::new(client, ConsumerConfig::default()).map_err(|e| e.to_string())?;
-    for partition in 0..PARTITIONS {
-        consumer
-            .assign("t", partition, StartOffset::Earliest)
-            .map_err(|e| e.to_string())?;
-        let end = consumer
-            .client()
-            .list_offsets("t", partition, client::OffsetSpec::Latest)
-            .map_err(|e| e.to_string())?;
-        let mut position = 0;
-        while position < end {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "t-{partition}: read to {position} of {end} in time"
-                ));
-            }
-            for record in consumer
-                .poll(Duration::from_millis(500))
-                .map_err(|e| e.to_string())?
-            {
-                let text = String::from_utf8(record.value).unwrap();
-                let seq: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
-                seen.insert((record.partition, seq));
-                if record.partition == partition {
-                    position = record.offset + 1;
-                }
-            }
-        }
-        consumer.unassign("t", partition);
-    }
-    Ok(())
+    let stderr = if std::env::var_os("RINGMQ_TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    common::serve_profile(config, data, stderr)
 }
 
 /// Copies a directory tree (a replica's files).
@@ -209,7 +129,7 @@ fn read_back_follower_copy(
     acked: &BTreeSet<(u32, u64)>,
 ) -> BTreeSet<(u32, u64)> {
     let (mut solo, address) = serve(solo_config, solo_data);
-    let seen = read_back(&address, acked);
+    let seen = common::read_back(&address, PARTITIONS, acked);
     solo.kill().unwrap();
     solo.wait().unwrap();
     seen
@@ -217,7 +137,7 @@ fn read_back_follower_copy(
 
 #[test]
 fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
-    let root = unsafe_is_root();
+    let root = is_root();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if !root || cores < 2 {
         println!("SKIPPED: needs root (loop mount) and 2 cores; root={root} cores={cores}");
@@ -289,63 +209,20 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
     for cycle in 0..cycles {
         let acked: Arc<Mutex<BTreeSet<(u32, u64)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let producer_thread = {
-            let (acked, stop, address) = (Arc::clone(&acked), Arc::clone(&stop), address.clone());
-            let led_by_0 = led_by_0.clone();
-            let first = next_seq;
-            std::thread::spawn(move || {
-                let client = Client::connect(&address, ClientConfig::default()).unwrap();
-                let acks = if cycle % 2 == 0 {
-                    Acks::All
-                } else {
-                    Acks::AllFsync
-                };
-                let config = ProducerConfig {
-                    acks,
-                    linger: Duration::from_millis(1),
-                    ..ProducerConfig::default()
-                };
-                let mut producer = Producer::new(client, config).unwrap();
-                let mut seq = first;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut sent = Vec::new();
-                    for _ in 0..20 {
-                        // Cycle 2 freezes the follower's filesystem of the partitions led by
-                        // shard 0: only they could still take (and wrongly acknowledge) writes.
-                        let partition = if cycle == 2 {
-                            led_by_0[(seq % led_by_0.len() as u64) as usize]
-                        } else {
-                            (seq % u64::from(PARTITIONS)) as u32
-                        };
-                        if let Err(error) =
-                            producer.send("t", partition, b"", value(partition, seq).as_bytes())
-                        {
-                            eprintln!("send failed: {error}");
-                            return seq;
-                        }
-                        sent.push((partition, seq));
-                        seq += 1;
-                    }
-                    let flush_started = Instant::now();
-                    let flushed = producer.flush();
-                    if std::env::var_os("RINGMQ_TEST_LOG").is_some() {
-                        eprintln!(
-                            "flush took {:?}: {:?}",
-                            flush_started.elapsed(),
-                            flushed.as_ref().err().map(|e| e.to_string())
-                        );
-                    }
-                    match flushed {
-                        Ok(_) => acked.lock().unwrap().extend(sent),
-                        Err(error) => {
-                            eprintln!("flush failed: {error}");
-                            return seq;
-                        }
-                    }
-                }
-                seq
-            })
+        let acks = if cycle % 2 == 0 {
+            Acks::All
+        } else {
+            Acks::AllFsync
         };
+        // Cycle 2 freezes the follower's filesystem of the partitions led by shard 0: only
+        // they could still take (and wrongly acknowledge) writes.
+        let partitions = if cycle == 2 {
+            led_by_0.clone()
+        } else {
+            (0..PARTITIONS).collect()
+        };
+        let producer_thread =
+            common::spawn_producer(&address, acks, next_seq, partitions, &acked, &stop);
         // Kill under load: once acknowledgements flow (the follower has joined), a little later.
         let flowing = Instant::now() + Duration::from_secs(20);
         while acked.lock().unwrap().is_empty() && Instant::now() < flowing {
@@ -381,23 +258,15 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
 
         // `all`: the follower wrote every acknowledged record (kill -9 keeps written data).
         let on_follower = read_back_follower_copy(&solo_config, &solo_data, &acked);
-        let missing: Vec<_> = acked.difference(&on_follower).collect();
-        assert!(
-            missing.is_empty(),
-            "cycle {cycle}: {} acknowledged records missing from the follower's replica, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
+        common::assert_none_lost(
+            &acked,
+            &on_follower,
+            &format!("cycle {cycle}, the follower's replica"),
         );
 
         (broker, address) = serve(&config, &data);
-        let seen = read_back(&address, &acked);
-        let lost: Vec<_> = acked.difference(&seen).collect();
-        assert!(
-            lost.is_empty(),
-            "cycle {cycle}: {} acknowledged records lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        let seen = common::read_back(&address, PARTITIONS, &acked);
+        common::assert_none_lost(&acked, &seen, &format!("cycle {cycle}"));
     }
     // Both filesystems hold a replica of each partition.
     for partition in 0..PARTITIONS {
@@ -418,14 +287,8 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
         std::fs::remove_dir_all(data.join("shard-0").join(format!("t-{partition}"))).unwrap();
     }
     (broker, address) = serve(&config, &data);
-    let seen = read_back(&address, &acked_all);
-    let lost: Vec<_> = acked_all.difference(&seen).collect();
-    assert!(
-        lost.is_empty(),
-        "shard 0's replicas gone: {} acknowledged records lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    let seen = common::read_back(&address, PARTITIONS, &acked_all);
+    common::assert_none_lost(&acked_all, &seen, "shard 0's replicas gone");
     let mut client = Client::connect(&address, ClientConfig::default()).unwrap();
     let metadata = client.metadata().unwrap().clone();
     for partition in &metadata.topic("t").unwrap().partitions {
@@ -443,7 +306,7 @@ fn kill_9_with_acks_all_over_two_filesystems_loses_nothing_acknowledged() {
 }
 
 /// Whether this process runs as root (it may mount).
-fn unsafe_is_root() -> bool {
+fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -13,17 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
-};
+use client::{Acks, Client, ClientConfig};
 
 mod common;
 
 const PARTITIONS: u32 = 2;
-
-fn value(partition: u32, seq: u64) -> String {
-    format!("p{partition}-{seq:08}")
-}
 
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_record() {
@@ -38,45 +32,19 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
     for cycle in 0..3 {
         let acked: Arc<Mutex<BTreeSet<(u32, u64)>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let producer_thread = {
-            let (acked, stop, address) = (Arc::clone(&acked), Arc::clone(&stop), address.clone());
-            let first = next_seq;
-            std::thread::spawn(move || {
-                let client = Client::connect(&address, ClientConfig::default()).unwrap();
-                let acks = if cycle % 2 == 0 {
-                    Acks::Leader
-                } else {
-                    Acks::LeaderFsync
-                };
-                let config = ProducerConfig {
-                    acks,
-                    linger: Duration::from_millis(1),
-                    ..ProducerConfig::default()
-                };
-                let mut producer = Producer::new(client, config).unwrap();
-                let mut seq = first;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut sent = Vec::new();
-                    for _ in 0..20 {
-                        let partition = (seq % u64::from(PARTITIONS)) as u32;
-                        if producer
-                            .send("t", partition, b"", value(partition, seq).as_bytes())
-                            .is_err()
-                        {
-                            return seq;
-                        }
-                        sent.push((partition, seq));
-                        seq += 1;
-                    }
-                    // flush acknowledges every record sent so far, or fails (broker killed).
-                    match producer.flush() {
-                        Ok(_) => acked.lock().unwrap().extend(sent),
-                        Err(_) => return seq,
-                    }
-                }
-                seq
-            })
+        let acks = if cycle % 2 == 0 {
+            Acks::Leader
+        } else {
+            Acks::LeaderFsync
         };
+        let producer_thread = common::spawn_producer(
+            &address,
+            acks,
+            next_seq,
+            (0..PARTITIONS).collect(),
+            &acked,
+            &stop,
+        );
         std::thread::sleep(Duration::from_millis(300 + 200 * cycle));
         broker.kill().unwrap(); // SIGKILL
         broker.wait().unwrap();
@@ -90,37 +58,8 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         acked_total += acked.len();
 
         (broker, address) = common::serve(data.path(), Stdio::null());
-        let client = Client::connect(&address, ClientConfig::default()).unwrap();
-        let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
-        let mut seen = BTreeSet::new();
-        for partition in 0..PARTITIONS {
-            consumer
-                .assign("t", partition, StartOffset::Earliest)
-                .unwrap();
-            let end = consumer
-                .client()
-                .list_offsets("t", partition, client::OffsetSpec::Latest)
-                .unwrap();
-            let mut position = 0;
-            while position < end {
-                for record in consumer.poll(Duration::from_millis(500)).unwrap() {
-                    let text = String::from_utf8(record.value).unwrap();
-                    let seq: u64 = text.rsplit('-').next().unwrap().parse().unwrap();
-                    seen.insert((record.partition, seq));
-                    if record.partition == partition {
-                        position = record.offset + 1;
-                    }
-                }
-            }
-            consumer.unassign("t", partition);
-        }
-        let lost: Vec<_> = acked.difference(&seen).collect();
-        assert!(
-            lost.is_empty(),
-            "cycle {cycle}: {} acknowledged records lost, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        let seen = common::read_back(&address, PARTITIONS, &acked);
+        common::assert_none_lost(&acked, &seen, &format!("cycle {cycle}"));
     }
     broker.kill().unwrap();
     broker.wait().unwrap();

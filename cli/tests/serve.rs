@@ -8,13 +8,13 @@
 )]
 
 use std::process::{Command, Stdio};
-
-mod common;
 use std::time::Duration;
 
 use client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
 };
+
+mod common;
 
 fn tiny() -> String {
     std::fs::read_to_string(common::TINY).unwrap()

@@ -13,17 +13,15 @@
     clippy::panic
 )]
 
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use engine::log::sim::SimStorage;
-use engine::log::{Durability, Log, LogConfig, Preallocate, Retention};
-use engine::replication::state::LagBounds;
-use engine::replication::{
-    Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, ReplicaKey, Runtime, Transport,
-};
+use engine::replication::{Leader, LocalFuture, ReplError, ReplMessage, Runtime, Transport};
 use protocol::{Acks, BatchBuilder};
+
+mod common;
+use common::{leader_init, open_log};
 
 /// A runtime whose timers last a number of executor turns: a timeout of 0 fires on the
 /// second poll, while the produce it races is inside the log's commit.
@@ -71,73 +69,42 @@ fn batch(i: u32) -> Vec<u8> {
 #[test]
 fn timed_out_produces_never_wedge_the_log() {
     for seed in 0..20u64 {
-        let joined = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let storage = SimStorage::new(seed);
-                let config = LogConfig {
-                    segment_bytes: 2 << 20,
-                    index_interval_bytes: 4096,
-                    write_buffer_bytes: (1 << 20) + 8192,
-                    durability: Durability::Fdatasync,
-                    preallocate: Preallocate::Zero,
-                    retention: Retention::default(),
-                    group_commit_window_us: 0,
-                    group_commit_bytes: 64 << 10,
-                };
-                let dir = PathBuf::from("/data0/t-0");
-                let (log, _) = Log::open(storage.clone(), &dir, config).await.unwrap();
-                let init = LeaderInit {
-                    key: ReplicaKey {
-                        topic: "t".into(),
-                        topic_id: 1,
-                        partition: 0,
-                    },
-                    shard: 0,
-                    epoch: 1,
-                    storage,
-                    log: Rc::new(log),
-                    followers: vec![],
-                    min_insync: 1,
-                    bounds: LagBounds {
-                        time_us: 1_000_000,
-                        bytes: 1 << 20,
-                    },
-                    hw: 0,
-                };
-                let leader = Leader::start(init, Rc::new(Turns), Rc::new(Nowhere))
-                    .await
-                    .unwrap();
-                let (mut timed_out, mut acked) = (0, 0);
-                for i in 0..40 {
-                    let acks = if i % 2 == 0 {
-                        Acks::LeaderFsync
-                    } else {
-                        Acks::Leader
-                    };
-                    match leader.produce(&batch(i), acks, Duration::ZERO).await {
-                        Err(ReplError::InDoubt(_)) => timed_out += 1,
-                        Ok(_) => acked += 1,
-                        Err(error) => panic!("seed {seed}: produce {i}: {error}"),
-                    }
-                    let patient = leader
-                        .produce(&batch(i), acks, Duration::from_millis(50))
-                        .await;
-                    assert!(
-                        patient.is_ok(),
-                        "seed {seed}: produce {i} after a timed-out one: {patient:?} \
-                         (the log is stuck behind an abandoned commit)"
-                    );
-                }
-                leader.stop();
-                (timed_out, acked)
-            })
-            .unwrap()
-            .join()
+        common::run(move || async move {
+            let storage = SimStorage::new(seed);
+            let log = open_log(&storage, 0).await;
+            let leader = Leader::start(
+                leader_init(&storage, 0, log),
+                Rc::new(Turns),
+                Rc::new(Nowhere),
+            )
+            .await
             .unwrap();
-        assert!(
-            joined.0 > 0,
-            "seed {seed}: no produce timed out, so nothing was tested"
-        );
+            let mut timed_out = 0;
+            for i in 0..40 {
+                let acks = if i % 2 == 0 {
+                    Acks::LeaderFsync
+                } else {
+                    Acks::Leader
+                };
+                match leader.produce(&batch(i), acks, Duration::ZERO).await {
+                    Err(ReplError::InDoubt(_)) => timed_out += 1,
+                    Ok(_) => {}
+                    Err(error) => panic!("seed {seed}: produce {i}: {error}"),
+                }
+                let patient = leader
+                    .produce(&batch(i), acks, Duration::from_millis(50))
+                    .await;
+                assert!(
+                    patient.is_ok(),
+                    "seed {seed}: produce {i} after a timed-out one: {patient:?} \
+                     (the log is stuck behind an abandoned commit)"
+                );
+            }
+            leader.stop();
+            assert!(
+                timed_out > 0,
+                "seed {seed}: no produce timed out, so nothing was tested"
+            );
+        });
     }
 }

@@ -11,84 +11,24 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use engine::control::catalog::Catalog;
 use engine::log::epochs::EpochCache;
 use engine::log::sim::{Fault, Op, SimStorage};
-use engine::log::{Durability, Log, LogConfig, Preallocate, Retention};
-use engine::replication::state::LagBounds;
 use engine::replication::{
-    Follower, FollowerInit, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplError,
-    ReplMessage, ReplicaKey, Runtime, Transport,
+    Follower, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, Runtime,
+    Transport,
 };
 use protocol::api::CreateTopicRequest;
-use protocol::{Acks, BatchBuilder, Batches};
+use protocol::{Acks, BatchBuilder};
 
-fn config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 2 << 20,
-        index_interval_bytes: 4096,
-        write_buffer_bytes: (1 << 20) + 8192,
-        durability: Durability::Fdatasync,
-        preallocate: Preallocate::Zero,
-        retention: Retention::default(),
-        group_commit_window_us: 0,
-        group_commit_bytes: 64 << 10,
-    }
-}
-
-const BOUNDS: LagBounds = LagBounds {
-    time_us: 400_000,
-    bytes: 8 << 20,
-};
-
-#[derive(Clone)]
-struct SimRt {
-    now: Rc<Cell<u64>>,
-}
-
-impl Runtime for SimRt {
-    fn now_us(&self) -> u64 {
-        self.now.get()
-    }
-    fn sleep(&self, duration: Duration) -> LocalFuture<()> {
-        let now = Rc::clone(&self.now);
-        let until = now.get() + duration.as_micros() as u64;
-        Box::pin(async move {
-            while now.get() < until {
-                futures_lite::future::yield_now().await;
-            }
-        })
-    }
-    fn spawn(&self, task: LocalFuture<()>) {
-        glommio::spawn_local(task).detach();
-    }
-}
-
-async fn ticker(now: Rc<Cell<u64>>, stop: Rc<Cell<bool>>) {
-    while !stop.get() {
-        futures_lite::future::yield_now().await;
-        now.set(now.get() + 20);
-    }
-}
+mod common;
+use common::{SimRt, dir, key, leader_init, open_log, records, run, start_follower, start_leader};
 
 async fn settle(rt: &SimRt, us: u64) {
     rt.sleep(Duration::from_micros(us)).await;
-}
-
-fn key() -> ReplicaKey {
-    ReplicaKey {
-        topic: "t".into(),
-        topic_id: 1,
-        partition: 0,
-    }
-}
-
-fn dir(shard: u16) -> PathBuf {
-    PathBuf::from(format!("/data{shard}/t-0"))
 }
 
 fn batch(tag: &str, count: u32) -> Vec<u8> {
@@ -102,18 +42,8 @@ fn batch(tag: &str, count: u32) -> Vec<u8> {
     builder.seal().unwrap().to_vec()
 }
 
-fn values(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    Batches::new(bytes)
-        .flat_map(|b| {
-            let b = b.unwrap();
-            b.records()
-                .map(|r| (r.offset, r.value.to_vec()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// Shard-indexed nodes; `up[i]` false drops messages to shard i (not opened yet).
+/// Shard-indexed nodes, one FIFO for every message in send order; `up[i]` false drops
+/// messages to shard i (not opened yet).
 struct Net {
     leaders: RefCell<Vec<Option<Rc<Leader<SimStorage>>>>>,
     followers: RefCell<Vec<Option<Rc<Follower<SimStorage>>>>>,
@@ -124,11 +54,10 @@ struct Net {
     stop: Cell<bool>,
 }
 
-struct NetHandle(Rc<Net>);
-impl Transport for NetHandle {
+impl Transport for Net {
     fn send(&self, to: u16, message: ReplMessage) -> LocalFuture<bool> {
-        self.0.sent.borrow_mut().push((to, message.clone()));
-        self.0.queue.borrow_mut().push_back((to, message));
+        self.sent.borrow_mut().push((to, message.clone()));
+        self.queue.borrow_mut().push_back((to, message));
         Box::pin(async { true })
     }
 }
@@ -171,23 +100,10 @@ fn net(n: usize) -> Rc<Net> {
     })
 }
 
-fn run_local<F: std::future::Future<Output = ()> + 'static>(
-    f: impl FnOnce() -> F + Send + 'static,
-) {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(move || async move { f().await })
-        .unwrap()
-        .join()
-        .unwrap();
-}
-
 /// Writes `batches` (all epoch 1) into a fresh log on `disk`, syncs, closes, and records
 /// epoch 1 from 0 in its epoch cache: the state a replica has after a kill -9.
 async fn prepare(disk: &SimStorage, shard: u16, batches: &[Vec<u8>]) {
-    let (log, _) = Log::open(disk.clone(), &dir(shard), config())
-        .await
-        .unwrap();
+    let log = open_log(disk, shard).await;
     EpochCache::from_entries(vec![(1, 0)])
         .unwrap()
         .persist(disk, &dir(shard))
@@ -199,6 +115,18 @@ async fn prepare(disk: &SimStorage, shard: u16, batches: &[Vec<u8>]) {
     let next = log.offsets().next;
     log.wait_synced(next).await.unwrap();
     log.close().await.unwrap();
+}
+
+/// The batches an old leader on `shard` stamped for A [0,2) and B [2,4) in epoch 1, as it
+/// streams them to its followers.
+async fn old_leader_a_and_b(disk: &SimStorage, shard: u16) -> Vec<u8> {
+    let log = open_log(disk, shard).await;
+    log.append(&batch("A", 2), 1).await.unwrap();
+    log.append(&batch("B", 2), 1).await.unwrap();
+    log.wait_written(4).await.unwrap();
+    let stamped = log.read(0, 1 << 20, 4).await.unwrap().to_vec();
+    log.close().await.unwrap();
+    stamped
 }
 
 /// The leader epoch of `t-0` in the catalogue a restarted broker runs, the topic having been
@@ -225,12 +153,9 @@ fn restarted_epoch() -> u32 {
 /// is acknowledged with the watermark covering C though the follower holds B there.
 #[test]
 fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
-        let stop = Rc::new(Cell::new(false));
-        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
         let disks = [SimStorage::new(1), SimStorage::new(2)];
         let a = batch("A", 2);
         prepare(&disks[0], 0, std::slice::from_ref(&a)).await;
@@ -239,44 +164,17 @@ fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
         let net = net(2);
         glommio::spawn_local(pump(Rc::clone(&net))).detach();
         net.up.borrow_mut()[1] = false; // shard 1 still opening its replica
-        let (llog, _) = Log::open(disks[0].clone(), &dir(0), config())
-            .await
-            .unwrap();
-        let leader = Leader::start(
-            LeaderInit {
-                key: key(),
-                shard: 0,
-                epoch: restarted_epoch(), // the catalogue's epoch after the restart
-                storage: disks[0].clone(),
-                log: Rc::new(llog),
-                followers: vec![1],
-                min_insync: 2,
-                bounds: BOUNDS,
-                hw: 0,
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let llog = open_log(&disks[0], 0).await;
+        let init = LeaderInit {
+            epoch: restarted_epoch(), // the catalogue's epoch after the restart
+            followers: vec![1],
+            min_insync: 2,
+            ..leader_init(&disks[0], 0, llog)
+        };
+        let leader = start_leader(init, &rt, net.clone()).await;
         net.leaders.borrow_mut()[0] = Some(Rc::clone(&leader));
-        let (flog, _) = Log::open(disks[1].clone(), &dir(1), config())
-            .await
-            .unwrap();
-        let follower = Follower::start(
-            FollowerInit {
-                key: key(),
-                shard: 1,
-                storage: disks[1].clone(),
-                config: config(),
-                log: Rc::new(flog),
-                known_hw: 0,
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let flog = open_log(&disks[1], 1).await;
+        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
         net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
 
         // Right after the restart, before the follower's replica is open: an `acks=leader`
@@ -314,11 +212,11 @@ fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
         eprintln!(
             "produce={:?} hw={hw} leader={:?} follower={:?} truncations={}",
             result.as_ref().map(|a| (a.base_offset, a.next_offset)),
-            values(&l_bytes),
-            values(&f_bytes),
+            records(&l_bytes),
+            records(&f_bytes),
             follower.truncations()
         );
-        stop.set(true);
+        rt.stop_ticking();
         net.stop.set(true);
         leader.stop();
         follower.stop();
@@ -327,8 +225,8 @@ fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
             "setup: acks=all produce should be acked here"
         );
         assert_eq!(
-            values(&l_bytes),
-            values(&f_bytes),
+            records(&l_bytes),
+            records(&f_bytes),
             "acks=all acknowledged (and the watermark covers) records the in-sync follower \
              holds other data for"
         );
@@ -341,42 +239,16 @@ fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
 /// which wakes the report): the new leader is told the follower holds its divergent tail.
 #[test]
 fn a_report_from_before_a_truncation_never_answers_the_probe() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
-        let stop = Rc::new(Cell::new(false));
-        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
         let disks = [SimStorage::new(1), SimStorage::new(2)];
-        // The old leader's stamped batches A [0,2) and B [2,4), epoch 1.
-        let (olog, _) = Log::open(disks[0].clone(), &dir(0), config())
-            .await
-            .unwrap();
-        olog.append(&batch("A", 2), 1).await.unwrap();
-        olog.append(&batch("B", 2), 1).await.unwrap();
-        olog.wait_written(4).await.unwrap();
-        let stamped = olog.read(0, 1 << 20, 4).await.unwrap();
-        olog.close().await.unwrap();
+        let stamped = old_leader_a_and_b(&disks[0], 0).await;
 
         let net = net(2);
         net.up.borrow_mut()[0] = false; // record only
-        let (flog, _) = Log::open(disks[1].clone(), &dir(1), config())
-            .await
-            .unwrap();
-        let follower = Follower::start(
-            FollowerInit {
-                key: key(),
-                shard: 1,
-                storage: disks[1].clone(),
-                config: config(),
-                log: Rc::new(flog),
-                known_hw: 0,
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let flog = open_log(&disks[1], 1).await;
+        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
         follower.deliver(ReplMessage::Probe {
             key: key(),
             epoch: 1,
@@ -392,7 +264,7 @@ fn a_report_from_before_a_truncation_never_answers_the_probe() {
             from: 0,
             probe: 1,
             base: 0,
-            batches: stamped.to_vec(),
+            batches: stamped,
             hw: 0,
             sync: true,
         });
@@ -407,7 +279,7 @@ fn a_report_from_before_a_truncation_never_answers_the_probe() {
             leader_next: 2,
         });
         settle(&rt, 100_000).await;
-        stop.set(true);
+        rt.stop_ticking();
         let answers: Vec<_> = net
             .sent
             .borrow()
@@ -450,35 +322,23 @@ fn a_report_from_before_a_truncation_never_answers_the_probe() {
 /// never answered a probe at all), i.e. an unclean election with unclean election off.
 #[test]
 fn failover_candidates_are_only_followers_that_joined_this_term() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
-        let stop = Rc::new(Cell::new(false));
-        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
         let disk = SimStorage::new(1);
         prepare(&disk, 0, &[batch("A", 2)]).await;
         let net = net(3);
         net.up.borrow_mut()[2] = false; // shard 2's replica: far behind / silent
         net.up.borrow_mut()[1] = false;
-        let (llog, _) = Log::open(disk.clone(), &dir(0), config()).await.unwrap();
-        let leader = Leader::start(
-            LeaderInit {
-                key: key(),
-                shard: 0,
-                epoch: 2,
-                storage: disk.clone(),
-                log: Rc::new(llog),
-                followers: vec![1, 2],
-                min_insync: 2,
-                bounds: BOUNDS,
-                hw: 2,
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let llog = open_log(&disk, 0).await;
+        let init = LeaderInit {
+            epoch: 2,
+            followers: vec![1, 2],
+            min_insync: 2,
+            hw: 2,
+            ..leader_init(&disk, 0, llog)
+        };
+        let leader = start_leader(init, &rt, net.clone()).await;
         let asked: Rc<RefCell<Option<Vec<u16>>>> = Rc::default();
         let a2 = Rc::clone(&asked);
         leader.on_failed(Box::new(move |in_sync| *a2.borrow_mut() = Some(in_sync)));
@@ -493,7 +353,7 @@ fn failover_candidates_are_only_followers_that_joined_this_term() {
             .produce(&batch("X", 1), Acks::Leader, Duration::from_millis(50))
             .await;
         settle(&rt, 10_000).await;
-        stop.set(true);
+        rt.stop_ticking();
         leader.stop();
         let asked = asked.borrow().clone();
         eprintln!("failover asked with in_sync = {asked:?}");
@@ -510,44 +370,19 @@ fn failover_candidates_are_only_followers_that_joined_this_term() {
 /// healthy follower failed for the rest of the term (until a broker restart).
 #[test]
 fn a_stale_report_does_not_fail_a_healthy_follower() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
-        let stop = Rc::new(Cell::new(false));
-        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
         let disks = [SimStorage::new(1), SimStorage::new(2), SimStorage::new(3)];
-        let (olog, _) = Log::open(disks[2].clone(), &dir(2), config())
-            .await
-            .unwrap();
-        olog.append(&batch("A", 2), 1).await.unwrap();
-        olog.append(&batch("B", 2), 1).await.unwrap();
-        olog.wait_written(4).await.unwrap();
-        let stamped = olog.read(0, 1 << 20, 4).await.unwrap();
-        olog.close().await.unwrap();
+        let stamped = old_leader_a_and_b(&disks[2], 2).await;
         // New leader (shard 0): A only, epoch 2 from 2.
         prepare(&disks[0], 0, &[batch("A", 2)]).await;
 
         let net = net(3);
         glommio::spawn_local(pump(Rc::clone(&net))).detach();
         net.up.borrow_mut()[1] = false;
-        let (flog, _) = Log::open(disks[1].clone(), &dir(1), config())
-            .await
-            .unwrap();
-        let follower = Follower::start(
-            FollowerInit {
-                key: key(),
-                shard: 1,
-                storage: disks[1].clone(),
-                config: config(),
-                log: Rc::new(flog),
-                known_hw: 0,
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let flog = open_log(&disks[1], 1).await;
+        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
         net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
         // Old leader (shard 2, epoch 1) streamed A and B.
         follower.deliver(ReplMessage::Probe {
@@ -559,26 +394,15 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             leader_next: 0,
         });
         settle(&rt, 10_000).await;
-        let (llog, _) = Log::open(disks[0].clone(), &dir(0), config())
-            .await
-            .unwrap();
-        let leader = Leader::start(
-            LeaderInit {
-                key: key(),
-                shard: 0,
-                epoch: 2,
-                storage: disks[0].clone(),
-                log: Rc::new(llog),
-                followers: vec![1],
-                min_insync: 2,
-                bounds: BOUNDS,
-                hw: 2,
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let llog = open_log(&disks[0], 0).await;
+        let init = LeaderInit {
+            epoch: 2,
+            followers: vec![1],
+            min_insync: 2,
+            hw: 2,
+            ..leader_init(&disks[0], 0, llog)
+        };
+        let leader = start_leader(init, &rt, net.clone()).await;
         net.leaders.borrow_mut()[0] = Some(Rc::clone(&leader));
         follower.deliver(ReplMessage::Append {
             key: key(),
@@ -586,7 +410,7 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             from: 2,
             probe: 1,
             base: 0,
-            batches: stamped.to_vec(),
+            batches: stamped,
             hw: 0,
             sync: true,
         });
@@ -603,12 +427,12 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
         net.up.borrow_mut()[1] = true;
         settle(&rt, 3_000_000).await;
         let status = leader.status();
-        let view = leader_follower(&leader);
+        let view = leader.stats();
         eprintln!(
             "leader status {status:?}; follower log {:?}; view {view:?}",
             follower.log().offsets()
         );
-        stop.set(true);
+        rt.stop_ticking();
         net.stop.set(true);
         leader.stop();
         follower.stop();
@@ -620,10 +444,6 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
     });
 }
 
-fn leader_follower(leader: &Leader<SimStorage>) -> String {
-    format!("{:?}", leader.stats())
-}
-
 /// A follower that held A [0,2) and B [2,4) in epoch 1, started on `disks[1]`.
 async fn follower_with_a_and_b(
     disk: &SimStorage,
@@ -631,21 +451,8 @@ async fn follower_with_a_and_b(
     net: &Rc<Net>,
 ) -> Rc<Follower<SimStorage>> {
     prepare(disk, 1, &[batch("A", 2), batch("B", 2)]).await;
-    let (flog, _) = Log::open(disk.clone(), &dir(1), config()).await.unwrap();
-    Follower::start(
-        FollowerInit {
-            key: key(),
-            shard: 1,
-            storage: disk.clone(),
-            config: config(),
-            log: Rc::new(flog),
-            known_hw: 0,
-        },
-        Rc::new(rt.clone()),
-        Rc::new(NetHandle(Rc::clone(net))),
-    )
-    .await
-    .unwrap()
+    let flog = open_log(disk, 1).await;
+    start_follower(disk, 1, flog, rt, Rc::clone(net) as Rc<dyn Transport>).await
 }
 
 /// P5: a follower promoted while a probe's truncation is in progress hands over its log only
@@ -653,12 +460,9 @@ async fn follower_with_a_and_b(
 /// closed one (whose appends fail `Closed`, with no failover: the partition is stuck).
 #[test]
 fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
-        let stop = Rc::new(Cell::new(false));
-        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
         let disk = SimStorage::new(2);
         let net = net(3);
         let follower = follower_with_a_and_b(&disk, &rt, &net).await;
@@ -686,7 +490,7 @@ fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
             log.offsets(),
             appended.as_ref().map(|a| a.base_offset)
         );
-        stop.set(true);
+        rt.stop_ticking();
         assert_eq!(
             appended.map(|a| a.base_offset).ok(),
             Some(2),
@@ -702,12 +506,9 @@ fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
 /// replica's epoch stays.
 #[test]
 fn an_append_from_a_newer_epoch_without_a_probe_is_answered_resync_and_not_adopted() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
-        let stop = Rc::new(Cell::new(false));
-        glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&stop))).detach();
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
         let disk = SimStorage::new(2);
         let net = net(3);
         let follower = follower_with_a_and_b(&disk, &rt, &net).await;
@@ -732,7 +533,7 @@ fn an_append_from_a_newer_epoch_without_a_probe_is_answered_resync_and_not_adopt
         });
         settle(&rt, 10_000).await;
         let epoch_after = follower.epoch();
-        stop.set(true);
+        rt.stop_ticking();
         let answers: Vec<_> = net
             .sent
             .borrow()
@@ -763,34 +564,23 @@ fn an_append_from_a_newer_epoch_without_a_probe_is_answered_resync_and_not_adopt
 /// durable watermark is at most what it synced itself.
 #[test]
 fn a_promoted_leader_claims_no_more_synced_than_it_synced() {
-    run_local(|| async {
-        let rt = SimRt {
-            now: Rc::new(Cell::new(0)),
-        };
+    run(|| async {
+        let rt = SimRt::default();
         let disk = SimStorage::new(1);
-        let (log, _) = Log::open(disk.clone(), &dir(0), config()).await.unwrap();
+        let log = open_log(&disk, 0).await;
         log.append(&batch("A", 2), 1).await.unwrap();
         log.wait_written(2).await.unwrap();
         let synced = log.offsets().synced;
         assert!(synced < 2, "setup: written, not synced");
         let net = net(2);
-        let leader = Leader::start(
-            LeaderInit {
-                key: key(),
-                shard: 0,
-                epoch: 2,
-                storage: disk.clone(),
-                log: Rc::new(log),
-                followers: vec![1],
-                min_insync: 1,
-                bounds: BOUNDS,
-                hw: 2, // known from the previous leader
-            },
-            Rc::new(rt.clone()),
-            Rc::new(NetHandle(Rc::clone(&net))),
-        )
-        .await
-        .unwrap();
+        let init = LeaderInit {
+            epoch: 2,
+            followers: vec![1],
+            min_insync: 1,
+            hw: 2, // known from the previous leader
+            ..leader_init(&disk, 0, log)
+        };
+        let leader = start_leader(init, &rt, net.clone()).await;
         let status = leader.status();
         leader.stop();
         assert_eq!(status.hw, 2);

@@ -23,20 +23,20 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use engine::log::Log;
 use engine::log::sim::{CrashMode, Fault, Op, SimStorage};
-use engine::log::{Durability, Log, LogConfig, Preallocate, Retention};
-use engine::replication::state::LagBounds;
 use engine::replication::{
-    Follower, FollowerInit, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, ReplicaKey,
-    Runtime, Transport,
+    Follower, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, Runtime, Transport,
 };
 use protocol::{Acks, BatchBuilder, Batches};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+mod common;
+use common::{SimRt, leader_init, open_log, records, start_follower, start_leader};
 
 fn seeds(count: u64) -> Vec<u64> {
     match std::env::var("RINGMQ_SEED") {
@@ -65,50 +65,6 @@ fn for_each_seed(count: u64, scenario: Scenario) {
     );
 }
 
-fn config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 2 << 20,
-        index_interval_bytes: 4096,
-        write_buffer_bytes: (1 << 20) + 8192,
-        durability: Durability::Fdatasync,
-        preallocate: Preallocate::Zero,
-        retention: Retention::default(),
-        group_commit_window_us: 0,
-        group_commit_bytes: 64 << 10,
-    }
-}
-
-const BOUNDS: LagBounds = LagBounds {
-    time_us: 400_000,
-    bytes: 8 << 20,
-};
-
-/// Virtual time: advanced by a ticker task; sleeping tasks yield until it passes.
-#[derive(Clone)]
-struct SimRt {
-    now: Rc<Cell<u64>>,
-}
-
-impl Runtime for SimRt {
-    fn now_us(&self) -> u64 {
-        self.now.get()
-    }
-
-    fn sleep(&self, duration: Duration) -> LocalFuture<()> {
-        let now = Rc::clone(&self.now);
-        let until = now.get() + duration.as_micros() as u64;
-        Box::pin(async move {
-            while now.get() < until {
-                futures_lite::future::yield_now().await;
-            }
-        })
-    }
-
-    fn spawn(&self, task: LocalFuture<()>) {
-        glommio::spawn_local(task).detach();
-    }
-}
-
 enum Node {
     Leader(Rc<Leader<SimStorage>>),
     Follower(Rc<Follower<SimStorage>>),
@@ -123,11 +79,9 @@ struct Net {
     stopped: Cell<bool>,
 }
 
-struct NetHandle(Rc<Net>);
-
-impl Transport for NetHandle {
+impl Transport for Net {
     fn send(&self, to: u16, message: ReplMessage) -> LocalFuture<bool> {
-        let queued = match self.0.queues.borrow_mut().get_mut(usize::from(to)) {
+        let queued = match self.queues.borrow_mut().get_mut(usize::from(to)) {
             Some(queue) => {
                 queue.push_back(message);
                 true
@@ -180,18 +134,6 @@ enum Scenario {
     PowerLoss,
 }
 
-fn key() -> ReplicaKey {
-    ReplicaKey {
-        topic: "t".into(),
-        topic_id: 1,
-        partition: 0,
-    }
-}
-
-fn dir(shard: u16) -> PathBuf {
-    PathBuf::from(format!("/data{shard}/t-0"))
-}
-
 /// A batch of `count` records whose values name `(producer, seq)`.
 fn batch(producer: u32, seq: u32, count: u32) -> Vec<u8> {
     let mut builder = BatchBuilder::new();
@@ -203,18 +145,6 @@ fn batch(producer: u32, seq: u32, count: u32) -> Vec<u8> {
             .expect("append");
     }
     builder.seal().expect("seal").to_vec()
-}
-
-/// Every record in `bytes` as (offset, value).
-fn records(bytes: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    Batches::new(bytes)
-        .flat_map(|b| {
-            let b = b.expect("served batches are valid");
-            b.records()
-                .map(|r| (r.offset, r.value.to_vec()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 async fn read_range(log: &Log<SimStorage>, from: u64, to: u64) -> Vec<u8> {
@@ -312,52 +242,28 @@ async fn start_pair(
     hw: u64,
     leader_failed: &Rc<Cell<bool>>,
 ) -> (Rc<Leader<SimStorage>>, Rc<Follower<SimStorage>>) {
-    let open = |shard: u16| {
-        let disk = disks[usize::from(shard)].clone();
-        async move {
-            Rc::new(
-                Log::open(disk, &dir(shard), config())
-                    .await
-                    .expect("open log")
-                    .0,
-            )
-        }
+    let leader_disk = &disks[usize::from(leader_shard)];
+    let follower_disk = &disks[usize::from(follower_shard)];
+    let leader_log = open_log(leader_disk, leader_shard).await;
+    let follower_log = open_log(follower_disk, follower_shard).await;
+    let init = LeaderInit {
+        epoch,
+        followers: vec![follower_shard],
+        min_insync,
+        hw,
+        ..leader_init(leader_disk, leader_shard, leader_log)
     };
-    let leader_log = open(leader_shard).await;
-    let follower_log = open(follower_shard).await;
-    let leader = Leader::start(
-        LeaderInit {
-            key: key(),
-            shard: leader_shard,
-            epoch,
-            storage: disks[usize::from(leader_shard)].clone(),
-            log: leader_log,
-            followers: vec![follower_shard],
-            min_insync,
-            bounds: BOUNDS,
-            hw,
-        },
-        Rc::new(rt.clone()),
-        Rc::new(NetHandle(Rc::clone(net))),
-    )
-    .await
-    .expect("start leader");
+    let leader = start_leader(init, rt, Rc::clone(net) as Rc<dyn Transport>).await;
     let failed = Rc::clone(leader_failed);
     leader.on_failed(Box::new(move |_| failed.set(true)));
-    let follower = Follower::start(
-        FollowerInit {
-            key: key(),
-            shard: follower_shard,
-            storage: disks[usize::from(follower_shard)].clone(),
-            config: config(),
-            log: follower_log,
-            known_hw: 0,
-        },
-        Rc::new(rt.clone()),
-        Rc::new(NetHandle(Rc::clone(net))),
+    let follower = start_follower(
+        follower_disk,
+        follower_shard,
+        follower_log,
+        rt,
+        Rc::clone(net) as Rc<dyn Transport>,
     )
-    .await
-    .expect("start follower");
+    .await;
     set_nodes(net, leader_shard, &leader, follower_shard, &follower);
     (leader, follower)
 }
@@ -500,13 +406,6 @@ async fn consumer(cluster: Rc<Cluster>, model: Rc<RefCell<Model>>, stop: Rc<Cell
     }
 }
 
-async fn ticker(now: Rc<Cell<u64>>, stop: Rc<Cell<bool>>) {
-    while !stop.get() {
-        futures_lite::future::yield_now().await;
-        now.set(now.get() + 20);
-    }
-}
-
 /// Runs the virtual clock until `done` holds or `limit_us` of virtual time passed.
 async fn settle(rt: &SimRt, limit_us: u64, done: impl Fn() -> bool) -> bool {
     let until = rt.now_us() + limit_us;
@@ -528,11 +427,8 @@ async fn run(seed: u64, scenario: Scenario) -> String {
         rng: RefCell::new(StdRng::seed_from_u64(seed ^ 0x0e7)),
         stopped: Cell::new(false),
     });
-    let rt = SimRt {
-        now: Rc::new(Cell::new(0)),
-    };
-    let clock_stop = Rc::new(Cell::new(false));
-    glommio::spawn_local(ticker(Rc::clone(&rt.now), Rc::clone(&clock_stop))).detach();
+    let rt = SimRt::default();
+    rt.start_ticking();
     glommio::spawn_local(pump(Rc::clone(&net))).detach();
 
     // With min_insync 2, a failed follower must turn `all` into NotEnoughReplicas.
@@ -661,7 +557,7 @@ async fn run(seed: u64, scenario: Scenario) -> String {
             let report = verify(&cluster, &model, scenario).await;
             cluster.stop();
             net.stopped.set(true);
-            clock_stop.set(true);
+            rt.stop_ticking();
             report
         }
         Scenario::FollowerDiskFails | Scenario::LeaderDiskFails => {
@@ -687,7 +583,7 @@ async fn run(seed: u64, scenario: Scenario) -> String {
             let report = verify(&cluster, &model, scenario).await;
             cluster.stop();
             net.stopped.set(true);
-            clock_stop.set(true);
+            rt.stop_ticking();
             report
         }
     }
@@ -704,37 +600,26 @@ async fn fail_over(cluster: &Cluster) {
     follower.stop();
     let epoch = cluster.epoch.get() + 1;
     cluster.epoch.set(epoch);
-    let leader = Leader::start(
-        LeaderInit {
-            key: key(),
-            shard: 1,
-            epoch,
-            storage: cluster.disks[1].clone(),
-            log: follower.log(),
-            followers: vec![0],
-            min_insync: 1,
-            bounds: BOUNDS,
-            hw: follower.known_hw(),
-        },
-        Rc::new(cluster.rt.clone()),
-        Rc::new(NetHandle(Rc::clone(&cluster.net))),
+    let init = LeaderInit {
+        epoch,
+        followers: vec![0],
+        hw: follower.known_hw(),
+        ..leader_init(&cluster.disks[1], 1, follower.log())
+    };
+    let leader = start_leader(
+        init,
+        &cluster.rt,
+        Rc::clone(&cluster.net) as Rc<dyn Transport>,
     )
-    .await
-    .expect("promote follower");
-    let demoted = Follower::start(
-        FollowerInit {
-            key: key(),
-            shard: 0,
-            storage: cluster.disks[0].clone(),
-            config: config(),
-            log: Rc::clone(old.log()),
-            known_hw: 0,
-        },
-        Rc::new(cluster.rt.clone()),
-        Rc::new(NetHandle(Rc::clone(&cluster.net))),
+    .await;
+    let demoted = start_follower(
+        &cluster.disks[0],
+        0,
+        Rc::clone(old.log()),
+        &cluster.rt,
+        Rc::clone(&cluster.net) as Rc<dyn Transport>,
     )
-    .await
-    .expect("demote leader");
+    .await;
     set_nodes(&cluster.net, 1, &leader, 0, &demoted);
     *cluster.leader.borrow_mut() = leader;
     *cluster.follower.borrow_mut() = Some(demoted);
