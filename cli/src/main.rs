@@ -241,23 +241,55 @@ fn topic(command: TopicCommand) -> anyhow::Result<()> {
                 retention(topic.retention_ms, "ms"),
                 retention(topic.retention_bytes, "bytes"),
             );
-            println!("partition  leader  epoch  replicas  in-sync  log-start  high-watermark");
+            println!(
+                "partition  leader  epoch  replicas  in-sync  log-start  high-watermark  \
+                 hw-synced  log-end"
+            );
+            let shards = |list: &[u16]| {
+                list.iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             for p in &topic.partitions {
-                let shards = |list: &[u16]| {
-                    list.iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                };
                 println!(
-                    "{:>9}  {:>6}  {:>5}  {:>8}  {:>7}  {:>9}  {:>14}",
+                    "{:>9}  {:>6}  {:>5}  {:>8}  {:>7}  {:>9}  {:>14}  {:>9}  {:>7}",
                     p.partition,
                     p.leader_shard,
                     p.leader_epoch,
                     shards(&p.replicas),
                     shards(&p.in_sync),
                     p.log_start_offset,
-                    p.high_watermark
+                    p.high_watermark,
+                    p.high_watermark_synced,
+                    p.log_end_offset,
+                );
+            }
+            let followers = topic
+                .partitions
+                .iter()
+                .flat_map(|p| p.followers.iter().map(move |f| (p.partition, f)));
+            let mut header = true;
+            for (partition, f) in followers {
+                if header {
+                    println!(
+                        "\npartition  follower  state        behind-written  behind-synced  behind-ms"
+                    );
+                    header = false;
+                }
+                let state = match (f.failed, f.in_sync) {
+                    (true, _) => "failed",
+                    (false, true) => "in-sync",
+                    (false, false) => "catching-up",
+                };
+                println!(
+                    "{:>9}  {:>8}  {:<11}  {:>14}  {:>13}  {:>9}",
+                    partition,
+                    f.shard,
+                    state,
+                    f.records_behind,
+                    f.records_behind_synced,
+                    f.time_behind_ms,
                 );
             }
         }

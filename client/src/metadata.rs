@@ -133,6 +133,9 @@ mod tests {
             in_sync: vec![leader_shard],
             log_start_offset: 0,
             high_watermark: 0,
+            log_end_offset: 0,
+            high_watermark_synced: 0,
+            followers: vec![],
         }
     }
 

@@ -21,11 +21,13 @@ use engine::replication::{
     Follower, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, Runtime,
     Transport,
 };
-use protocol::api::CreateTopicRequest;
+use protocol::api::{CreateTopicRequest, ReplicaLag};
 use protocol::{Acks, BatchBuilder};
 
 mod common;
-use common::{SimRt, dir, key, leader_init, open_log, records, run, start_follower, start_leader};
+use common::{
+    BOUNDS, SimRt, dir, key, leader_init, open_log, records, run, start_follower, start_leader,
+};
 
 async fn settle(rt: &SimRt, us: u64) {
     rt.sleep(Duration::from_micros(us)).await;
@@ -589,5 +591,86 @@ fn a_promoted_leader_claims_no_more_synced_than_it_synced() {
             "durable watermark {} beyond what the replica synced ({synced})",
             status.hw_synced
         );
+    });
+}
+
+/// Describe's view of a follower (Metadata's `followers`): nothing behind once an
+/// `all+fsync` produce is acknowledged; once it falls silent, the records and the time it is
+/// behind grow, and past the lag time it leaves the in-sync set.
+#[test]
+fn status_reports_how_far_each_follower_is_behind() {
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
+        let disks = [SimStorage::new(1), SimStorage::new(2)];
+        let net = net(2);
+        glommio::spawn_local(pump(Rc::clone(&net))).detach();
+        let llog = open_log(&disks[0], 0).await;
+        let init = LeaderInit {
+            followers: vec![1],
+            ..leader_init(&disks[0], 0, llog)
+        };
+        let leader = start_leader(init, &rt, net.clone()).await;
+        net.leaders.borrow_mut()[0] = Some(Rc::clone(&leader));
+        let flog = open_log(&disks[1], 1).await;
+        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
+        net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
+        settle(&rt, 10_000).await;
+
+        leader
+            .produce(&batch("A", 3), Acks::AllFsync, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let caught_up = leader.status();
+
+        net.up.borrow_mut()[1] = false; // the follower falls silent
+        leader
+            .produce(&batch("B", 2), Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
+        settle(&rt, 100_000).await;
+        let behind = leader.status();
+        settle(&rt, BOUNDS.time_us).await;
+        let left = leader.status();
+
+        rt.stop_ticking();
+        net.stop.set(true);
+        leader.stop();
+        follower.stop();
+        assert_eq!(
+            caught_up.followers,
+            vec![ReplicaLag {
+                shard: 1,
+                in_sync: true,
+                failed: false,
+                records_behind: 0,
+                records_behind_synced: 0,
+                time_behind_ms: 0,
+            }]
+        );
+        assert_eq!(
+            (caught_up.isr, caught_up.log_end, caught_up.hw_synced),
+            (vec![0, 1], 3, 3)
+        );
+
+        let [silent] = &behind.followers[..] else {
+            panic!("one follower: {:?}", behind.followers)
+        };
+        assert!(silent.in_sync && !silent.failed, "{silent:?}");
+        assert_eq!(
+            (silent.records_behind, silent.records_behind_synced),
+            (2, 2)
+        );
+        assert!(
+            (100..BOUNDS.time_us / 1000).contains(&silent.time_behind_ms),
+            "silent for 100 ms: {silent:?}"
+        );
+
+        let [gone] = &left.followers[..] else {
+            panic!("one follower: {:?}", left.followers)
+        };
+        assert!(!gone.in_sync && !gone.failed, "{gone:?}");
+        assert!(gone.time_behind_ms > BOUNDS.time_us / 1000, "{gone:?}");
+        assert_eq!(left.isr, vec![0]);
     });
 }

@@ -36,9 +36,16 @@ impl ApiKey {
         ApiKey::OffsetFetch,
     ];
 
-    /// The versions of this api this build reads and writes, `(min, max)`.
+    /// The versions of this api this build reads and writes, `(min, max)`. Every body is
+    /// framed with its api's newest version.
+    ///
+    /// Metadata 1 added the end offset, the synced high watermark and each follower's lag to
+    /// `PartitionMetadata`; no release ever served version 0, so none is kept for it.
     pub const fn versions(self) -> (u16, u16) {
-        (0, 0)
+        match self {
+            ApiKey::Metadata => (1, 1),
+            _ => (0, 0),
+        }
     }
 
     pub const fn supports(self, version: u16) -> bool {
@@ -244,7 +251,7 @@ macro_rules! bodies {
 
             impl Body for $name {
                 const API: ApiKey = ApiKey::$api;
-                const VERSION: u16 = 0;
+                const VERSION: u16 = ApiKey::$api.versions().1;
             }
         )*
     };
@@ -282,6 +289,30 @@ parts! {
         in_sync: Vec<u16>,
         log_start_offset: u64,
         high_watermark: u64,
+        /// The offset after the leader's last record (committed or not).
+        log_end_offset: u64,
+        /// The offset below which every in-sync replica has synced its records to disk (what
+        /// `all+fsync` waits for).
+        high_watermark_synced: u64,
+        /// Each follower replica as the leader sees it.
+        #[cfg_attr(test, proptest(strategy = "proptest::collection::vec(proptest::arbitrary::any::<ReplicaLag>(), 0..4)"))]
+        followers: Vec<ReplicaLag>,
+    }
+
+    /// How far a follower replica is behind its leader.
+    struct ReplicaLag {
+        shard: u16,
+        /// In the in-sync set: it holds the high watermark back and may take over.
+        in_sync: bool,
+        /// Its log failed; it stays out of the in-sync set until the broker restarts.
+        failed: bool,
+        /// Records the leader holds beyond this replica's completed writes.
+        records_behind: u64,
+        /// Records the leader holds beyond what this replica has synced to disk.
+        records_behind_synced: u64,
+        /// Milliseconds since this replica last held everything the leader held; 0 while
+        /// it does.
+        time_behind_ms: u64,
     }
 
     struct TopicMetadata {

@@ -439,10 +439,20 @@ mod tests {
                     partition: 0,
                     leader_shard: 0,
                     leader_epoch: 1,
-                    replicas: vec![0],
-                    in_sync: vec![0],
+                    replicas: vec![0, 1],
+                    in_sync: vec![0, 1],
                     log_start_offset: 0,
                     high_watermark: 42,
+                    log_end_offset: 45,
+                    high_watermark_synced: 40,
+                    followers: vec![ReplicaLag {
+                        shard: 1,
+                        in_sync: true,
+                        failed: false,
+                        records_behind: 3,
+                        records_behind_synced: 5,
+                        time_behind_ms: 2,
+                    }],
                 }],
             }],
         }
@@ -490,12 +500,12 @@ mod tests {
                 header_hex(&MetadataRequest {
                     topics: vec!["orders".into()],
                 }),
-                "524d51313000000010000000010000008877665544332211490a69f459c04131",
+                "524d51313000000010000000010001008877665544332211490a69f41f954665",
             ),
             (
                 "MetadataResponse",
                 header_hex(&metadata_response()),
-                "524d5131c00000009c000000010000008877665544332211586d20f9e8e32389",
+                "524d513100010000dc000000010001008877665544332211f2a57f1894f5ecec",
             ),
             (
                 "CreateTopicRequest",

@@ -303,6 +303,9 @@ pub fn metadata(broker_ports: &[u16], topic: &str, leaders: &[u16]) -> MetadataR
                     in_sync: vec![leader_shard],
                     log_start_offset: 0,
                     high_watermark: 0,
+                    log_end_offset: 0,
+                    high_watermark_synced: 0,
+                    followers: vec![],
                 })
                 .collect(),
         }],

@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+use protocol::api::ReplicaLag;
 use protocol::{Acks, BatchError, BatchHeader, BatchView, Batches};
 
 use crate::log::epochs::EpochCache;
@@ -209,8 +210,7 @@ pub struct ReplicaStatus {
     pub log_start: u64,
     pub log_end: u64,
     pub isr: Vec<u16>,
-    /// `(follower shard, records behind the leader's end)`.
-    pub lag: Vec<(u16, u64)>,
+    pub followers: Vec<ReplicaLag>,
 }
 
 /// The leader replica of a partition.
@@ -399,6 +399,7 @@ impl<S: Storage + 'static> Leader<S> {
 
     pub fn status(&self) -> ReplicaStatus {
         let lo = self.leader_offsets();
+        let now_us = self.rt.now_us();
         let st = self.state.borrow();
         ReplicaStatus {
             hw: st.hw(),
@@ -406,10 +407,21 @@ impl<S: Storage + 'static> Leader<S> {
             log_start: self.log.offsets().log_start,
             log_end: lo.next,
             isr: st.isr(&lo, self.shard),
-            lag: st
+            followers: st
                 .followers()
                 .iter()
-                .map(|f| (f.shard, lo.next.saturating_sub(f.written)))
+                .map(|f| ReplicaLag {
+                    shard: f.shard,
+                    in_sync: f.in_isr(),
+                    failed: f.failed,
+                    records_behind: lo.next.saturating_sub(f.written),
+                    records_behind_synced: lo.next.saturating_sub(f.synced),
+                    time_behind_ms: if f.written >= lo.next {
+                        0
+                    } else {
+                        now_us.saturating_sub(f.caught_up_at_us) / 1000
+                    },
+                })
                 .collect(),
         }
     }

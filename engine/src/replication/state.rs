@@ -56,6 +56,13 @@ pub struct FollowerView {
     target: u64,
 }
 
+impl FollowerView {
+    /// In the in-sync set: in sync and joined in this term.
+    pub fn in_isr(&self) -> bool {
+        self.in_sync && self.joined
+    }
+}
+
 /// Why the in-sync set changed, for the log and for tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IsrChange {
@@ -160,19 +167,14 @@ impl LeaderState {
         isr.extend(
             self.followers
                 .iter()
-                .filter(|f| f.in_sync && f.joined)
+                .filter(|f| f.in_isr())
                 .map(|f| f.shard),
         );
         isr
     }
 
     pub fn isr_len(&self, leader: &LeaderOffsets) -> usize {
-        usize::from(leader.healthy)
-            + self
-                .followers
-                .iter()
-                .filter(|f| f.in_sync && f.joined)
-                .count()
+        usize::from(leader.healthy) + self.followers.iter().filter(|f| f.in_isr()).count()
     }
 
     /// Whether a produce with `acks` may be appended now: `all` needs `min_insync` in-sync
@@ -255,7 +257,7 @@ impl LeaderState {
         if follower.written < self.hw || follower.synced < self.hw_synced {
             // Lost records below the watermarks (cannot happen within a term to a healthy
             // replica): it no longer holds what it must to be in the in-sync set.
-            if follower.in_sync && follower.joined {
+            if follower.in_isr() {
                 left = Some(IsrChange::LeftBehind(shard));
             }
             follower.in_sync = false;
@@ -293,10 +295,7 @@ impl LeaderState {
         let (hw, hw_synced) = (self.hw, self.hw_synced);
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
         let mut change = None;
-        if !(follower.in_sync && follower.joined)
-            && follower.written >= hw
-            && follower.synced >= hw_synced
-        {
+        if !follower.in_isr() && follower.written >= hw && follower.synced >= hw_synced {
             follower.in_sync = true;
             follower.joined = true;
             follower.caught_up_at_us = now_us;
@@ -309,7 +308,7 @@ impl LeaderState {
     /// A follower's log failed or it refused to follow: it leaves for good (until restart).
     pub fn on_failed(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        let was = follower.in_sync && follower.joined;
+        let was = follower.in_isr();
         follower.failed = true;
         follower.in_sync = false;
         follower.joined = false;

@@ -370,22 +370,25 @@ async fn metadata(shard: &Rc<Shard>, request: MetadataRequest) -> MetadataRespon
                     .iter()
                     .enumerate()
                     .map(|(index, placement)| {
-                        let known = offsets.get(&(topic.name.clone(), index as u32));
-                        let (log_start_offset, high_watermark, in_sync) = known
-                            .map_or((0, 0, Vec::new()), |s| (s.log_start, s.hw, s.isr.clone()));
+                        let known = offsets.get(&(topic.name.clone(), index as u32)).cloned();
+                        let error = if known.is_some() {
+                            ErrorCode::NONE
+                        } else {
+                            ErrorCode::STORAGE_ERROR
+                        };
+                        let status = known.unwrap_or_default();
                         PartitionMetadata {
-                            error: if known.is_some() {
-                                ErrorCode::NONE
-                            } else {
-                                ErrorCode::STORAGE_ERROR
-                            },
+                            error,
                             partition: index as u32,
                             leader_shard: placement.replicas.first().copied().unwrap_or(0),
                             leader_epoch: placement.leader_epoch,
                             replicas: placement.replicas.clone(),
-                            in_sync,
-                            log_start_offset,
-                            high_watermark,
+                            in_sync: status.isr,
+                            log_start_offset: status.log_start,
+                            high_watermark: status.hw,
+                            log_end_offset: status.log_end,
+                            high_watermark_synced: status.hw_synced,
+                            followers: status.followers,
                         }
                     })
                     .collect(),
