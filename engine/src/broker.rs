@@ -16,6 +16,7 @@ use crate::log::epochs::EpochCache;
 use crate::log::storage::DmaStorage;
 use crate::log::{Log, Retention};
 use crate::preflight;
+use crate::replication::state::LagBounds;
 use crate::server::messages::{Control, ShardMessage};
 use crate::server::{BrokerSettings, ShardInit};
 use crate::shard::mailbox::{self, MAILBOX_SLOTS, Sender};
@@ -187,6 +188,10 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
         idle_timeout: Duration::from_millis(profile.broker.idle_timeout_ms),
         frame_read_timeout: Duration::from_millis(profile.broker.frame_read_timeout_ms),
         connection_buffer_bytes: profile.broker.connection_buffer_bytes as usize,
+        lag_bounds: LagBounds {
+            time_us: profile.replication.lag_time_ms.saturating_mul(1000),
+            bytes: profile.replication.lag_bytes,
+        },
     };
 
     // A full mesh of bounded single-producer single-consumer mailboxes.

@@ -1,8 +1,9 @@
 //! Per-core profiles: parse, validate, name the bad field.
 //!
 //! A profile (`tuning/*.toml`) configures the broker process (`[broker]`), the defaults of
-//! every partition log (`[log]`), the defaults of every shard (`[shards]`) and optional
-//! per-core overrides (`[[shard]]`). `tuning/README.md` documents every knob.
+//! every partition log (`[log]`), when a follower replica leaves the in-sync set
+//! (`[replication]`), the defaults of every shard (`[shards]`) and optional per-core overrides
+//! (`[[shard]]`). `tuning/README.md` documents every knob.
 //!
 //! - [`Profile::parse`] reads TOML and validates it; a typo, a wrong type or a value out of
 //!   bounds is a [`ConfigError`] that names the file, the field and what to change.
@@ -12,7 +13,7 @@
 //!   memory glommio pins: glommio itself only warns when it cannot pin, and silently loses
 //!   the registered-buffer fast path.
 //!
-//! Every field of `[broker]`, `[log]` and `[shards]` is required, so a profile file states
+//! Every field of `[broker]`, `[log]`, `[replication]` and `[shards]` is required, so a profile file states
 //! every value the broker runs with; copy `tuning/default.toml` to start a new one. Only the
 //! retention defaults (absent = unbounded) and the `[[shard]]` overrides are optional.
 //!
@@ -133,6 +134,16 @@ pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 10;
 /// `FRAME_BYTES_MAX` on its shard for this long.
 pub const FRAME_READ_TIMEOUT_MS_MAX: u64 = 600_000;
 
+/// A follower may fall behind for at least this long before it leaves the in-sync set: the
+/// leader checks lag every 50 ms, and a shorter bound would eject followers on a busy disk's
+/// ordinary sync.
+pub const LAG_TIME_MS_MIN: u64 = 100;
+pub const LAG_TIME_MS_MAX: u64 = 600_000;
+/// At least one replication message of batches (1 MiB): a follower one message behind is not
+/// lagging.
+pub const LAG_BYTES_MIN: u64 = 1 << 20;
+pub const LAG_BYTES_MAX: u64 = 1 << 40;
+
 /// Largest profile file `Profile::load` reads; the shipped ones are a few KiB.
 pub const PROFILE_BYTES_MAX: u64 = 1 << 20;
 
@@ -238,6 +249,7 @@ fn position(line: &usize, column: &usize) -> String {
 pub struct Profile {
     pub broker: BrokerConfig,
     pub log: LogSection,
+    pub replication: ReplicationSection,
     pub shards: ShardDefaults,
     /// `[[shard]]` sections: per-core overrides of `[shards]`.
     #[serde(default, rename = "shard")]
@@ -353,6 +365,17 @@ impl<'de> Deserialize<'de> for Cores {
 
         deserializer.deserialize_any(CoresVisitor)
     }
+}
+
+/// `[replication]`: when a follower replica leaves the in-sync set (it rejoins once it has
+/// caught up). While it is in the set, `all` and `all+fsync` produces wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// A follower that has not held the leader's end for this long leaves.
+    pub lag_time_ms: u64,
+    /// A follower more than this many bytes of batches behind the leader's end leaves.
+    pub lag_bytes: u64,
 }
 
 /// `[shards]`: defaults for every shard.
@@ -517,6 +540,7 @@ impl Profile {
         }
         self.validate_broker()?;
         self.validate_log()?;
+        self.validate_replication()?;
         self.validate_shards()?;
         self.validate_overrides()
     }
@@ -681,6 +705,24 @@ impl Profile {
             ));
         }
         Ok(())
+    }
+
+    fn validate_replication(&self) -> Result<(), ConfigError> {
+        let replication = &self.replication;
+        self.check_range(
+            "replication.lag_time_ms",
+            replication.lag_time_ms,
+            LAG_TIME_MS_MIN,
+            LAG_TIME_MS_MAX,
+            " ms",
+        )?;
+        self.check_range(
+            "replication.lag_bytes",
+            replication.lag_bytes,
+            LAG_BYTES_MIN,
+            LAG_BYTES_MAX,
+            " bytes",
+        )
     }
 
     fn validate_log(&self) -> Result<(), ConfigError> {
@@ -1642,6 +1684,40 @@ mod tests {
         let mut profile = Profile::default();
         profile.broker.frame_read_timeout_ms = profile.broker.idle_timeout_ms + 1;
         assert_invalid(profile.validate(), "broker.frame_read_timeout_ms");
+    }
+
+    #[test]
+    fn replication_lag_bounds_must_be_in_range_and_are_required() {
+        for (time, bytes, field) in [
+            (
+                LAG_TIME_MS_MIN - 1,
+                LAG_BYTES_MIN,
+                "replication.lag_time_ms",
+            ),
+            (
+                LAG_TIME_MS_MAX + 1,
+                LAG_BYTES_MIN,
+                "replication.lag_time_ms",
+            ),
+            (LAG_TIME_MS_MIN, LAG_BYTES_MIN - 1, "replication.lag_bytes"),
+            (LAG_TIME_MS_MIN, LAG_BYTES_MAX + 1, "replication.lag_bytes"),
+        ] {
+            let profile = Profile {
+                replication: ReplicationSection {
+                    lag_time_ms: time,
+                    lag_bytes: bytes,
+                },
+                ..Profile::default()
+            };
+            assert_invalid(profile.validate(), field);
+        }
+        let without = DEFAULT_PROFILE_TOML.replacen("lag_time_ms = 2000\n", "", 1);
+        assert_ne!(
+            without, DEFAULT_PROFILE_TOML,
+            "setup: the key is in default.toml"
+        );
+        let error = Profile::parse(&without, "x.toml").unwrap_err().to_string();
+        assert!(error.contains("lag_time_ms"), "{error}");
     }
 
     #[test]

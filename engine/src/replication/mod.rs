@@ -49,11 +49,8 @@ pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 /// How often the leader checks followers' lag and its own log's health.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Default bounds after which a follower leaves the in-sync set.
-pub const LAG_BOUNDS_DEFAULT: LagBounds = LagBounds {
-    time_us: 2_000_000,
-    bytes: 64 << 20,
-};
+// A follower one `Append` behind is not lagging, whatever the profile says.
+const _: () = assert!(APPEND_BYTES_MAX as u64 <= crate::config::LAG_BYTES_MIN);
 
 /// Which partition replica a message is for. The topic id tells a re-created topic apart.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

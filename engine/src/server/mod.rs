@@ -21,6 +21,7 @@ use crate::control::catalog::Catalog;
 use crate::limits::{MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::notify::Notify;
 use crate::log::storage::DmaStorage;
+use crate::replication::state::LagBounds;
 use crate::replication::{Follower, Leader, ReplicaKey};
 use crate::shard::mailbox::{Receiver, Sender};
 use crate::shard::router::{Replies, ShardId};
@@ -35,6 +36,8 @@ pub struct BrokerSettings {
     pub idle_timeout: Duration,
     pub frame_read_timeout: Duration,
     pub connection_buffer_bytes: usize,
+    /// When a follower leaves the in-sync set (`[replication]`).
+    pub lag_bounds: LagBounds,
 }
 
 /// Everything a shard's executor starts from. Built on the main thread, moved to the shard.

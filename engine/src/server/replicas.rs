@@ -11,8 +11,8 @@ use crate::control::catalog::{Catalog, PartitionEntry, TopicEntry};
 use crate::log::storage::DmaStorage;
 use crate::log::{Log, LogConfig, Retention};
 use crate::replication::{
-    Follower, FollowerInit, FollowerStatus, LAG_BOUNDS_DEFAULT, Leader, LeaderInit, LocalFuture,
-    ReplMessage, ReplicaKey, Runtime, Transport,
+    Follower, FollowerInit, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplMessage,
+    ReplicaKey, Runtime, Transport,
 };
 
 use super::Shard;
@@ -201,7 +201,7 @@ impl Shard {
             log,
             followers: placement.replicas.iter().skip(1).copied().collect(),
             min_insync: topic.min_insync,
-            bounds: LAG_BOUNDS_DEFAULT,
+            bounds: self.settings.lag_bounds,
             hw,
         };
         let leader = Leader::start(init, self.runtime(), self.transport())
