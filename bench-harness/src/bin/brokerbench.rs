@@ -307,23 +307,20 @@ fn main() -> anyhow::Result<()> {
     // broker's core, next to the broker's durable produce-to-ack.
     let fio_file = data.join("fio-write-fdatasync");
     let fio_ready = match bench_harness::fio::version() {
-        Ok(version) => {
-            bench_harness::fio::lay_out(&data.join("fio-seq-unused"), &fio_file, args.broker_core)
-                .map(|()| {
-                    println!(
-                        "device baseline: {version}, 4 KiB write+fdatasync, QD1, on core {}",
-                        args.broker_core
-                    );
-                })
-                .map_err(|error| eprintln!("brokerbench: no fio baseline: {error:#}"))
-                .is_ok()
-        }
+        Ok(version) => bench_harness::fio::lay_out_write_fdatasync(&fio_file, args.broker_core)
+            .map(|()| {
+                println!(
+                    "device baseline: {version}, 4 KiB write+fdatasync, QD1, on core {}",
+                    args.broker_core
+                );
+            })
+            .map_err(|error| eprintln!("brokerbench: no fio baseline: {error:#}"))
+            .is_ok(),
         Err(error) => {
             eprintln!("brokerbench: no fio baseline: {error:#}");
             false
         }
     };
-    let _ = std::fs::remove_file(data.join("fio-seq-unused"));
     let (mut leader, mut fsync, mut device_p99) = (Vec::new(), Vec::new(), Vec::new());
     let mut runs: Vec<Latency> = Vec::new();
     for run in 1..=args.runs {
