@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bench_harness::median;
 use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
 use engine::broker::{self, BrokerOptions};
 use engine::config::{Cores, Profile};
@@ -265,11 +266,6 @@ impl Latency {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     std::fs::create_dir_all(&args.dir)?;
@@ -378,11 +374,9 @@ fn main() -> anyhow::Result<()> {
         fsync.push(b);
         runs.push(latency);
     }
-    let median_of = |pick: &dyn Fn(&Latency) -> u64| {
-        median(&mut runs.iter().map(|l| pick(l) as f64).collect::<Vec<_>>())
-    };
+    let median_of = |pick: &dyn Fn(&Latency) -> u64| median(runs.iter().map(|l| pick(l) as f64));
     let p99_median = median_of(&|l| l.from_intended.value_at_quantile(0.99));
-    let fsync_median = median(&mut fsync);
+    let fsync_median = median(fsync.iter().copied());
     println!();
     println!(
         "| case (1 KiB records) | durability | median of {} runs |",
@@ -391,8 +385,8 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|");
     println!(
         "| throughput, 64 KiB batches, 1 producer | acks=leader (O_DIRECT write, no fsync) | {:.0} rec/s ({:.1} MB/s) |",
-        median(&mut leader),
-        median(&mut leader.clone()) * RECORD_BYTES as f64 / 1e6
+        median(leader.iter().copied()),
+        median(leader.iter().copied()) * RECORD_BYTES as f64 / 1e6
     );
     println!(
         "| throughput, 64 KiB batches, 1 producer | acks=leader+fsync | {fsync_median:.0} rec/s |"
@@ -418,7 +412,7 @@ fn main() -> anyhow::Result<()> {
         median_of(&|l| l.send_lag.value_at_quantile(0.99)),
     );
     if !device_p99.is_empty() {
-        let device = median(&mut device_p99);
+        let device = median(device_p99.iter().copied());
         println!(
             "| device: fio 4 KiB O_DIRECT write p99 + fdatasync p99, QD1 | fdatasync per write | {device:.0} us (broker p99 / device = {:.2}) |",
             p99_median / device
@@ -527,7 +521,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             figure.push(value);
         }
     }
-    let [t1, t2, p50_1, p99_1, p50_2, p99_2] = figures.map(|mut f| median(&mut f));
+    let [t1, t2, p50_1, p99_1, p50_2, p99_2] = figures.map(median);
     println!();
     println!(
         "| case (1 KiB records, median of {} runs) | RF=1 leader+fsync | RF=2 all+fsync | ratio |",

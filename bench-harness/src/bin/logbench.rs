@@ -22,7 +22,7 @@ use bench_harness::logcases::{
 use bench_harness::machine::{
     CpuSample, CpuUse, DiskSample, MachineFacts, ScratchDir, allowed_cores, loadavg_1m,
 };
-use bench_harness::sample_batch;
+use bench_harness::{median, sample_batch};
 use engine::log::{Durability, LogConfig, Preallocate, WritePipeline};
 use serde::Serialize;
 
@@ -766,22 +766,6 @@ fn brief(outcome: &Outcome) -> String {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    let hi = sorted.get(n / 2).copied().unwrap_or(f64::NAN);
-    if n % 2 == 1 {
-        hi
-    } else {
-        let lo = sorted.get(n / 2 - 1).copied().unwrap_or(f64::NAN);
-        (lo + hi) / 2.0
-    }
-}
-
 type Metric = (String, &'static str, fn(&CaseRun) -> Option<f64>);
 
 fn fio_seq(run: &CaseRun) -> Option<&fio::SeqWrite> {
@@ -941,7 +925,7 @@ fn rows(labels: &[CaseLabel], results: &BTreeMap<&'static str, Vec<CaseRun>>) ->
                 batch: label.batch.clone(),
                 metric: name,
                 unit,
-                median: median(&values),
+                median: median(values.iter().copied()),
                 runs: values,
             });
         }
@@ -969,8 +953,8 @@ fn targets(plan: &Plan, results: &BTreeMap<&'static str, Vec<CaseRun>>) -> Vec<T
                         at_least: bool,
                         bound: f64|
      -> Target {
-        let m = median(&measured);
-        let b = median(&baseline);
+        let m = median(measured.iter().copied());
+        let b = median(baseline.iter().copied());
         let ratio = m / b;
         Target {
             name,
