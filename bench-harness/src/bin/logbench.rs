@@ -19,10 +19,9 @@ use bench_harness::fio;
 use bench_harness::logcases::{
     DmaCase, Job, LogCase, LogCaseResult, Shard, Wait, one_record_batch,
 };
-use bench_harness::machine::{
-    CpuSample, CpuUse, DiskSample, MachineFacts, ScratchDir, allowed_cores, loadavg_1m,
-};
+use bench_harness::machine::{CpuSample, CpuUse, DiskSample, MachineFacts, ScratchDir, loadavg_1m};
 use bench_harness::{median, sample_batch};
+use engine::config::allowed_cores;
 use engine::log::{Durability, LogConfig, Preallocate, WritePipeline};
 use serde::Serialize;
 
