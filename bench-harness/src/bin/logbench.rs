@@ -558,49 +558,43 @@ fn main() -> anyhow::Result<()> {
             eprint!("run {run}/{}: {id} ... ", plan.args.runs);
             let before = CpuSample::now();
             let disk_before = DiskSample::now(&plan.device);
-            let case_run = match id {
-                FIO_SEQ => {
-                    let r = fio::seq_write(&fio_seq_file, plan.args.seconds, core)?;
-                    CaseRun {
-                        run,
-                        cpu: before.until(&CpuSample::now()),
-                        device_written_mb: disk_before
-                            .written_mb_until(&DiskSample::now(&plan.device)),
-                        own_written_mb: r.io_bytes / 1e6,
-                        outcome: Outcome::FioSeq(r),
-                        loadavg_1m_after: loadavg_1m(),
-                    }
-                }
-                FIO_SYNC => {
-                    let r = fio::write_fdatasync(&fio_sync_file, plan.args.seconds, core)?;
-                    CaseRun {
-                        run,
-                        cpu: before.until(&CpuSample::now()),
-                        device_written_mb: disk_before
-                            .written_mb_until(&DiskSample::now(&plan.device)),
-                        own_written_mb: r.io_bytes / 1e6,
-                        outcome: Outcome::FioSync(r),
-                        loadavg_1m_after: loadavg_1m(),
-                    }
-                }
+            let outcome = match id {
+                FIO_SEQ => Outcome::FioSeq(fio::seq_write(&fio_seq_file, plan.args.seconds, core)?),
+                FIO_SYNC => Outcome::FioSync(fio::write_fdatasync(
+                    &fio_sync_file,
+                    plan.args.seconds,
+                    core,
+                )?),
                 _ => {
                     let job: Job = if id == DMA_1M_QD4 || id == DMA_256K_QD1 {
                         plan.dma_case(id, run).into()
                     } else {
                         plan.log_case(id, run).into()
                     };
-                    let r = shard
-                        .run(job)
-                        .with_context(|| format!("case {id}, run {run}"))?;
-                    CaseRun {
-                        run,
-                        cpu: r.cpu,
-                        device_written_mb: r.device_written_mb,
-                        own_written_mb: r.own_written_mb,
-                        outcome: Outcome::Shard(r),
-                        loadavg_1m_after: loadavg_1m(),
-                    }
+                    Outcome::Shard(
+                        shard
+                            .run(job)
+                            .with_context(|| format!("case {id}, run {run}"))?,
+                    )
                 }
+            };
+            let (cpu, device_written_mb, own_written_mb) = match &outcome {
+                // The shard sampled its measured window alone, without the warm-up.
+                Outcome::Shard(r) => (r.cpu, r.device_written_mb, r.own_written_mb),
+                Outcome::FioSeq(fio::SeqWrite { io_bytes, .. })
+                | Outcome::FioSync(fio::WriteSync { io_bytes, .. }) => (
+                    before.until(&CpuSample::now()),
+                    disk_before.written_mb_until(&DiskSample::now(&plan.device)),
+                    io_bytes / 1e6,
+                ),
+            };
+            let case_run = CaseRun {
+                run,
+                outcome,
+                cpu,
+                device_written_mb,
+                own_written_mb,
+                loadavg_1m_after: loadavg_1m(),
             };
             eprintln!("{}", brief(&case_run.outcome));
             results.entry(id).or_default().push(case_run);
