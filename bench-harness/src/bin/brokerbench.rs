@@ -15,12 +15,14 @@
 //!
 //! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bench_harness::machine::ScratchDir;
 use bench_harness::median;
 use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
-use engine::broker::{self, BrokerOptions};
+use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
 use hdrhistogram::Histogram;
 use protocol::BatchBuilder;
@@ -35,10 +37,10 @@ struct Args {
     rate: u64,
     broker_core: usize,
     client_core: usize,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     latency_only: bool,
     latency_acks: Acks,
-    profile: Option<std::path::PathBuf>,
+    profile: Option<PathBuf>,
     replication: bool,
 }
 
@@ -95,6 +97,39 @@ fn pin(core: usize) {
         core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|id| id.id == core))
     {
         core_affinity::set_for_current(id);
+    }
+}
+
+/// A broker started in this process, its data in a scratch directory that is removed on drop
+/// (also when a case fails).
+struct Broker {
+    handle: BrokerHandle,
+    address: String,
+    scratch: ScratchDir,
+}
+
+impl Broker {
+    fn start(profile: Profile, parent: &Path) -> anyhow::Result<Broker> {
+        let scratch = ScratchDir::create_in(parent, "run")
+            .with_context(|| format!("creating a data directory in {}", parent.display()))?;
+        let options = BrokerOptions {
+            data_dir: Some(scratch.path().to_path_buf()),
+            port: Some(0),
+        };
+        let handle = broker::start(profile, options)?;
+        Ok(Broker {
+            address: handle.address.to_string(),
+            handle,
+            scratch,
+        })
+    }
+
+    fn admin(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.address, ClientConfig::default())?)
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        self.handle.shutdown().map_err(anyhow::Error::msg)
     }
 }
 
@@ -268,24 +303,18 @@ impl Latency {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    std::fs::create_dir_all(&args.dir)?;
     if args.replication {
         return replication(&args);
     }
-    let data = tempfile_dir(&args.dir)?;
     let mut profile = match &args.profile {
         Some(path) => Profile::load(path)?,
         None => Profile::default(),
     };
     profile.shards.cores = Cores::List(vec![args.broker_core]);
-    let options = BrokerOptions {
-        data_dir: Some(data.clone()),
-        port: Some(0),
-    };
-    let handle = broker::start(profile, options)?;
-    let address = handle.address.to_string();
+    let broker = Broker::start(profile, &args.dir)?;
+    let address = broker.address.as_str();
     pin(args.client_core);
-    let mut admin = Client::connect(&address, ClientConfig::default())?;
+    let mut admin = broker.admin()?;
     admin.create_topic("bench-leader", 1, 1)?;
     admin.create_topic("bench-fsync", 1, 1)?;
     admin.create_topic("bench-latency", 1, 1)?;
@@ -297,11 +326,11 @@ fn main() -> anyhow::Result<()> {
         RECORD_BYTES,
         args.seconds,
         args.runs,
-        data.display()
+        broker.scratch.path().display()
     );
     // The device's own figure in the same run: fio's 4 KiB O_DIRECT write + fdatasync on the
     // broker's core, next to the broker's durable produce-to-ack.
-    let fio_file = data.join("fio-write-fdatasync");
+    let fio_file = broker.scratch.path().join("fio-write-fdatasync");
     let fio_ready = match bench_harness::fio::version() {
         Ok(version) => bench_harness::fio::lay_out_write_fdatasync(&fio_file, args.broker_core)
             .map(|()| {
@@ -336,12 +365,12 @@ fn main() -> anyhow::Result<()> {
             (0.0, 0.0)
         } else {
             (
-                throughput(&address, "bench-leader", Acks::Leader, args.seconds)?,
-                throughput(&address, "bench-fsync", Acks::LeaderFsync, args.seconds)?,
+                throughput(address, "bench-leader", Acks::Leader, args.seconds)?,
+                throughput(address, "bench-fsync", Acks::LeaderFsync, args.seconds)?,
             )
         };
         let latency = latency(
-            &address,
+            address,
             "bench-latency",
             args.latency_acks,
             args.rate,
@@ -431,34 +460,16 @@ fn main() -> anyhow::Result<()> {
             "MISS"
         }
     );
-    handle.shutdown().map_err(anyhow::Error::msg)?;
-    let _ = std::fs::remove_dir_all(&data);
-    Ok(())
-}
-
-/// A fresh directory under `parent` for this run's data.
-fn tempfile_dir(parent: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let dir = parent.join(format!("run-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    broker.stop()
 }
 
 /// RF=1 `leader+fsync` against RF=2 `all+fsync` on every allowed core, interleaved per run.
 fn replication(args: &Args) -> anyhow::Result<()> {
-    let data = tempfile_dir(&args.dir)?;
-    let profile = Profile::default(); // cores = "all"
-    let options = BrokerOptions {
-        data_dir: Some(data.clone()),
-        port: Some(0),
-    };
-    let handle = broker::start(profile, options)?;
-    let shards = handle.shards.len();
-    let address = handle.address.to_string();
+    let broker = Broker::start(Profile::default(), &args.dir)?; // cores = "all"
+    let shards = broker.handle.shards.len();
+    let address = broker.address.as_str();
     pin(args.client_core);
-    let mut admin = Client::connect(&address, ClientConfig::default())?;
+    let mut admin = broker.admin()?;
     // Placement is round-robin over partitions of all topics: pad so both measured topics
     // have their leader on shard 0 (the follower of the RF=2 one on shard 1).
     admin.create_topic("rf1-tput", 1, 1)?;
@@ -488,12 +499,12 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             (0.0, 0.0)
         } else {
             (
-                throughput(&address, "rf1-tput", Acks::LeaderFsync, args.seconds)?,
-                throughput(&address, "rf2-tput", Acks::AllFsync, args.seconds)?,
+                throughput(address, "rf1-tput", Acks::LeaderFsync, args.seconds)?,
+                throughput(address, "rf2-tput", Acks::AllFsync, args.seconds)?,
             )
         };
         let h1 = latency(
-            &address,
+            address,
             "rf1-lat",
             Acks::LeaderFsync,
             args.rate,
@@ -501,7 +512,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         )?
         .from_intended;
         let h2 =
-            latency(&address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?.from_intended;
+            latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?.from_intended;
         println!(
             "run {run}: RF=1 leader+fsync {t1:.0} rec/s, p50 {} us p99 {} us; RF=2 all+fsync {t2:.0} rec/s, p50 {} us p99 {} us",
             h1.value_at_quantile(0.5),
@@ -548,7 +559,5 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         if p99_2 <= 1.5 * p99_1 { "PASS" } else { "MISS" },
         if t2 >= 0.6 * t1 { "PASS" } else { "MISS" }
     );
-    handle.shutdown().map_err(anyhow::Error::msg)?;
-    let _ = std::fs::remove_dir_all(&data);
-    Ok(())
+    broker.stop()
 }
