@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bench_harness::machine::ScratchDir;
-use bench_harness::median;
+use bench_harness::{fio, median};
 use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
@@ -158,6 +158,23 @@ fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::R
         .flush()
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The throughput of two (topic, acks) cases, one after the other; `None` with
+/// `--latency-only`.
+fn throughput_pair(
+    args: &Args,
+    address: &str,
+    (topic_a, acks_a): (&str, Acks),
+    (topic_b, acks_b): (&str, Acks),
+) -> anyhow::Result<Option<(f64, f64)>> {
+    if args.latency_only {
+        return Ok(None);
+    }
+    Ok(Some((
+        throughput(address, topic_a, acks_a, args.seconds)?,
+        throughput(address, topic_b, acks_b, args.seconds)?,
+    )))
 }
 
 /// Open-loop single-record produce at `rate`/s with `acks`; latency from the intended send
@@ -301,6 +318,29 @@ impl Latency {
     }
 }
 
+/// A quantile of `histogram`, as a figure to take the median of.
+fn at(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64
+}
+
+/// The median over runs of one figure.
+fn median_over<R>(runs: &[R], figure: impl Fn(&R) -> f64) -> f64 {
+    median(runs.iter().map(figure))
+}
+
+fn pass(met: bool) -> &'static str {
+    if met { "PASS" } else { "MISS" }
+}
+
+/// One run of the single-broker-core cases.
+struct Run {
+    /// Records/s with `acks=leader` and `leader+fsync`; `None` with `--latency-only`.
+    throughput: Option<(f64, f64)>,
+    latency: Latency,
+    /// fio's 4 KiB write p99 + fdatasync p99 on the broker's core, us; `None` without fio.
+    device_p99_us: Option<f64>,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if args.replication {
@@ -331,27 +371,23 @@ fn main() -> anyhow::Result<()> {
     // The device's own figure in the same run: fio's 4 KiB O_DIRECT write + fdatasync on the
     // broker's core, next to the broker's durable produce-to-ack.
     let fio_file = broker.scratch.path().join("fio-write-fdatasync");
-    let fio_ready = match bench_harness::fio::version() {
-        Ok(version) => bench_harness::fio::lay_out_write_fdatasync(&fio_file, args.broker_core)
-            .map(|()| {
-                println!(
-                    "device baseline: {version}, 4 KiB write+fdatasync, QD1, on core {}",
-                    args.broker_core
-                );
-            })
-            .map_err(|error| eprintln!("brokerbench: no fio baseline: {error:#}"))
-            .is_ok(),
-        Err(error) => {
-            eprintln!("brokerbench: no fio baseline: {error:#}");
-            false
-        }
-    };
-    let (mut leader, mut fsync, mut device_p99) = (Vec::new(), Vec::new(), Vec::new());
-    let mut runs: Vec<Latency> = Vec::new();
+    let fio_ready = fio::version()
+        .and_then(|version| {
+            fio::lay_out_write_fdatasync(&fio_file, args.broker_core)?;
+            println!(
+                "device baseline: {version}, 4 KiB write+fdatasync, QD1, on core {}",
+                args.broker_core
+            );
+            Ok(())
+        })
+        .map_err(|error| eprintln!("brokerbench: no fio baseline: {error:#}"))
+        .is_ok();
+    let acks = args.latency_acks.as_str();
+    let mut runs: Vec<Run> = Vec::new();
     for run in 1..=args.runs {
+        let mut device_p99_us = None;
         if fio_ready {
-            let device =
-                bench_harness::fio::write_fdatasync(&fio_file, args.seconds, args.broker_core)?;
+            let device = fio::write_fdatasync(&fio_file, args.seconds, args.broker_core)?;
             let bound_us = device.total_p99_bound_ns() / 1e3;
             println!(
                 "run {run}: fio write p99 {:.0} us + fdatasync p99 {:.0} us = {bound_us:.0} us ({:.0} durable writes/s)",
@@ -359,16 +395,14 @@ fn main() -> anyhow::Result<()> {
                 device.sync_p99_ns / 1e3,
                 device.iops
             );
-            device_p99.push(bound_us);
+            device_p99_us = Some(bound_us);
         }
-        let (a, b) = if args.latency_only {
-            (0.0, 0.0)
-        } else {
-            (
-                throughput(address, "bench-leader", Acks::Leader, args.seconds)?,
-                throughput(address, "bench-fsync", Acks::LeaderFsync, args.seconds)?,
-            )
-        };
+        let throughput = throughput_pair(
+            &args,
+            address,
+            ("bench-leader", Acks::Leader),
+            ("bench-fsync", Acks::LeaderFsync),
+        )?;
         let latency = latency(
             address,
             "bench-latency",
@@ -381,20 +415,18 @@ fn main() -> anyhow::Result<()> {
             &latency.from_sent,
             &latency.send_lag,
         );
-        let throughputs = if args.latency_only {
-            String::new()
-        } else {
-            format!(
-                "acks=leader {a:.0} rec/s ({:.1} MB/s); acks=leader+fsync {b:.0} rec/s; ",
-                a * RECORD_BYTES as f64 / 1e6
-            )
+        let throughputs = match throughput {
+            Some((leader, fsync)) => format!(
+                "acks=leader {leader:.0} rec/s ({:.1} MB/s); acks=leader+fsync {fsync:.0} rec/s; ",
+                leader * RECORD_BYTES as f64 / 1e6
+            ),
+            None => String::new(),
         };
         println!(
             "run {run}: {throughputs}\
-             single records at {}/s acks={}: from intended send p50 {} us p99 {} us p99.9 {} us max {} us; \
+             single records at {}/s acks={acks}: from intended send p50 {} us p99 {} us p99.9 {} us max {} us; \
              from actual send p50 {} us p99 {} us; send lag p50 {} us p99 {} us max {} us (n={})",
             args.rate,
-            args.latency_acks.as_str(),
             intended.value_at_quantile(0.5),
             intended.value_at_quantile(0.99),
             intended.value_at_quantile(0.999),
@@ -406,54 +438,54 @@ fn main() -> anyhow::Result<()> {
             lag.max(),
             intended.len(),
         );
-        leader.push(a);
-        fsync.push(b);
-        runs.push(latency);
+        runs.push(Run {
+            throughput,
+            latency,
+            device_p99_us,
+        });
     }
-    let median_of = |pick: &dyn Fn(&Latency) -> u64| median(runs.iter().map(|l| pick(l) as f64));
-    let p99_median = median_of(&|l| l.from_intended.value_at_quantile(0.99));
-    let fsync_median = median(fsync.iter().copied());
+    let p99 = median_over(&runs, |r| at(&r.latency.from_intended, 0.99));
     println!();
     println!(
         "| case (1 KiB records) | durability | median of {} runs |",
         args.runs
     );
     println!("|---|---|---|");
+    let throughputs: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.throughput).collect();
+    let leader = median_over(&throughputs, |t| t.0);
+    let fsync = median_over(&throughputs, |t| t.1);
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer | acks=leader (O_DIRECT write, no fsync) | {:.0} rec/s ({:.1} MB/s) |",
-            median(leader.iter().copied()),
-            median(leader.iter().copied()) * RECORD_BYTES as f64 / 1e6
+            "| throughput, 64 KiB batches, 1 producer | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
+            leader * RECORD_BYTES as f64 / 1e6
         );
         println!(
-            "| throughput, 64 KiB batches, 1 producer | acks=leader+fsync | {fsync_median:.0} rec/s |"
+            "| throughput, 64 KiB batches, 1 producer | acks=leader+fsync | {fsync:.0} rec/s |"
         );
     }
     println!(
-        "| produce-to-ack from intended send, single records at {}/s | acks={} | p50 {:.0} us, p99 {p99_median:.0} us, p99.9 {:.0} us, max {:.0} us |",
+        "| produce-to-ack from intended send, single records at {}/s | acks={acks} | p50 {:.0} us, p99 {p99:.0} us, p99.9 {:.0} us, max {:.0} us |",
         args.rate,
-        args.latency_acks.as_str(),
-        median_of(&|l| l.from_intended.value_at_quantile(0.5)),
-        median_of(&|l| l.from_intended.value_at_quantile(0.999)),
-        median_of(&|l| l.from_intended.max()),
+        median_over(&runs, |r| at(&r.latency.from_intended, 0.5)),
+        median_over(&runs, |r| at(&r.latency.from_intended, 0.999)),
+        median_over(&runs, |r| r.latency.from_intended.max() as f64),
     );
     println!(
-        "| produce-to-ack from actual send (service time) | acks={} | p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us |",
-        args.latency_acks.as_str(),
-        median_of(&|l| l.from_sent.value_at_quantile(0.5)),
-        median_of(&|l| l.from_sent.value_at_quantile(0.99)),
-        median_of(&|l| l.from_sent.value_at_quantile(0.999)),
+        "| produce-to-ack from actual send (service time) | acks={acks} | p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us |",
+        median_over(&runs, |r| at(&r.latency.from_sent, 0.5)),
+        median_over(&runs, |r| at(&r.latency.from_sent, 0.99)),
+        median_over(&runs, |r| at(&r.latency.from_sent, 0.999)),
     );
     println!(
         "| sender lateness (included in the first row) | - | p50 {:.0} us, p99 {:.0} us |",
-        median_of(&|l| l.send_lag.value_at_quantile(0.5)),
-        median_of(&|l| l.send_lag.value_at_quantile(0.99)),
+        median_over(&runs, |r| at(&r.latency.send_lag, 0.5)),
+        median_over(&runs, |r| at(&r.latency.send_lag, 0.99)),
     );
-    if !device_p99.is_empty() {
-        let device = median(device_p99.iter().copied());
+    if fio_ready {
+        let device = median(runs.iter().filter_map(|r| r.device_p99_us));
         println!(
             "| device: fio 4 KiB O_DIRECT write p99 + fdatasync p99, QD1 | fdatasync per write | {device:.0} us (broker p99 / device = {:.2}) |",
-            p99_median / device
+            p99 / device
         );
     }
     println!();
@@ -461,21 +493,26 @@ fn main() -> anyhow::Result<()> {
     // (leader+fsync) acks, the throughput target when the throughput cases ran.
     if args.latency_acks == Acks::LeaderFsync {
         println!(
-            "target: p99 produce-to-ack with fsync < 250 us: {} ({p99_median:.0} us)",
-            if p99_median < 250.0 { "PASS" } else { "MISS" }
+            "target: p99 produce-to-ack with fsync < 250 us: {} ({p99:.0} us)",
+            pass(p99 < 250.0)
         );
     }
     if !args.latency_only {
         println!(
-            "target: throughput with fsync >= 150,000 rec/s: {} ({fsync_median:.0})",
-            if fsync_median >= 150_000.0 {
-                "PASS"
-            } else {
-                "MISS"
-            }
+            "target: throughput with fsync >= 150,000 rec/s: {} ({fsync:.0})",
+            pass(fsync >= 150_000.0)
         );
     }
     broker.stop()
+}
+
+/// One run of `--replication`.
+struct ReplicationRun {
+    /// Records/s of RF=1 `leader+fsync` and RF=2 `all+fsync`; `None` with `--latency-only`.
+    throughput: Option<(f64, f64)>,
+    /// Produce-to-ack from the intended send, RF=1 `leader+fsync` and RF=2 `all+fsync`.
+    rf1: Histogram<u64>,
+    rf2: Histogram<u64>,
 }
 
 /// RF=1 `leader+fsync` against RF=2 `all+fsync` on every allowed core, interleaved per run.
@@ -487,12 +524,13 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     let mut admin = broker.admin()?;
     // Placement is round-robin over partitions of all topics: pad so both measured topics
     // have their leader on shard 0 (the follower of the RF=2 one on shard 1).
+    let pad = (shards - 1).max(1) as u32;
     admin.create_topic("rf1-tput", 1, 1)?;
-    admin.create_topic("pad-a", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("pad-a", pad, 1)?;
     admin.create_topic("rf2-tput", 1, 2)?;
-    admin.create_topic("pad-b", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("pad-b", pad, 1)?;
     admin.create_topic("rf1-lat", 1, 1)?;
-    admin.create_topic("pad-c", (shards - 1).max(1) as u32, 1)?;
+    admin.create_topic("pad-c", pad, 1)?;
     admin.create_topic("rf2-lat", 1, 2)?;
     let metadata = admin.metadata()?.clone();
     for name in ["rf1-tput", "rf2-tput", "rf1-lat", "rf2-lat"] {
@@ -508,51 +546,49 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         "brokerbench --replication: broker on {shards} shards, client on core {}, {}-byte records, {} s per case, {} runs",
         args.client_core, RECORD_BYTES, args.seconds, args.runs
     );
-    let mut figures: [Vec<f64>; 6] = Default::default();
+    let mut runs: Vec<ReplicationRun> = Vec::new();
     for run in 1..=args.runs {
-        let (t1, t2) = if args.latency_only {
-            (0.0, 0.0)
-        } else {
-            (
-                throughput(address, "rf1-tput", Acks::LeaderFsync, args.seconds)?,
-                throughput(address, "rf2-tput", Acks::AllFsync, args.seconds)?,
-            )
-        };
-        let h1 = latency(
+        let throughput = throughput_pair(
+            args,
+            address,
+            ("rf1-tput", Acks::LeaderFsync),
+            ("rf2-tput", Acks::AllFsync),
+        )?;
+        let rf1 = latency(
             address,
             "rf1-lat",
             Acks::LeaderFsync,
             args.rate,
             args.seconds,
-        )?
-        .from_intended;
-        let h2 =
-            latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?.from_intended;
-        let (rf1_rate, rf2_rate) = if args.latency_only {
-            Default::default()
-        } else {
-            (format!("{t1:.0} rec/s, "), format!("{t2:.0} rec/s, "))
+        )?;
+        let rf2 = latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?;
+        let (rf1, rf2) = (rf1.from_intended, rf2.from_intended);
+        let (t1, t2) = match throughput {
+            Some((t1, t2)) => (format!("{t1:.0} rec/s, "), format!("{t2:.0} rec/s, ")),
+            None => Default::default(),
         };
         println!(
-            "run {run}: RF=1 leader+fsync {rf1_rate}p50 {} us p99 {} us; RF=2 all+fsync {rf2_rate}p50 {} us p99 {} us",
-            h1.value_at_quantile(0.5),
-            h1.value_at_quantile(0.99),
-            h2.value_at_quantile(0.5),
-            h2.value_at_quantile(0.99)
+            "run {run}: RF=1 leader+fsync {t1}p50 {} us p99 {} us; RF=2 all+fsync {t2}p50 {} us p99 {} us",
+            rf1.value_at_quantile(0.5),
+            rf1.value_at_quantile(0.99),
+            rf2.value_at_quantile(0.5),
+            rf2.value_at_quantile(0.99)
         );
-        let values = [
-            t1,
-            t2,
-            h1.value_at_quantile(0.5) as f64,
-            h1.value_at_quantile(0.99) as f64,
-            h2.value_at_quantile(0.5) as f64,
-            h2.value_at_quantile(0.99) as f64,
-        ];
-        for (figure, value) in figures.iter_mut().zip(values) {
-            figure.push(value);
-        }
+        runs.push(ReplicationRun {
+            throughput,
+            rf1,
+            rf2,
+        });
     }
-    let [t1, t2, p50_1, p99_1, p50_2, p99_2] = figures.map(median);
+    let throughputs: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.throughput).collect();
+    let (t1, t2) = (
+        median_over(&throughputs, |t| t.0),
+        median_over(&throughputs, |t| t.1),
+    );
+    let p50_1 = median_over(&runs, |r| at(&r.rf1, 0.5));
+    let p50_2 = median_over(&runs, |r| at(&r.rf2, 0.5));
+    let p99_1 = median_over(&runs, |r| at(&r.rf1, 0.99));
+    let p99_2 = median_over(&runs, |r| at(&r.rf2, 0.99));
     println!();
     println!(
         "| case (1 KiB records, median of {} runs) | RF=1 leader+fsync | RF=2 all+fsync | ratio |",
@@ -576,16 +612,13 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         p99_2 / p99_1.max(1.0)
     );
     println!();
-    let p99_target = format!(
-        "RF=2 p99 <= 1.5x RF=1: {}",
-        if p99_2 <= 1.5 * p99_1 { "PASS" } else { "MISS" }
-    );
+    let p99_target = format!("RF=2 p99 <= 1.5x RF=1: {}", pass(p99_2 <= 1.5 * p99_1));
     if args.latency_only {
         println!("target: {p99_target}");
     } else {
         println!(
             "target: {p99_target}; RF=2 throughput >= 60% of RF=1: {}",
-            if t2 >= 0.6 * t1 { "PASS" } else { "MISS" }
+            pass(t2 >= 0.6 * t1)
         );
     }
     broker.stop()
