@@ -15,7 +15,10 @@
 //!
 //! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,8 +28,8 @@ use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
 use hdrhistogram::Histogram;
-use protocol::BatchBuilder;
 use protocol::api::{ProduceRequest, ProduceResponse};
+use protocol::{BatchBuilder, FrameBuf};
 
 const RECORD_BYTES: usize = 1024;
 const BATCH_RECORDS: usize = 64;
@@ -190,13 +193,7 @@ fn latency(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<Latency> {
-    use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-    let shard = {
-        let mut client = Client::connect(address, ClientConfig::default())?;
-        client.partition_address(topic, 0)?
-    };
+    let shard = Client::connect(address, ClientConfig::default())?.partition_address(topic, 0)?;
     let mut stream = std::net::TcpStream::connect(&shard)?;
     stream.set_nodelay(true)?;
     let mut reader = stream.try_clone()?;
@@ -210,7 +207,7 @@ fn latency(
         timeout_ms: 10_000,
         batch,
     };
-    let mut frame = protocol::FrameBuf::new();
+    let mut frame = FrameBuf::new();
     protocol::encode_frame(&mut frame, 0, &request).map_err(|e| anyhow::anyhow!("{e}"))?;
     // Linux lets a sleeping thread oversleep by its timer slack (50 us by default); every
     // such oversleep is counted against the broker below, so ask for the least.
@@ -221,14 +218,16 @@ fn latency(
     let total = rate * seconds;
     let started = Instant::now() + Duration::from_millis(10);
     // The intended time of send i is started + i * interval: the reader needs no table.
-    let histograms = Arc::new(Mutex::new(Latency::new()?));
-    let recorded = Arc::clone(&histograms);
+    let due = move |i: u64| started + interval * i as u32;
     // When each send actually left (ns after `started`): the ack reader measures from it too,
     // separating the broker's service time from the sender's own lateness.
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let sent_read = Arc::clone(&sent_at);
-    let acks = std::thread::spawn(move || -> anyhow::Result<()> {
-        let mut buf: Vec<u8> = Vec::new();
+    let acks = std::thread::spawn(move || -> anyhow::Result<Latency> {
+        let mut latency = Latency::new()?;
+        // Unread bytes, frames from offset 0: each frame's length is a multiple of 16, so
+        // every frame in it starts 16-aligned, as rkyv needs.
+        let mut buf = FrameBuf::new();
         let mut chunk = vec![0u8; 64 << 10];
         let mut received = 0u64;
         while received < total {
@@ -240,46 +239,39 @@ fn latency(
             };
             let now = Instant::now();
             buf.extend_from_slice(&chunk[..n]);
-            let mut aligned = protocol::FrameBuf::new();
-            aligned.extend_from_slice(&buf);
             let mut used = 0;
-            while let Ok(Some((response, len))) = protocol::decode_frame(&aligned[used..]) {
+            while let Some((response, len)) = protocol::decode_frame(&buf[used..])
+                .map_err(|e| anyhow::anyhow!("bad frame from the broker: {e}"))?
+            {
                 let body: ProduceResponse =
                     response.deserialize().map_err(|e| anyhow::anyhow!("{e}"))?;
                 if !body.error.is_ok() {
                     bail!("produce failed: {}", body.error);
                 }
                 let i = response.header.correlation_id;
-                let due = started + interval * i as u32;
                 let sent = sent_read
                     .get(i as usize)
                     .map_or(0, |at| at.load(Ordering::Acquire));
-                let sent = started + Duration::from_nanos(sent);
-                let mut latency = recorded.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-                let micros = |from: Instant| now.saturating_duration_since(from).as_micros().max(1);
-                latency.from_intended.record(micros(due) as u64)?;
-                latency.from_sent.record(micros(sent) as u64)?;
-                latency
-                    .send_lag
-                    .record(sent.saturating_duration_since(due).as_micros().max(1) as u64)?;
+                latency.record(due(i), started + Duration::from_nanos(sent), now)?;
                 used += len;
                 received += 1;
             }
-            buf.drain(..used);
+            let unread = buf.len() - used;
+            buf.as_mut_slice().copy_within(used.., 0);
+            buf.resize(unread, 0);
         }
-        Ok(())
+        Ok(latency)
     });
     for i in 0..total {
-        let due = started + interval * i as u32;
         loop {
             let now = Instant::now();
-            if now >= due {
+            if now >= due(i) {
                 break;
             }
             // Sleep, never spin: a spinning sender keeps the ack reader on the same core from
             // running until the next scheduler tick (4 ms here), which would be measured as
             // broker latency. Oversleeping still counts: latency runs from the intended time.
-            std::thread::sleep(due - now);
+            std::thread::sleep(due(i) - now);
         }
         protocol::patch_correlation_id(frame.as_mut_slice(), i);
         if let Some(at) = sent_at.get(i as usize) {
@@ -288,16 +280,10 @@ fn latency(
         stream.write_all(&frame)?;
     }
     acks.join()
-        .map_err(|_| anyhow::anyhow!("ack reader panicked"))??;
-    let latency = histograms
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
-    Ok(latency)
+        .map_err(|_| anyhow::anyhow!("ack reader panicked"))?
 }
 
 /// The latency case's histograms, in microseconds.
-#[derive(Clone)]
 struct Latency {
     /// Produce-to-ack from each send's intended time: the figure the target is about.
     from_intended: Histogram<u64>,
@@ -315,6 +301,17 @@ impl Latency {
             from_sent: histogram()?,
             send_lag: histogram()?,
         })
+    }
+
+    /// One ack that arrived at `acked` for a send intended at `due` that left at `sent`.
+    fn record(&mut self, due: Instant, sent: Instant, acked: Instant) -> anyhow::Result<()> {
+        let micros = |from: Instant, to: Instant| {
+            to.saturating_duration_since(from).as_micros().max(1) as u64
+        };
+        self.from_intended.record(micros(due, acked))?;
+        self.from_sent.record(micros(sent, acked))?;
+        self.send_lag.record(micros(due, sent))?;
+        Ok(())
     }
 }
 
