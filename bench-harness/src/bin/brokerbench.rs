@@ -77,6 +77,9 @@ fn parse_args() -> anyhow::Result<Args> {
             // The latency case's acks: `leader` separates the broker's own path from fsync.
             "--latency-acks" => {
                 args.latency_acks = value()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+                if args.latency_acks == Acks::None {
+                    bail!("--latency-acks none: the latency case measures acks, and none come");
+                }
             }
             // A tuning profile (its shard section is replaced by the broker core).
             "--profile" => args.profile = Some(value()?.into()),
