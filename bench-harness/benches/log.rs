@@ -1,10 +1,11 @@
 //! CPU cost of `Log::append`: copying a 64 x 1 KiB batch (about 66 KiB) into the tail buffer
 //! and stamping it, with no disk wait in the timed section.
 //!
-//! Each timed chunk appends at most `CHUNK_APPENDS` batches, which fit in the 2 MiB tail
-//! buffer, so `append` never waits; the `wait_written` that empties the tail runs outside
-//! the timing. A chunk during which the segment rolled is discarded and repeated (a roll
-//! waits for a sync).
+//! Each timed chunk appends at most `CHUNK_APPENDS` batches, few enough that `append` never
+//! hands the tail to a write (it does once `WritePipeline::write_bytes_max`, 1 MiB, is
+//! pending; each chunk checks that no write was issued); the `wait_written` that empties the
+//! tail runs outside the timing. A chunk during which the segment rolled is discarded and
+//! repeated (a roll waits for a sync).
 //!
 //! Run: `cargo bench -p ringmq-bench-harness --bench log`. `cargo test --benches` runs it once.
 //! The log lives in a scratch directory under the current directory, which must be on a
@@ -22,7 +23,8 @@ use engine::log::storage::{DmaStorage, probe_dir};
 use engine::log::{Log, LogConfig, Preallocate, Retention};
 use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 
-/// Batches per timed chunk: 16 x 66 KiB stays below the 2 MiB tail buffer.
+/// Batches per timed chunk: the last of 16 appends finds 15 x 66 KiB (983 KiB) pending, below
+/// the 1 MiB at which an append starts a write.
 const CHUNK_APPENDS: u64 = 16;
 
 /// criterion's async runner over a glommio executor living on the bench thread.
@@ -81,7 +83,7 @@ fn append_64k(c: &mut Criterion) {
             let mut done = 0;
             while done < iters {
                 let n = CHUNK_APPENDS.min(iters - done);
-                let rolls = log.stats().rolls;
+                let before = log.stats();
                 let started = Instant::now();
                 let mut next = 0;
                 for _ in 0..n {
@@ -91,14 +93,19 @@ fn append_64k(c: &mut Criterion) {
                     }
                 }
                 let elapsed = started.elapsed();
+                let appended = log.stats();
                 if let Err(error) = log.wait_written(next).await {
                     panic!("wait_written: {error}");
                 }
-                if log.stats().rolls != rolls {
+                if log.stats().rolls != before.rolls {
                     // Keep disk use bounded; retry the chunk without the roll in it.
                     let _ = log.enforce_retention(0).await;
                     continue;
                 }
+                assert_eq!(
+                    appended.writes, before.writes,
+                    "an append wrote to disk inside the timed section: lower CHUNK_APPENDS"
+                );
                 timed += elapsed;
                 done += n;
             }

@@ -123,15 +123,21 @@ const SYNC_JOB: [&str; 7] = [
     "--size=256M",
 ];
 
-/// Lays out both jobs' files (fio `--create_only=1`) so the first measured run does not
-/// include writing them.
-pub fn lay_out(seq_file: &Path, sync_file: &Path, core: usize) -> anyhow::Result<()> {
-    for (file, job) in [(seq_file, &SEQ_JOB), (sync_file, &SYNC_JOB)] {
-        let mut args = job.to_vec();
-        args.push("--create_only=1");
-        run(file, 1, core, &args)?;
-    }
-    Ok(())
+/// Lays out the sequential-write job's 1 GiB file (fio `--create_only=1`), so the first
+/// measured run does not include writing it.
+pub fn lay_out_seq_write(file: &Path, core: usize) -> anyhow::Result<()> {
+    lay_out(file, &SEQ_JOB, core)
+}
+
+/// Lays out the write+fdatasync job's 256 MiB file, as `lay_out_seq_write` does.
+pub fn lay_out_write_fdatasync(file: &Path, core: usize) -> anyhow::Result<()> {
+    lay_out(file, &SYNC_JOB, core)
+}
+
+fn lay_out(file: &Path, job: &[&str], core: usize) -> anyhow::Result<()> {
+    let mut args = job.to_vec();
+    args.push("--create_only=1");
+    run(file, 1, core, &args).map(drop)
 }
 
 fn run(file: &Path, seconds: u64, core: usize, job: &[&str]) -> anyhow::Result<Value> {

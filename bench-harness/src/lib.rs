@@ -1,4 +1,5 @@
-//! Shared inputs for the criterion benches and, later, the scenario runner.
+//! Shared inputs and tools of the criterion benches and the benchmark runners (`logbench`,
+//! `brokerbench`).
 #![forbid(unsafe_code)]
 
 pub mod fio;
@@ -37,4 +38,29 @@ pub fn produce_frame(batch: Vec<u8>) -> FrameBuf {
         panic!("produce frame: {error}");
     }
     frame
+}
+
+/// The median of `values`: the middle one, or the mean of the two middle ones; NaN when there
+/// are none. Runs are few (3-5), so sorting a copy is fine.
+pub fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.into_iter().collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match (sorted.get(n.wrapping_sub(1) / 2), sorted.get(n / 2)) {
+        (Some(lo), Some(hi)) => (lo + hi) / 2.0,
+        _ => f64::NAN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_is_the_middle_value_or_the_mean_of_the_two() {
+        assert_eq!(median([3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median([7.0]), 7.0);
+        assert!(median([]).is_nan());
+    }
 }

@@ -7,6 +7,7 @@
 //! ahead (as a shard does), and bounds the disk it uses with byte retention.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -259,8 +260,12 @@ impl Shard {
                 }
                 for job in job_rx {
                     let result = match job {
-                        Job::Log(case) => executor.run(run_case(case)),
-                        Job::Dma(case) => executor.run(run_dma_case(case)),
+                        Job::Log(case) => {
+                            executor.run(removing_dir(case.dir.clone(), measure(case)))
+                        }
+                        Job::Dma(case) => {
+                            executor.run(removing_dir(case.dir.clone(), measure_dma(case)))
+                        }
                     };
                     if result_tx.send(result).is_err() {
                         return;
@@ -305,10 +310,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs the case, then removes its directory whatever the outcome.
-async fn run_case(case: LogCase) -> anyhow::Result<LogCaseResult> {
-    let dir = case.dir.clone();
-    let result = measure(case).await;
+/// Runs a case, then removes its directory `dir` whatever the outcome.
+async fn removing_dir(
+    dir: PathBuf,
+    case: impl Future<Output = anyhow::Result<LogCaseResult>>,
+) -> anyhow::Result<LogCaseResult> {
+    let result = case.await;
     if let Err(error) = std::fs::remove_dir_all(&dir)
         && error.kind() != std::io::ErrorKind::NotFound
     {
@@ -317,12 +324,85 @@ async fn run_case(case: LogCase) -> anyhow::Result<LogCaseResult> {
     result
 }
 
-/// Shared between the appenders and the timer of one case; one executor thread only.
+/// Shared between the workers (appenders, DMA writers) and the timer of one case; one
+/// executor thread only.
 struct Window {
     stop: Cell<bool>,
     measuring: Cell<bool>,
+    /// Operations completed inside the measured window.
     batches: Cell<u64>,
     histogram: RefCell<Histogram<u64>>,
+}
+
+/// What the machine did during a measured window.
+struct Sampled {
+    elapsed: Duration,
+    cpu: CpuUse,
+    shard_sched: SchedDelay,
+    device_written_mb: Option<f64>,
+}
+
+impl Window {
+    fn new() -> anyhow::Result<Rc<Window>> {
+        Ok(Rc::new(Window {
+            stop: Cell::new(false),
+            measuring: Cell::new(false),
+            batches: Cell::new(0),
+            histogram: RefCell::new(
+                Histogram::new_with_bounds(1, 10_000_000_000, 3)
+                    .map_err(|e| anyhow!("histogram: {e}"))?,
+            ),
+        }))
+    }
+
+    /// Counts one operation that began at `started` and has just completed, if the window
+    /// is open.
+    fn record(&self, started: Instant) {
+        if self.measuring.get() {
+            let ns = started.elapsed().as_nanos() as u64;
+            self.histogram.borrow_mut().saturating_record(ns.max(1));
+            self.batches.set(self.batches.get() + 1);
+        }
+    }
+
+    /// Lets `workers` run through `warmup`, opens the window for `measure` (calling
+    /// `at_open` as it opens, to snapshot counters), then stops the workers and waits for
+    /// all of them. The first worker error, if any, is returned after every worker ended.
+    async fn run<T, E>(
+        &self,
+        warmup: Duration,
+        measure: Duration,
+        device: &str,
+        workers: Vec<glommio::Task<Result<(), E>>>,
+        at_open: impl FnOnce() -> T,
+    ) -> (T, Sampled, Result<(), E>) {
+        glommio::timer::sleep(warmup).await;
+        let opened = at_open();
+        let cpu_before = CpuSample::now();
+        let sched_before = ThreadSched::now();
+        let disk_before = DiskSample::now(device);
+        let started = Instant::now();
+        self.measuring.set(true);
+        glommio::timer::sleep(measure).await;
+        self.stop.set(true);
+        let mut outcome = Ok(());
+        for worker in workers {
+            if let Err(error) = worker.await
+                && outcome.is_ok()
+            {
+                outcome = Err(error);
+            }
+        }
+        let elapsed = started.elapsed();
+        self.measuring.set(false);
+        let sampled = Sampled {
+            elapsed,
+            cpu: cpu_before.until(&CpuSample::now()),
+            shard_sched: sched_before.until(&ThreadSched::now()),
+            device_written_mb: disk_before.written_mb_until(&DiskSample::now(device)),
+        };
+        (opened, sampled, outcome)
+    }
 }
 
 async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
@@ -344,15 +424,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
     // The first segment was prepared by open; prepare the spare too before any timing.
     log.maintain(now_ms()).await.context("first maintain")?;
 
-    let window = Rc::new(Window {
-        stop: Cell::new(false),
-        measuring: Cell::new(false),
-        batches: Cell::new(0),
-        histogram: RefCell::new(
-            Histogram::new_with_bounds(1, 10_000_000_000, 3)
-                .map_err(|e| anyhow!("histogram: {e}"))?,
-        ),
-    });
+    let window = Window::new()?;
     let spares = Rc::new(Cell::new(0u64));
 
     let maintainer = {
@@ -391,48 +463,27 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
                     Wait::Written => log.wait_written(appended.next_offset).await?,
                     Wait::Synced => log.wait_synced(appended.next_offset).await?,
                 }
-                if window.measuring.get() {
-                    let ns = started.elapsed().as_nanos() as u64;
-                    window.histogram.borrow_mut().saturating_record(ns.max(1));
-                    window.batches.set(window.batches.get() + 1);
-                }
+                window.record(started);
             }
             Ok::<(), engine::log::LogError>(())
         }));
     }
 
-    glommio::timer::sleep(case.warmup).await;
-    let stats_before = log.stats();
-    let cpu_before = CpuSample::now();
-    let sched_before = ThreadSched::now();
-    let disk_before = DiskSample::now(&case.device);
-    let started = Instant::now();
-    window.measuring.set(true);
-    glommio::timer::sleep(case.measure).await;
-    window.stop.set(true);
-    let mut failure = None;
-    for appender in appenders {
-        if let Err(error) = appender.await {
-            failure.get_or_insert(error);
-        }
-    }
-    let elapsed = started.elapsed();
-    window.measuring.set(false);
-    let cpu = cpu_before.until(&CpuSample::now());
-    let shard_sched = sched_before.until(&ThreadSched::now());
-    let device_written_mb = disk_before.written_mb_until(&DiskSample::now(&case.device));
+    let (stats_before, sampled, appended) = window
+        .run(case.warmup, case.measure, &case.device, appenders, || {
+            log.stats()
+        })
+        .await;
     let stats = log.stats().since(&stats_before);
     let maintained = maintainer.await;
-    if let Some(error) = failure {
-        return Err(error).context("appender");
-    }
+    appended.context("appender")?;
     maintained.context("maintain")?;
     log.close().await.context("close")?;
 
     let histogram = window.histogram.borrow();
     let batches = window.batches.get();
     Ok(LogCaseResult {
-        elapsed_s: elapsed.as_secs_f64(),
+        elapsed_s: sampled.elapsed.as_secs_f64(),
         batches,
         batch_bytes: batch.len() as u64,
         records: batches * case.records_per_batch,
@@ -445,22 +496,11 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         segments_deleted: stats.segments_deleted,
         writes_overlapped: stats.writes_overlapped,
         spares_prepared: spares.get(),
-        cpu,
-        shard_sched,
-        device_written_mb,
+        cpu: sampled.cpu,
+        shard_sched: sampled.shard_sched,
+        device_written_mb: sampled.device_written_mb,
         own_written_mb: own_written_mb(&stats, spares.get(), &config),
     })
-}
-
-async fn run_dma_case(case: DmaCase) -> anyhow::Result<LogCaseResult> {
-    let dir = case.dir.clone();
-    let result = measure_dma(case).await;
-    if let Err(error) = std::fs::remove_dir_all(&dir)
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        eprintln!("warning: could not remove {}: {error}", dir.display());
-    }
-    result
 }
 
 async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
@@ -492,15 +532,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
     let mut block = file.alloc_buffer(case.write_bytes);
     block.as_mut().fill(0x5a);
     let block = Rc::new(block);
-    let window = Rc::new(Window {
-        stop: Cell::new(false),
-        measuring: Cell::new(false),
-        batches: Cell::new(0),
-        histogram: RefCell::new(
-            Histogram::new_with_bounds(1, 10_000_000_000, 3)
-                .map_err(|e| anyhow!("histogram: {e}"))?,
-        ),
-    });
+    let window = Window::new()?;
     let next_pos = Rc::new(Cell::new(0u64));
     let mut writers = Vec::with_capacity(case.depth);
     for _ in 0..case.depth {
@@ -522,37 +554,15 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
                 if written != len as usize {
                     return Err(std::io::Error::other(format!("short write {written}")));
                 }
-                if window.measuring.get() {
-                    let ns = started.elapsed().as_nanos() as u64;
-                    window.histogram.borrow_mut().saturating_record(ns.max(1));
-                    window.batches.set(window.batches.get() + 1);
-                }
+                window.record(started);
             }
             Ok(())
         }));
     }
-    glommio::timer::sleep(case.warmup).await;
-    let cpu_before = CpuSample::now();
-    let sched_before = ThreadSched::now();
-    let disk_before = DiskSample::now(&case.device);
-    let started = Instant::now();
-    window.measuring.set(true);
-    glommio::timer::sleep(case.measure).await;
-    window.stop.set(true);
-    let mut failure = None;
-    for writer in writers {
-        if let Err(error) = writer.await {
-            failure.get_or_insert(error);
-        }
-    }
-    let elapsed = started.elapsed();
-    window.measuring.set(false);
-    let cpu = cpu_before.until(&CpuSample::now());
-    let shard_sched = sched_before.until(&ThreadSched::now());
-    let device_written_mb = disk_before.written_mb_until(&DiskSample::now(&case.device));
-    if let Some(error) = failure {
-        return Err(error).context("dma writer");
-    }
+    let ((), sampled, written) = window
+        .run(case.warmup, case.measure, &case.device, writers, || ())
+        .await;
+    written.context("dma writer")?;
     drop(block);
     if let Ok(file) = Rc::try_unwrap(file) {
         StorageFile::close(file).await?;
@@ -561,7 +571,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
     let writes = window.batches.get();
     let write_bytes = writes * case.write_bytes as u64;
     Ok(LogCaseResult {
-        elapsed_s: elapsed.as_secs_f64(),
+        elapsed_s: sampled.elapsed.as_secs_f64(),
         batches: writes,
         batch_bytes: case.write_bytes as u64,
         records: 0,
@@ -574,9 +584,9 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
         segments_deleted: 0,
         writes_overlapped: 0,
         spares_prepared: 0,
-        cpu,
-        shard_sched,
-        device_written_mb,
+        cpu: sampled.cpu,
+        shard_sched: sampled.shard_sched,
+        device_written_mb: sampled.device_written_mb,
         own_written_mb: write_bytes as f64 / 1e6,
     })
 }

@@ -37,7 +37,7 @@ impl MachineFacts {
             kernel: read_trimmed("/proc/sys/kernel/osrelease"),
             cpu_model: cpu_model(),
             cpus_online: std::thread::available_parallelism().map_or(0, |n| n.get()),
-            cpus_allowed: allowed_cores(),
+            cpus_allowed: engine::config::allowed_cores(),
             data_fs,
             data_device,
             data_mount,
@@ -63,17 +63,6 @@ fn cpu_model() -> String {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned())
-}
-
-/// Core ids this process may run on, in ascending order.
-pub fn allowed_cores() -> Vec<usize> {
-    let mut ids: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    ids.sort_unstable();
-    ids
 }
 
 /// 1-minute load average, or -1 when unreadable.

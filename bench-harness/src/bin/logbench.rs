@@ -19,10 +19,9 @@ use bench_harness::fio;
 use bench_harness::logcases::{
     DmaCase, Job, LogCase, LogCaseResult, Shard, Wait, one_record_batch,
 };
-use bench_harness::machine::{
-    CpuSample, CpuUse, DiskSample, MachineFacts, ScratchDir, allowed_cores, loadavg_1m,
-};
-use bench_harness::sample_batch;
+use bench_harness::machine::{CpuSample, CpuUse, DiskSample, MachineFacts, ScratchDir, loadavg_1m};
+use bench_harness::{median, sample_batch};
+use engine::config::allowed_cores;
 use engine::log::{Durability, LogConfig, Preallocate, WritePipeline};
 use serde::Serialize;
 
@@ -544,9 +543,14 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let fio_seq_file = plan.work.join("fio-seq.dat");
     let fio_sync_file = plan.work.join("fio-4k.dat");
-    if ids.contains(&FIO_SEQ) || ids.contains(&FIO_SYNC) {
-        eprintln!("laying out fio's files ...");
-        fio::lay_out(&fio_seq_file, &fio_sync_file, core)?;
+    // Only the files of the fio cases that run: the sequential one alone is 1 GiB.
+    if ids.contains(&FIO_SEQ) {
+        eprintln!("laying out {FIO_SEQ}'s file ...");
+        fio::lay_out_seq_write(&fio_seq_file, core)?;
+    }
+    if ids.contains(&FIO_SYNC) {
+        eprintln!("laying out {FIO_SYNC}'s file ...");
+        fio::lay_out_write_fdatasync(&fio_sync_file, core)?;
     }
     let mut results: BTreeMap<&'static str, Vec<CaseRun>> = BTreeMap::new();
     for run in 1..=plan.args.runs {
@@ -554,49 +558,43 @@ fn main() -> anyhow::Result<()> {
             eprint!("run {run}/{}: {id} ... ", plan.args.runs);
             let before = CpuSample::now();
             let disk_before = DiskSample::now(&plan.device);
-            let case_run = match id {
-                FIO_SEQ => {
-                    let r = fio::seq_write(&fio_seq_file, plan.args.seconds, core)?;
-                    CaseRun {
-                        run,
-                        cpu: before.until(&CpuSample::now()),
-                        device_written_mb: disk_before
-                            .written_mb_until(&DiskSample::now(&plan.device)),
-                        own_written_mb: r.io_bytes / 1e6,
-                        outcome: Outcome::FioSeq(r),
-                        loadavg_1m_after: loadavg_1m(),
-                    }
-                }
-                FIO_SYNC => {
-                    let r = fio::write_fdatasync(&fio_sync_file, plan.args.seconds, core)?;
-                    CaseRun {
-                        run,
-                        cpu: before.until(&CpuSample::now()),
-                        device_written_mb: disk_before
-                            .written_mb_until(&DiskSample::now(&plan.device)),
-                        own_written_mb: r.io_bytes / 1e6,
-                        outcome: Outcome::FioSync(r),
-                        loadavg_1m_after: loadavg_1m(),
-                    }
-                }
+            let outcome = match id {
+                FIO_SEQ => Outcome::FioSeq(fio::seq_write(&fio_seq_file, plan.args.seconds, core)?),
+                FIO_SYNC => Outcome::FioSync(fio::write_fdatasync(
+                    &fio_sync_file,
+                    plan.args.seconds,
+                    core,
+                )?),
                 _ => {
                     let job: Job = if id == DMA_1M_QD4 || id == DMA_256K_QD1 {
                         plan.dma_case(id, run).into()
                     } else {
                         plan.log_case(id, run).into()
                     };
-                    let r = shard
-                        .run(job)
-                        .with_context(|| format!("case {id}, run {run}"))?;
-                    CaseRun {
-                        run,
-                        cpu: r.cpu,
-                        device_written_mb: r.device_written_mb,
-                        own_written_mb: r.own_written_mb,
-                        outcome: Outcome::Shard(r),
-                        loadavg_1m_after: loadavg_1m(),
-                    }
+                    Outcome::Shard(
+                        shard
+                            .run(job)
+                            .with_context(|| format!("case {id}, run {run}"))?,
+                    )
                 }
+            };
+            let (cpu, device_written_mb, own_written_mb) = match &outcome {
+                // The shard sampled its measured window alone, without the warm-up.
+                Outcome::Shard(r) => (r.cpu, r.device_written_mb, r.own_written_mb),
+                Outcome::FioSeq(fio::SeqWrite { io_bytes, .. })
+                | Outcome::FioSync(fio::WriteSync { io_bytes, .. }) => (
+                    before.until(&CpuSample::now()),
+                    disk_before.written_mb_until(&DiskSample::now(&plan.device)),
+                    io_bytes / 1e6,
+                ),
+            };
+            let case_run = CaseRun {
+                run,
+                outcome,
+                cpu,
+                device_written_mb,
+                own_written_mb,
+                loadavg_1m_after: loadavg_1m(),
             };
             eprintln!("{}", brief(&case_run.outcome));
             results.entry(id).or_default().push(case_run);
@@ -761,22 +759,6 @@ fn brief(outcome: &Outcome) -> String {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    let hi = sorted.get(n / 2).copied().unwrap_or(f64::NAN);
-    if n % 2 == 1 {
-        hi
-    } else {
-        let lo = sorted.get(n / 2 - 1).copied().unwrap_or(f64::NAN);
-        (lo + hi) / 2.0
-    }
-}
-
 type Metric = (String, &'static str, fn(&CaseRun) -> Option<f64>);
 
 fn fio_seq(run: &CaseRun) -> Option<&fio::SeqWrite> {
@@ -936,7 +918,7 @@ fn rows(labels: &[CaseLabel], results: &BTreeMap<&'static str, Vec<CaseRun>>) ->
                 batch: label.batch.clone(),
                 metric: name,
                 unit,
-                median: median(&values),
+                median: median(values.iter().copied()),
                 runs: values,
             });
         }
@@ -964,8 +946,8 @@ fn targets(plan: &Plan, results: &BTreeMap<&'static str, Vec<CaseRun>>) -> Vec<T
                         at_least: bool,
                         bound: f64|
      -> Target {
-        let m = median(&measured);
-        let b = median(&baseline);
+        let m = median(measured.iter().copied());
+        let b = median(baseline.iter().copied());
         let ratio = m / b;
         Target {
             name,
