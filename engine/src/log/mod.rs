@@ -88,7 +88,8 @@ pub struct LogConfig {
     /// The group-commit window: a committer waits up to this long for more appends before
     /// it writes, unless `group_commit_bytes` are already pending. 0: write at once.
     pub group_commit_window_us: u64,
-    /// Pending bytes that end the window early.
+    /// A committer skips its window when this many bytes are already pending as it starts
+    /// (appends inside a window do not end it early).
     pub group_commit_bytes: u64,
 }
 
