@@ -96,6 +96,20 @@ pub trait Storage {
     async fn sleep(&self, duration: Duration);
 }
 
+/// `write_at` of the whole buffer: a short write is an error too, as the log treats it.
+pub(crate) async fn write_whole<F: StorageFile>(
+    file: &F,
+    buf: Rc<F::Buffer>,
+    pos: u64,
+) -> io::Result<()> {
+    let len = (*buf).as_ref().len();
+    let written = file.write_at(buf, pos).await?;
+    if written != len {
+        return Err(io::Error::other(format!("short write {written} of {len}")));
+    }
+    Ok(())
+}
+
 /// Rounds `len` up to a whole number of blocks.
 pub const fn block_ceil(len: u64) -> u64 {
     len.next_multiple_of(BLOCK_BYTES as u64)
