@@ -28,7 +28,9 @@ use protocol::{BatchHeader, BatchView};
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use super::index::Index;
 use super::segment::{Segment, index_path, log_path, parse_log_name};
-use super::storage::{BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor};
+use super::storage::{
+    BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor, write_whole,
+};
 use super::{Durability, Health, LogConfig, LogError, Preallocate};
 
 /// Name of a segment file being prepared ahead of the next roll.
@@ -245,16 +247,9 @@ async fn scrub_after<F: StorageFile>(
             if let (Some(dst), Some(src)) = (out.get_mut(..keep), data.get(..keep)) {
                 dst.copy_from_slice(src);
             }
-            let written = file
-                .write_at(Rc::new(buf), at)
+            write_whole(file, Rc::new(buf), at)
                 .await
                 .map_err(LogError::io("scrub write"))?;
-            if written != len {
-                return Err(LogError::Failed {
-                    op: "scrub write",
-                    errno: None,
-                });
-            }
         }
         at += len as u64;
     }
@@ -297,16 +292,9 @@ async fn prepare<F: StorageFile>(file: &F, config: &LogConfig) -> Result<(), Log
             let len = chunk.min(config.segment_bytes - at) as usize;
             let mut buf = file.alloc_buffer(len);
             buf.as_mut().fill(0);
-            let written = file
-                .write_at(Rc::new(buf), at)
+            write_whole(file, Rc::new(buf), at)
                 .await
                 .map_err(LogError::io("zero segment"))?;
-            if written != len {
-                return Err(LogError::Io {
-                    op: "zero segment",
-                    source: std::io::Error::other(format!("short write {written} of {len}")),
-                });
-            }
             at += len as u64;
         }
     }
@@ -363,13 +351,8 @@ pub(crate) async fn write_small_file<S: Storage>(
     if let Some(dst) = out.get_mut(..bytes.len()) {
         dst.copy_from_slice(bytes);
     }
-    let written = file.write_at(Rc::new(buf), 0).await;
-    let synced = match written {
-        Ok(n) if n == len => file.sync().await.map_err(LogError::io("sync small file")),
-        Ok(n) => Err(LogError::Io {
-            op: "write small file",
-            source: std::io::Error::other(format!("short write {n} of {len}")),
-        }),
+    let synced = match write_whole(&file, Rc::new(buf), 0).await {
+        Ok(()) => file.sync().await.map_err(LogError::io("sync small file")),
         Err(error) => Err(LogError::io("write small file")(error)),
     };
     let closed = file.close().await.map_err(LogError::io("close small file"));

@@ -41,10 +41,11 @@ pub trait IoBuffer: AsRef<[u8]> + AsMut<[u8]> {
     fn truncate(&mut self, len: usize);
 }
 
-/// A file opened for direct I/O.
+/// A file opened for direct I/O. `'static`, like its buffers: the log's own tasks hold them
+/// while they run its writes and syncs.
 #[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
-pub trait StorageFile {
-    type Buffer: IoBuffer;
+pub trait StorageFile: 'static {
+    type Buffer: IoBuffer + 'static;
     type ReadBuf: Deref<Target = [u8]>;
 
     /// An aligned buffer of `len` bytes (a multiple of `BLOCK_BYTES`). Its contents are
@@ -72,7 +73,7 @@ pub trait StorageFile {
 
 /// A file system as the log sees it.
 #[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
-pub trait Storage {
+pub trait Storage: 'static {
     type File: StorageFile;
 
     async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<Self::File>;
@@ -94,6 +95,20 @@ pub trait Storage {
     /// Waits about `duration` without blocking the shard: the group-commit window. The
     /// simulated disk has no clock; it yields to the executor instead.
     async fn sleep(&self, duration: Duration);
+}
+
+/// `write_at` of the whole buffer: a short write is an error too, as the log treats it.
+pub(crate) async fn write_whole<F: StorageFile>(
+    file: &F,
+    buf: Rc<F::Buffer>,
+    pos: u64,
+) -> io::Result<()> {
+    let len = (*buf).as_ref().len();
+    let written = file.write_at(buf, pos).await?;
+    if written != len {
+        return Err(io::Error::other(format!("short write {written} of {len}")));
+    }
+    Ok(())
 }
 
 /// Rounds `len` up to a whole number of blocks.

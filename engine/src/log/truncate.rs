@@ -20,7 +20,7 @@ use protocol::limits::BATCH_HEADER_BYTES;
 use super::checkpoint::CHECKPOINT_FILE;
 use super::recovery;
 use super::segment::{index_path, log_path};
-use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor};
+use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::{Health, LogConfig, LogError};
 
 /// What `truncate_to` did.
@@ -168,16 +168,9 @@ async fn zero_from<F: StorageFile>(
             }
         }
         first = false;
-        let written = file
-            .write_at(Rc::new(buf), pos)
+        write_whole(file, Rc::new(buf), pos)
             .await
             .map_err(LogError::io("truncate write"))?;
-        if written != len {
-            return Err(LogError::Io {
-                op: "truncate write",
-                source: std::io::Error::other(format!("short write {written} of {len}")),
-            });
-        }
         pos += len as u64;
     }
     file.sync().await.map_err(LogError::io("truncate sync"))
