@@ -674,3 +674,37 @@ fn status_reports_how_far_each_follower_is_behind() {
         assert_eq!(left.isr, vec![0]);
     });
 }
+
+/// A produce with `acks=none` has nobody waiting for its write, yet the high watermark
+/// follows the write at once (a fetch without a wait reads it as it is), not at the
+/// leader's next 50 ms tick.
+#[test]
+fn the_watermark_follows_an_acks_none_write_without_waiting_for_the_tick() {
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
+        let disk = SimStorage::new(1);
+        let log = open_log(&disk, 0).await;
+        let leader = start_leader(leader_init(&disk, 0, log), &rt, net(1)).await;
+        settle(&rt, 60_000).await; // past the first tick
+        leader
+            .produce(&batch("A", 3), Acks::None, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let start = rt.now_us();
+        let mut turns = 0;
+        while leader.status().hw < 3 && turns < 10_000 {
+            futures_lite::future::yield_now().await;
+            turns += 1;
+        }
+        let waited_us = rt.now_us() - start;
+        let fetched = leader.fetch(0, 1 << 20, Duration::ZERO).await.unwrap();
+        rt.stop_ticking();
+        leader.stop();
+        assert!(
+            waited_us < 5_000,
+            "the watermark reached the acks=none write after {waited_us} us of virtual time"
+        );
+        assert_eq!(records(&fetched.records).len(), 3);
+    });
+}
