@@ -18,6 +18,7 @@ use protocol::api::{
     ArchivedFetchResponse, ArchivedProduceResponse, FetchRequest, FetchResponse, ProduceRequest,
     ProduceResponse,
 };
+use protocol::batch::BATCH_CRC_START;
 use protocol::limits::FRAME_HEADER_BYTES;
 use protocol::{Acks, ApiKey, BatchView, Batches, FrameBuf, decode_frame, encode_frame};
 
@@ -52,10 +53,9 @@ const TEMPLATE_BYTES_MAX: usize = 256 << 20;
 const PRODUCE_TIMEOUT_MS: u32 = 30_000;
 
 // Fixed positions in the frame header and the batch header (protocol/src/frame.rs and
-// protocol/src/batch.rs document both layouts).
+// protocol/src/batch.rs document both layouts; protocol exports no setters for these).
 const FRAME_AT_BODY_CRC: usize = 24;
 const BATCH_AT_CRC: usize = 12;
-const BATCH_CRC_START: usize = 16;
 const BATCH_AT_FIRST_TIMESTAMP: usize = 32;
 const BATCH_AT_MAX_TIMESTAMP: usize = 40;
 
@@ -222,7 +222,8 @@ struct Route {
     partition: u32,
 }
 
-/// A batch being filled for one partition.
+/// A batch being filled for one partition. `messages` keeps its allocation from batch to
+/// batch.
 #[derive(Debug, Default)]
 struct OpenBatch {
     messages: Vec<Message>,
@@ -251,58 +252,62 @@ struct Consumer {
     retry_at_ns: Nanos,
 }
 
-/// A produce request waiting for its response.
+/// A produce request waiting for its response: its producer and the intended send time of
+/// each of its messages. A slot's `intended` keeps its allocation across requests.
+#[derive(Default)]
 struct Pending {
     producer: usize,
     intended: Vec<Nanos>,
+    waiting: bool,
+    generation: u32,
 }
 
 /// Requests in flight, indexed by correlation id (slot in the low 32 bits, a generation in
 /// the high bits so a stale id never matches a reused slot).
 #[derive(Default)]
 struct InFlight {
-    slots: Vec<Option<Pending>>,
-    generations: Vec<u32>,
+    slots: Vec<Pending>,
     free: Vec<u32>,
     per_conn: Vec<usize>,
 }
 
 impl InFlight {
-    fn insert(&mut self, conn: usize, pending: Pending) -> u64 {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                (self.slots.len() - 1) as u32
-            }
+    /// Records a request of `messages` from `producer` on `conn`; returns its correlation id.
+    fn insert(&mut self, conn: usize, producer: usize, messages: &[Message]) -> u64 {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Pending::default());
+            (self.slots.len() - 1) as u32
+        });
+        let Some(pending) = self.slots.get_mut(slot as usize) else {
+            return 0;
         };
-        let index = slot as usize;
-        if let (Some(entry), Some(generation)) =
-            (self.slots.get_mut(index), self.generations.get_mut(index))
-        {
-            *entry = Some(pending);
-            *generation = generation.wrapping_add(1);
-            if let Some(count) = self.per_conn.get_mut(conn) {
-                *count += 1;
-            }
-            return u64::from(*generation) << 32 | u64::from(slot);
+        pending.producer = producer;
+        pending.intended.clear();
+        pending
+            .intended
+            .extend(messages.iter().map(|m| m.intended_ns));
+        pending.waiting = true;
+        pending.generation = pending.generation.wrapping_add(1);
+        if let Some(count) = self.per_conn.get_mut(conn) {
+            *count += 1;
         }
-        0
+        u64::from(pending.generation) << 32 | u64::from(slot)
     }
 
-    fn take(&mut self, conn: usize, correlation_id: u64) -> Option<Pending> {
+    /// The request answered by `correlation_id`, once: `(producer, intended send times)`.
+    fn take(&mut self, conn: usize, correlation_id: u64) -> Option<(usize, &[Nanos])> {
         let index = (correlation_id & 0xffff_ffff) as usize;
         let generation = (correlation_id >> 32) as u32;
-        if self.generations.get(index) != Some(&generation) {
+        let pending = self.slots.get_mut(index)?;
+        if !pending.waiting || pending.generation != generation {
             return None;
         }
-        let pending = self.slots.get_mut(index)?.take()?;
+        pending.waiting = false;
         self.free.push(index as u32);
         if let Some(count) = self.per_conn.get_mut(conn) {
             *count = count.saturating_sub(1);
         }
-        Some(pending)
+        Some((pending.producer, &pending.intended))
     }
 
     fn on_conn(&self, conn: usize) -> usize {
@@ -604,7 +609,7 @@ impl<'p> Worker<'p> {
             if sending {
                 self.generate(now, &window)?;
             }
-            self.seal_lingered(now, over, &window);
+            self.seal_lingered(now, over, &window)?;
             if over && !producers_done && self.producers_idle() {
                 producers_done = true;
                 plan.producer_finished();
@@ -754,7 +759,7 @@ impl<'p> Worker<'p> {
     }
 
     /// Seals batches whose linger ran out (or every open batch, when `all`).
-    fn seal_lingered(&mut self, now: Nanos, all: bool, window: &Window) {
+    fn seal_lingered(&mut self, now: Nanos, all: bool, window: &Window) -> anyhow::Result<()> {
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
         for index in 0..self.producers.len() {
             let slots = self.producers.get(index).map_or(0, |p| p.open.len());
@@ -773,12 +778,11 @@ impl<'p> Worker<'p> {
                     .and_then(|p| p.routes.get(slot))
                     .map(|r| r.conn);
                 if due && conn.is_some_and(|c| self.has_room(c)) {
-                    // Sealing cannot fail for a template that built once; a failure to build
-                    // is reported at the first full batch.
-                    let _ = self.seal(index, slot, now, window);
+                    self.seal(index, slot, now, window)?;
                 }
             }
         }
+        Ok(())
     }
 
     /// Turns one open batch into a produce frame on its connection.
@@ -802,40 +806,42 @@ impl<'p> Worker<'p> {
         let Some(batch) = producer.open.get_mut(slot) else {
             return Ok(());
         };
-        let messages = std::mem::take(&mut batch.messages);
-        if messages.is_empty() {
+        if batch.messages.is_empty() {
             return Ok(());
         }
-        let count = messages.len();
-        let pending = Pending {
-            producer: index,
-            intended: messages.iter().map(|m| m.intended_ns).collect(),
-        };
-        let correlation_id = if self.acks == Acks::None {
-            0
-        } else {
-            self.in_flight.insert(route.conn, pending)
-        };
-        let key = (topic, count);
+        // Borrowed out and put back below, so the batch keeps its allocation.
+        let mut messages = std::mem::take(&mut batch.messages);
+        let key = (topic, messages.len());
+        let mut uncached = None;
         if !self.templates.contains_key(&key) {
-            let name = self.topic_names.get(topic).cloned().unwrap_or_default();
-            let template = Template::build(&name, self.acks, count, &self.payload, self.key_bytes)?;
+            let name = self.topic_names.get(topic).map_or("", String::as_str);
+            let template = Template::build(name, self.acks, key.1, &self.payload, self.key_bytes)?;
             if self.template_bytes + template.frame.len() <= TEMPLATE_BYTES_MAX {
                 self.template_bytes += template.frame.len();
                 self.templates.insert(key, template);
             } else {
-                let mut template = template;
-                template.patch(route.partition, &messages, self.key_bytes, correlation_id);
-                self.transport.queue(route.conn, template.frame());
-                self.account_sent(topic, &messages, now, window);
-                return Ok(());
+                uncached = Some(template);
             }
         }
-        if let Some(template) = self.templates.get_mut(&key) {
-            template.patch(route.partition, &messages, self.key_bytes, correlation_id);
-            self.transport.queue(route.conn, template.frame());
-        }
+        let Some(template) = uncached.as_mut().or(self.templates.get_mut(&key)) else {
+            return Ok(());
+        };
+        let correlation_id = if self.acks == Acks::None {
+            0
+        } else {
+            self.in_flight.insert(route.conn, index, &messages)
+        };
+        template.patch(route.partition, &messages, self.key_bytes, correlation_id);
+        self.transport.queue(route.conn, template.frame());
         self.account_sent(topic, &messages, now, window);
+        messages.clear();
+        if let Some(batch) = self
+            .producers
+            .get_mut(index)
+            .and_then(|p| p.open.get_mut(slot))
+        {
+            batch.messages = messages;
+        }
         Ok(())
     }
 
@@ -910,8 +916,10 @@ impl<'p> Worker<'p> {
 
     /// Handles every whole frame received on the readable connections.
     fn process(&mut self) -> anyhow::Result<()> {
-        let readable: Vec<usize> = self.transport.readable().to_vec();
-        for conn in readable {
+        for next in 0..self.transport.readable().len() {
+            let Some(conn) = self.transport.readable().get(next).copied() else {
+                break;
+            };
             loop {
                 let now = self.plan.clock.now_ns();
                 let data = self.transport.received(conn);
@@ -929,16 +937,16 @@ impl<'p> Worker<'p> {
                         let correlation_id = frame.header.correlation_id;
                         let error = response_error(response);
                         let window = self.plan.window();
-                        if let (Some(pending), Some(window)) =
+                        if let (Some((producer, intended)), Some(window)) =
                             (self.in_flight.take(conn, correlation_id), window)
                         {
-                            let topic = self.producers.get(pending.producer).map_or(0, |p| p.topic);
+                            let topic = self.producers.get(producer).map_or(0, |p| p.topic);
                             on_ack(
                                 self.plan,
                                 &mut self.stats,
                                 &mut self.interval,
                                 topic,
-                                pending,
+                                intended,
                                 error,
                                 now,
                                 &window,
@@ -982,24 +990,20 @@ fn on_ack(
     stats: &mut Stats,
     interval: &mut Latency,
     topic: usize,
-    pending: Pending,
+    intended_ns: &[Nanos],
     error: protocol::ErrorCode,
     now: Nanos,
     window: &Window,
 ) {
-    let count = pending.intended.len() as u64;
+    let count = intended_ns.len() as u64;
     if !error.is_ok() {
         plan.add_lost(topic, count);
         Live::add(&plan.live.failed, count);
-        stats.failed += pending
-            .intended
-            .iter()
-            .filter(|t| window.measures(**t))
-            .count() as u64;
+        stats.failed += intended_ns.iter().filter(|t| window.measures(**t)).count() as u64;
         return;
     }
     Live::add(&plan.live.acked, count);
-    for intended in pending.intended {
+    for &intended in intended_ns {
         let latency = now.saturating_sub(intended);
         interval.record(latency);
         if window.measures(intended) {
@@ -1117,25 +1121,19 @@ mod tests {
     fn in_flight_ids_do_not_match_reused_slots() {
         let mut in_flight = InFlight::default();
         in_flight.per_conn.resize(1, 0);
-        let first = in_flight.insert(
-            0,
-            Pending {
-                producer: 0,
-                intended: vec![1],
-            },
-        );
-        assert!(in_flight.take(0, first).is_some());
-        let second = in_flight.insert(
-            0,
-            Pending {
-                producer: 0,
-                intended: vec![2],
-            },
-        );
+        let message = |intended_ns| Message {
+            intended_ns,
+            sequence: 0,
+            key: 0,
+        };
+        let first = in_flight.insert(0, 4, &[message(1)]);
+        assert_eq!(in_flight.take(0, first), Some((4, &[1][..])));
+        assert!(in_flight.take(0, first).is_none(), "answered once");
+        let second = in_flight.insert(0, 5, &[message(2), message(3)]);
         assert_ne!(first, second);
         assert!(in_flight.take(0, first).is_none());
         assert_eq!(in_flight.on_conn(0), 1);
-        assert_eq!(in_flight.take(0, second).unwrap().intended, vec![2]);
+        assert_eq!(in_flight.take(0, second), Some((5, &[2, 3][..])));
         assert_eq!(in_flight.total(), 0);
     }
 }
