@@ -698,21 +698,24 @@ impl<'p> Worker<'p> {
     /// Takes every due message from each producer's schedule into its open batches, sealing
     /// full batches.
     fn generate(&mut self, now: Nanos, window: &Window) -> anyhow::Result<()> {
+        let keys = self.plan.workload.keys;
         for index in 0..self.producers.len() {
             let mut taken = 0;
             while taken < MESSAGES_PER_TURN_MAX {
                 let Some(producer) = self.producers.get_mut(index) else {
                     break;
                 };
+                // Look before taking: a message that cannot go out yet keeps its place (and
+                // a round-robin key its turn).
+                let Some(intended_ns) = producer.schedule.due_before(now, window.end_ns) else {
+                    break;
+                };
                 let partitions = producer.routes.len().max(1);
-                let (slot, key) = match self.key_bytes {
-                    0 => (producer.sticky % partitions, 0),
+                let (slot, key) = match keys {
+                    KeyDistributor::NoKey => (producer.sticky % partitions, 0),
                     _ => {
-                        let key = match self.plan.workload.keys {
-                            KeyDistributor::KeyRoundRobin => {
-                                producer.key_counter += 1;
-                                producer.key_counter
-                            }
+                        let key = match keys {
+                            KeyDistributor::KeyRoundRobin => producer.key_counter + 1,
                             _ => rand::Rng::random::<u64>(&mut producer.rng),
                         };
                         // Stable, like a client partitioner: crc32c of the key bytes.
@@ -732,10 +735,15 @@ impl<'p> Worker<'p> {
                 let Some(producer) = self.producers.get_mut(index) else {
                     break;
                 };
-                let Some(intended_ns) = producer.schedule.next_due_before(now, window.end_ns)
-                else {
-                    break;
-                };
+                let taken_ns = producer.schedule.next_due_before(now, window.end_ns);
+                assert_eq!(
+                    taken_ns,
+                    Some(intended_ns),
+                    "the message looked at is taken"
+                );
+                if keys == KeyDistributor::KeyRoundRobin {
+                    producer.key_counter = key;
+                }
                 producer.sequence += 1;
                 let message = Message {
                     intended_ns,
