@@ -222,12 +222,14 @@ struct Route {
     partition: u32,
 }
 
-/// A batch being filled for one partition. `messages` keeps its allocation from batch to
-/// batch.
+/// A batch being filled for one partition. Its linger runs from the first message's
+/// intended send time, so when the worker wakes to take that message does not move it.
+///
+/// `messages` keeps its allocation from batch to batch.
 #[derive(Debug, Default)]
 struct OpenBatch {
     messages: Vec<Message>,
-    opened_ns: Nanos,
+    first_intended_ns: Nanos,
 }
 
 struct Producer {
@@ -754,7 +756,7 @@ impl<'p> Worker<'p> {
                     break;
                 };
                 if batch.messages.is_empty() {
-                    batch.opened_ns = now;
+                    batch.first_intended_ns = intended_ns;
                 }
                 batch.messages.push(message);
                 taken += 1;
@@ -778,7 +780,7 @@ impl<'p> Worker<'p> {
                     .and_then(|p| p.open.get(slot))
                     .is_some_and(|b| {
                         !b.messages.is_empty()
-                            && (all || now.saturating_sub(b.opened_ns) >= linger_ns)
+                            && (all || now.saturating_sub(b.first_intended_ns) >= linger_ns)
                     });
                 let conn = self
                     .producers
@@ -891,35 +893,63 @@ impl<'p> Worker<'p> {
         }
     }
 
-    /// How long the ring may sleep: until the next message is due or a batch's linger ends,
-    /// at most 10 ms (the stop flag and the progress line are checked that often).
+    /// How long the ring may sleep: until a producer must take its next message or a batch's
+    /// linger ends, at most 10 ms (the stop flag and the progress line are checked that
+    /// often). A producer or batch waiting for room on its connection sets no deadline: the
+    /// completion that makes room wakes the ring.
     fn timeout(&self, now: Nanos, sending: bool, window: &Window) -> Duration {
         let mut wake = now + 10_000_000;
         if !sending && now < window.start_ns {
             wake = wake.min(window.start_ns);
         }
-        if sending {
-            for producer in &self.producers {
-                match producer.schedule.next_due_ns() {
-                    Some(due) => wake = wake.min(due),
-                    // Closed loop: come back as soon as there is room (a completion wakes us).
-                    None => {
-                        if producer.routes.iter().any(|r| self.has_room(r.conn)) {
-                            wake = now;
-                        }
-                    }
-                }
-            }
-        }
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
         for producer in &self.producers {
-            for batch in &producer.open {
-                if !batch.messages.is_empty() {
-                    wake = wake.min(batch.opened_ns + linger_ns);
+            if sending {
+                if producer.schedule.is_open_loop() {
+                    // Only a message that can be taken sets a deadline (see `take_by`); the
+                    // end of the window is one too, where the last messages are taken and
+                    // every open batch is sealed.
+                    if self.can_take(producer) {
+                        let take_ns = take_by(
+                            &producer.schedule,
+                            &producer.open,
+                            self.records_per_batch,
+                            linger_ns,
+                        );
+                        wake = wake.min(take_ns.min(window.end_ns));
+                    }
+                } else if producer.routes.iter().any(|r| self.has_room(r.conn)) {
+                    // Closed loop: come back as soon as there is room (a completion wakes us).
+                    wake = now;
+                }
+            }
+            for (batch, route) in producer.open.iter().zip(&producer.routes) {
+                if !batch.messages.is_empty() && self.has_room(route.conn) {
+                    wake = wake.min(batch.first_intended_ns + linger_ns);
                 }
             }
         }
         Duration::from_nanos(wake.saturating_sub(now))
+    }
+
+    /// Whether `producer`'s next message could be taken now: its partition's batch is open,
+    /// or that partition's connection has room for another request. With keys the partition
+    /// is drawn per message, so any partition that could take it counts.
+    fn can_take(&self, producer: &Producer) -> bool {
+        let can = |slot: usize| {
+            producer
+                .open
+                .get(slot)
+                .is_some_and(|b| !b.messages.is_empty())
+                || producer
+                    .routes
+                    .get(slot)
+                    .is_some_and(|r| self.has_room(r.conn))
+        };
+        match self.key_bytes {
+            0 => can(producer.sticky % producer.routes.len().max(1)),
+            _ => (0..producer.routes.len()).any(can),
+        }
     }
 
     /// Handles every whole frame received on the readable connections.
@@ -989,6 +1019,29 @@ impl<'p> Worker<'p> {
         }
         Ok(())
     }
+}
+
+/// When an open-loop producer must next take messages from its `schedule` into its `open`
+/// batches. Without batching (or without a linger), when the next message is due. With
+/// batches and a linger, a due message may wait untaken without changing when its batch goes
+/// out, which is when the batch fills or its first message's linger ends. So the worker wakes
+/// once per batch instead of once per message, and sends at the same times: at the earliest
+/// moment any batch could fill (as if every next message went to the fullest), or when the
+/// next message's linger ends. Open batches' own lingers are the caller's deadlines.
+fn take_by(
+    schedule: &Schedule,
+    open: &[OpenBatch],
+    records_per_batch: usize,
+    linger_ns: Nanos,
+) -> Nanos {
+    let due_ns = schedule.intended_ns(schedule.issued());
+    if records_per_batch <= 1 || linger_ns == 0 {
+        return due_ns;
+    }
+    let fullest = open.iter().map(|b| b.messages.len()).max().unwrap_or(0);
+    let to_fill = records_per_batch.saturating_sub(fullest).max(1) as u64;
+    let fills_ns = schedule.intended_ns(schedule.issued() + to_fill - 1);
+    fills_ns.min(due_ns + linger_ns)
 }
 
 /// Records the answer to one produce request.
@@ -1123,6 +1176,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_open_loop_producer_wakes_when_a_batch_fills_or_its_linger_ends() {
+        let message = Message {
+            intended_ns: 0,
+            sequence: 0,
+            key: 0,
+        };
+        let linger_ns = 5_000_000;
+        let mut schedule = Schedule::open(0, 1000.0); // one message per ms
+        let empty = [OpenBatch::default(), OpenBatch::default()];
+        // No batching, or no linger: every message when it is due.
+        assert_eq!(take_by(&schedule, &empty, 1, linger_ns), 0);
+        assert_eq!(take_by(&schedule, &empty, 10, 0), 0);
+        // 10 per batch: the first message's linger (5 ms) ends before the 10th is due (9 ms).
+        assert_eq!(take_by(&schedule, &empty, 10, linger_ns), 5_000_000);
+        // 3 per batch: the 3rd message, due at 2 ms, fills it.
+        assert_eq!(take_by(&schedule, &empty, 3, linger_ns), 2_000_000);
+        // Two taken into one batch: the next message (due at 2 ms) fills the fullest.
+        assert_eq!(schedule.next_due(1_000_000), Some(0));
+        assert_eq!(schedule.next_due(1_000_000), Some(1_000_000));
+        let open = [
+            OpenBatch::default(),
+            OpenBatch {
+                messages: vec![message; 2],
+                first_intended_ns: 0,
+            },
+        ];
+        assert_eq!(take_by(&schedule, &open, 3, linger_ns), 2_000_000);
+        assert_eq!(take_by(&schedule, &open, 10, linger_ns), 7_000_000);
     }
 
     #[test]
