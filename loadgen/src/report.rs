@@ -4,32 +4,6 @@ use serde::Serialize;
 
 use crate::stats::Percentiles;
 
-/// Latency figures of one kind, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LatencyUs {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub p9999: f64,
-    pub max: f64,
-    pub samples: u64,
-}
-
-impl From<Percentiles> for LatencyUs {
-    fn from(p: Percentiles) -> LatencyUs {
-        LatencyUs {
-            p50: p.p50,
-            p90: p.p90,
-            p99: p.p99,
-            p999: p.p999,
-            p9999: p.p9999,
-            max: p.max,
-            samples: p.count,
-        }
-    }
-}
-
 /// One run's result, as written to JSON (`{"results": [..]}`). Fields that a mode does not
 /// have (acks for fire-and-forget, end-to-end without consumers) are left out.
 #[derive(Debug, Clone, Serialize)]
@@ -58,12 +32,12 @@ pub struct RunResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_msgs_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ack_latency_us: Option<LatencyUs>,
+    pub ack_latency_us: Option<Percentiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub e2e_latency_us: Option<LatencyUs>,
+    pub e2e_latency_us: Option<Percentiles>,
     /// Intended send time to the moment the message went to the socket.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub send_gap_us: Option<LatencyUs>,
+    pub send_gap_us: Option<Percentiles>,
     /// Percent of one core over the measured window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_cpu_percent: Option<f64>,
@@ -355,4 +329,27 @@ pub fn to_csv(results: &[RunResult]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn latency_json_keeps_its_field_names() {
+        let latency = Percentiles {
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            p999: 4.0,
+            p9999: 5.0,
+            max: 6.0,
+            samples: 7,
+        };
+        assert_eq!(
+            serde_json::to_string(&latency).unwrap(),
+            r#"{"p50":1.0,"p90":2.0,"p99":3.0,"p999":4.0,"p9999":5.0,"max":6.0,"samples":7}"#
+        );
+    }
 }
