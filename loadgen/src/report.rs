@@ -183,24 +183,23 @@ pub fn compare_table(columns: &[Column]) -> String {
     }
     out.push('\n');
     type Cell = fn(&Column) -> String;
+    // What a row reads: either run's settings, the latency run's latencies.
+    fn either(c: &Column) -> Option<&RunResult> {
+        c.latency.as_ref().or(c.max.as_ref())
+    }
+    fn ack(c: &Column) -> Option<Percentiles> {
+        c.latency.as_ref().and_then(|r| r.ack_latency_us)
+    }
+    fn e2e(c: &Column) -> Option<Percentiles> {
+        c.latency.as_ref().and_then(|r| r.e2e_latency_us)
+    }
     let rows: Vec<(&str, Cell)> = vec![
         ("durability", |c| {
-            c.latency
-                .as_ref()
-                .or(c.max.as_ref())
-                .map_or("-".into(), |r| r.durability.clone())
+            either(c).map_or("-".into(), |r| r.durability.clone())
         }),
-        ("acks", |c| {
-            c.latency
-                .as_ref()
-                .or(c.max.as_ref())
-                .map_or("-".into(), |r| r.acks.clone())
-        }),
+        ("acks", |c| either(c).map_or("-".into(), |r| r.acks.clone())),
         ("batching", |c| {
-            c.latency
-                .as_ref()
-                .or(c.max.as_ref())
-                .map_or("-".into(), |r| r.batch.clone())
+            either(c).map_or("-".into(), |r| r.batch.clone())
         }),
         ("offered rate (open loop)", |c| {
             c.latency
@@ -208,42 +207,12 @@ pub fn compare_table(columns: &[Column]) -> String {
                 .and_then(|r| r.offered_rate_msgs_per_s)
                 .map_or("-".into(), |r| format!("{r:.0} msg/s"))
         }),
-        ("publish-to-ack p50", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.ack_latency_us)
-                .map(|l| l.p50))
-        }),
-        ("publish-to-ack p99", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.ack_latency_us)
-                .map(|l| l.p99))
-        }),
-        ("publish-to-ack p99.9", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.ack_latency_us)
-                .map(|l| l.p999))
-        }),
-        ("end-to-end p50", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.e2e_latency_us)
-                .map(|l| l.p50))
-        }),
-        ("end-to-end p99", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.e2e_latency_us)
-                .map(|l| l.p99))
-        }),
-        ("end-to-end p99.9", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.e2e_latency_us)
-                .map(|l| l.p999))
-        }),
+        ("publish-to-ack p50", |c| us(ack(c).map(|l| l.p50))),
+        ("publish-to-ack p99", |c| us(ack(c).map(|l| l.p99))),
+        ("publish-to-ack p99.9", |c| us(ack(c).map(|l| l.p999))),
+        ("end-to-end p50", |c| us(e2e(c).map(|l| l.p50))),
+        ("end-to-end p99", |c| us(e2e(c).map(|l| l.p99))),
+        ("end-to-end p99.9", |c| us(e2e(c).map(|l| l.p999))),
         ("acked/delivered within the window", |c| {
             c.latency.as_ref().map_or("-".into(), |r| {
                 format!("{:.0} msg/s", r.throughput_msgs_per_s)
