@@ -84,13 +84,7 @@ impl Schedule {
     /// The intended time of the next message if it is due at `now_ns` (and marks it
     /// issued), else `None`. Closed loop: always due, intended now.
     pub fn next_due(&mut self, now_ns: Nanos) -> Option<Nanos> {
-        let intended = match self.rate_per_s {
-            Some(_) => self.intended_ns(self.issued),
-            None => now_ns.max(self.start_ns),
-        };
-        if intended > now_ns {
-            return None;
-        }
+        let intended = self.due(now_ns)?;
         self.issued += 1;
         Some(intended)
     }
@@ -99,10 +93,25 @@ impl Schedule {
     /// `end_ns`: the schedule ends there, and messages intended before it are still sent even
     /// when the sender is behind.
     pub fn next_due_before(&mut self, now_ns: Nanos, end_ns: Nanos) -> Option<Nanos> {
+        let intended = self.due_before(now_ns, end_ns)?;
+        self.issued += 1;
+        Some(intended)
+    }
+
+    /// What [`next_due_before`](Self::next_due_before) would hand out, without issuing it.
+    pub fn due_before(&self, now_ns: Nanos, end_ns: Nanos) -> Option<Nanos> {
         if self.exhausted(now_ns, end_ns) {
             return None;
         }
-        self.next_due(now_ns)
+        self.due(now_ns)
+    }
+
+    fn due(&self, now_ns: Nanos) -> Option<Nanos> {
+        let intended = match self.rate_per_s {
+            Some(_) => self.intended_ns(self.issued),
+            None => now_ns.max(self.start_ns),
+        };
+        (intended <= now_ns).then_some(intended)
     }
 
     /// Whether no message remains before `end_ns` (closed loop: once `now_ns` reaches it).
@@ -209,6 +218,26 @@ mod tests {
         let mut closed = Schedule::closed(0);
         assert!(closed.next_due_before(99, 100).is_some());
         assert!(closed.next_due_before(100, 100).is_none());
+    }
+
+    #[test]
+    fn due_before_looks_without_issuing() {
+        let mut schedule = Schedule::open(0, 1000.0);
+        assert_eq!(schedule.due_before(0, 10_000_000), Some(0));
+        assert_eq!(schedule.due_before(0, 10_000_000), Some(0));
+        assert_eq!(schedule.issued(), 0);
+        assert_eq!(schedule.next_due_before(0, 10_000_000), Some(0));
+        assert_eq!(
+            schedule.due_before(999_999, 10_000_000),
+            None,
+            "not due yet"
+        );
+        assert_eq!(
+            schedule.due_before(5_000_000, 1_000_000),
+            None,
+            "past the end"
+        );
+        assert_eq!(schedule.issued(), 1);
     }
 
     #[test]

@@ -4,32 +4,6 @@ use serde::Serialize;
 
 use crate::stats::Percentiles;
 
-/// Latency figures of one kind, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct LatencyUs {
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub p9999: f64,
-    pub max: f64,
-    pub samples: u64,
-}
-
-impl From<Percentiles> for LatencyUs {
-    fn from(p: Percentiles) -> LatencyUs {
-        LatencyUs {
-            p50: p.p50,
-            p90: p.p90,
-            p99: p.p99,
-            p999: p.p999,
-            p9999: p.p9999,
-            max: p.max,
-            samples: p.count,
-        }
-    }
-}
-
 /// One run's result, as written to JSON (`{"results": [..]}`). Fields that a mode does not
 /// have (acks for fire-and-forget, end-to-end without consumers) are left out.
 #[derive(Debug, Clone, Serialize)]
@@ -58,12 +32,12 @@ pub struct RunResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consumer_msgs_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ack_latency_us: Option<LatencyUs>,
+    pub ack_latency_us: Option<Percentiles>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub e2e_latency_us: Option<LatencyUs>,
+    pub e2e_latency_us: Option<Percentiles>,
     /// Intended send time to the moment the message went to the socket.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub send_gap_us: Option<LatencyUs>,
+    pub send_gap_us: Option<Percentiles>,
     /// Percent of one core over the measured window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker_cpu_percent: Option<f64>,
@@ -209,24 +183,23 @@ pub fn compare_table(columns: &[Column]) -> String {
     }
     out.push('\n');
     type Cell = fn(&Column) -> String;
+    // What a row reads: either run's settings, the latency run's latencies.
+    fn either(c: &Column) -> Option<&RunResult> {
+        c.latency.as_ref().or(c.max.as_ref())
+    }
+    fn ack(c: &Column) -> Option<Percentiles> {
+        c.latency.as_ref().and_then(|r| r.ack_latency_us)
+    }
+    fn e2e(c: &Column) -> Option<Percentiles> {
+        c.latency.as_ref().and_then(|r| r.e2e_latency_us)
+    }
     let rows: Vec<(&str, Cell)> = vec![
         ("durability", |c| {
-            c.latency
-                .as_ref()
-                .or(c.max.as_ref())
-                .map_or("-".into(), |r| r.durability.clone())
+            either(c).map_or("-".into(), |r| r.durability.clone())
         }),
-        ("acks", |c| {
-            c.latency
-                .as_ref()
-                .or(c.max.as_ref())
-                .map_or("-".into(), |r| r.acks.clone())
-        }),
+        ("acks", |c| either(c).map_or("-".into(), |r| r.acks.clone())),
         ("batching", |c| {
-            c.latency
-                .as_ref()
-                .or(c.max.as_ref())
-                .map_or("-".into(), |r| r.batch.clone())
+            either(c).map_or("-".into(), |r| r.batch.clone())
         }),
         ("offered rate (open loop)", |c| {
             c.latency
@@ -234,42 +207,12 @@ pub fn compare_table(columns: &[Column]) -> String {
                 .and_then(|r| r.offered_rate_msgs_per_s)
                 .map_or("-".into(), |r| format!("{r:.0} msg/s"))
         }),
-        ("publish-to-ack p50", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.ack_latency_us)
-                .map(|l| l.p50))
-        }),
-        ("publish-to-ack p99", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.ack_latency_us)
-                .map(|l| l.p99))
-        }),
-        ("publish-to-ack p99.9", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.ack_latency_us)
-                .map(|l| l.p999))
-        }),
-        ("end-to-end p50", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.e2e_latency_us)
-                .map(|l| l.p50))
-        }),
-        ("end-to-end p99", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.e2e_latency_us)
-                .map(|l| l.p99))
-        }),
-        ("end-to-end p99.9", |c| {
-            us(c.latency
-                .as_ref()
-                .and_then(|r| r.e2e_latency_us)
-                .map(|l| l.p999))
-        }),
+        ("publish-to-ack p50", |c| us(ack(c).map(|l| l.p50))),
+        ("publish-to-ack p99", |c| us(ack(c).map(|l| l.p99))),
+        ("publish-to-ack p99.9", |c| us(ack(c).map(|l| l.p999))),
+        ("end-to-end p50", |c| us(e2e(c).map(|l| l.p50))),
+        ("end-to-end p99", |c| us(e2e(c).map(|l| l.p99))),
+        ("end-to-end p99.9", |c| us(e2e(c).map(|l| l.p999))),
         ("acked/delivered within the window", |c| {
             c.latency.as_ref().map_or("-".into(), |r| {
                 format!("{:.0} msg/s", r.throughput_msgs_per_s)
@@ -355,4 +298,27 @@ pub fn to_csv(results: &[RunResult]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn latency_json_keeps_its_field_names() {
+        let latency = Percentiles {
+            p50: 1.0,
+            p90: 2.0,
+            p99: 3.0,
+            p999: 4.0,
+            p9999: 5.0,
+            max: 6.0,
+            samples: 7,
+        };
+        assert_eq!(
+            serde_json::to_string(&latency).unwrap(),
+            r#"{"p50":1.0,"p90":2.0,"p99":3.0,"p999":4.0,"p9999":5.0,"max":6.0,"samples":7}"#
+        );
+    }
 }

@@ -18,6 +18,7 @@ use protocol::api::{
     ArchivedFetchResponse, ArchivedProduceResponse, FetchRequest, FetchResponse, ProduceRequest,
     ProduceResponse,
 };
+use protocol::batch::BATCH_CRC_START;
 use protocol::limits::FRAME_HEADER_BYTES;
 use protocol::{Acks, ApiKey, BatchView, Batches, FrameBuf, decode_frame, encode_frame};
 
@@ -52,10 +53,9 @@ const TEMPLATE_BYTES_MAX: usize = 256 << 20;
 const PRODUCE_TIMEOUT_MS: u32 = 30_000;
 
 // Fixed positions in the frame header and the batch header (protocol/src/frame.rs and
-// protocol/src/batch.rs document both layouts).
+// protocol/src/batch.rs document both layouts; protocol exports no setters for these).
 const FRAME_AT_BODY_CRC: usize = 24;
 const BATCH_AT_CRC: usize = 12;
-const BATCH_CRC_START: usize = 16;
 const BATCH_AT_FIRST_TIMESTAMP: usize = 32;
 const BATCH_AT_MAX_TIMESTAMP: usize = 40;
 
@@ -222,11 +222,14 @@ struct Route {
     partition: u32,
 }
 
-/// A batch being filled for one partition.
+/// A batch being filled for one partition. Its linger runs from the first message's
+/// intended send time, so when the worker wakes to take that message does not move it.
+///
+/// `messages` keeps its allocation from batch to batch.
 #[derive(Debug, Default)]
 struct OpenBatch {
     messages: Vec<Message>,
-    opened_ns: Nanos,
+    first_intended_ns: Nanos,
 }
 
 struct Producer {
@@ -251,58 +254,62 @@ struct Consumer {
     retry_at_ns: Nanos,
 }
 
-/// A produce request waiting for its response.
+/// A produce request waiting for its response: its producer and the intended send time of
+/// each of its messages. A slot's `intended` keeps its allocation across requests.
+#[derive(Default)]
 struct Pending {
     producer: usize,
     intended: Vec<Nanos>,
+    waiting: bool,
+    generation: u32,
 }
 
 /// Requests in flight, indexed by correlation id (slot in the low 32 bits, a generation in
 /// the high bits so a stale id never matches a reused slot).
 #[derive(Default)]
 struct InFlight {
-    slots: Vec<Option<Pending>>,
-    generations: Vec<u32>,
+    slots: Vec<Pending>,
     free: Vec<u32>,
     per_conn: Vec<usize>,
 }
 
 impl InFlight {
-    fn insert(&mut self, conn: usize, pending: Pending) -> u64 {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                (self.slots.len() - 1) as u32
-            }
+    /// Records a request of `messages` from `producer` on `conn`; returns its correlation id.
+    fn insert(&mut self, conn: usize, producer: usize, messages: &[Message]) -> u64 {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Pending::default());
+            (self.slots.len() - 1) as u32
+        });
+        let Some(pending) = self.slots.get_mut(slot as usize) else {
+            return 0;
         };
-        let index = slot as usize;
-        if let (Some(entry), Some(generation)) =
-            (self.slots.get_mut(index), self.generations.get_mut(index))
-        {
-            *entry = Some(pending);
-            *generation = generation.wrapping_add(1);
-            if let Some(count) = self.per_conn.get_mut(conn) {
-                *count += 1;
-            }
-            return u64::from(*generation) << 32 | u64::from(slot);
+        pending.producer = producer;
+        pending.intended.clear();
+        pending
+            .intended
+            .extend(messages.iter().map(|m| m.intended_ns));
+        pending.waiting = true;
+        pending.generation = pending.generation.wrapping_add(1);
+        if let Some(count) = self.per_conn.get_mut(conn) {
+            *count += 1;
         }
-        0
+        u64::from(pending.generation) << 32 | u64::from(slot)
     }
 
-    fn take(&mut self, conn: usize, correlation_id: u64) -> Option<Pending> {
+    /// The request answered by `correlation_id`, once: `(producer, intended send times)`.
+    fn take(&mut self, conn: usize, correlation_id: u64) -> Option<(usize, &[Nanos])> {
         let index = (correlation_id & 0xffff_ffff) as usize;
         let generation = (correlation_id >> 32) as u32;
-        if self.generations.get(index) != Some(&generation) {
+        let pending = self.slots.get_mut(index)?;
+        if !pending.waiting || pending.generation != generation {
             return None;
         }
-        let pending = self.slots.get_mut(index)?.take()?;
+        pending.waiting = false;
         self.free.push(index as u32);
         if let Some(count) = self.per_conn.get_mut(conn) {
             *count = count.saturating_sub(1);
         }
-        Some(pending)
+        Some((pending.producer, &pending.intended))
     }
 
     fn on_conn(&self, conn: usize) -> usize {
@@ -604,7 +611,7 @@ impl<'p> Worker<'p> {
             if sending {
                 self.generate(now, &window)?;
             }
-            self.seal_lingered(now, over, &window);
+            self.seal_lingered(now, over, &window)?;
             if over && !producers_done && self.producers_idle() {
                 producers_done = true;
                 plan.producer_finished();
@@ -693,21 +700,24 @@ impl<'p> Worker<'p> {
     /// Takes every due message from each producer's schedule into its open batches, sealing
     /// full batches.
     fn generate(&mut self, now: Nanos, window: &Window) -> anyhow::Result<()> {
+        let keys = self.plan.workload.keys;
         for index in 0..self.producers.len() {
             let mut taken = 0;
             while taken < MESSAGES_PER_TURN_MAX {
                 let Some(producer) = self.producers.get_mut(index) else {
                     break;
                 };
+                // Look before taking: a message that cannot go out yet keeps its place (and
+                // a round-robin key its turn).
+                let Some(intended_ns) = producer.schedule.due_before(now, window.end_ns) else {
+                    break;
+                };
                 let partitions = producer.routes.len().max(1);
-                let (slot, key) = match self.key_bytes {
-                    0 => (producer.sticky % partitions, 0),
+                let (slot, key) = match keys {
+                    KeyDistributor::NoKey => (producer.sticky % partitions, 0),
                     _ => {
-                        let key = match self.plan.workload.keys {
-                            KeyDistributor::KeyRoundRobin => {
-                                producer.key_counter += 1;
-                                producer.key_counter
-                            }
+                        let key = match keys {
+                            KeyDistributor::KeyRoundRobin => producer.key_counter + 1,
                             _ => rand::Rng::random::<u64>(&mut producer.rng),
                         };
                         // Stable, like a client partitioner: crc32c of the key bytes.
@@ -727,10 +737,15 @@ impl<'p> Worker<'p> {
                 let Some(producer) = self.producers.get_mut(index) else {
                     break;
                 };
-                let Some(intended_ns) = producer.schedule.next_due_before(now, window.end_ns)
-                else {
-                    break;
-                };
+                let taken_ns = producer.schedule.next_due_before(now, window.end_ns);
+                assert_eq!(
+                    taken_ns,
+                    Some(intended_ns),
+                    "the message looked at is taken"
+                );
+                if keys == KeyDistributor::KeyRoundRobin {
+                    producer.key_counter = key;
+                }
                 producer.sequence += 1;
                 let message = Message {
                     intended_ns,
@@ -741,7 +756,7 @@ impl<'p> Worker<'p> {
                     break;
                 };
                 if batch.messages.is_empty() {
-                    batch.opened_ns = now;
+                    batch.first_intended_ns = intended_ns;
                 }
                 batch.messages.push(message);
                 taken += 1;
@@ -754,7 +769,7 @@ impl<'p> Worker<'p> {
     }
 
     /// Seals batches whose linger ran out (or every open batch, when `all`).
-    fn seal_lingered(&mut self, now: Nanos, all: bool, window: &Window) {
+    fn seal_lingered(&mut self, now: Nanos, all: bool, window: &Window) -> anyhow::Result<()> {
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
         for index in 0..self.producers.len() {
             let slots = self.producers.get(index).map_or(0, |p| p.open.len());
@@ -765,7 +780,7 @@ impl<'p> Worker<'p> {
                     .and_then(|p| p.open.get(slot))
                     .is_some_and(|b| {
                         !b.messages.is_empty()
-                            && (all || now.saturating_sub(b.opened_ns) >= linger_ns)
+                            && (all || now.saturating_sub(b.first_intended_ns) >= linger_ns)
                     });
                 let conn = self
                     .producers
@@ -773,12 +788,11 @@ impl<'p> Worker<'p> {
                     .and_then(|p| p.routes.get(slot))
                     .map(|r| r.conn);
                 if due && conn.is_some_and(|c| self.has_room(c)) {
-                    // Sealing cannot fail for a template that built once; a failure to build
-                    // is reported at the first full batch.
-                    let _ = self.seal(index, slot, now, window);
+                    self.seal(index, slot, now, window)?;
                 }
             }
         }
+        Ok(())
     }
 
     /// Turns one open batch into a produce frame on its connection.
@@ -802,40 +816,42 @@ impl<'p> Worker<'p> {
         let Some(batch) = producer.open.get_mut(slot) else {
             return Ok(());
         };
-        let messages = std::mem::take(&mut batch.messages);
-        if messages.is_empty() {
+        if batch.messages.is_empty() {
             return Ok(());
         }
-        let count = messages.len();
-        let pending = Pending {
-            producer: index,
-            intended: messages.iter().map(|m| m.intended_ns).collect(),
-        };
-        let correlation_id = if self.acks == Acks::None {
-            0
-        } else {
-            self.in_flight.insert(route.conn, pending)
-        };
-        let key = (topic, count);
+        // Borrowed out and put back below, so the batch keeps its allocation.
+        let mut messages = std::mem::take(&mut batch.messages);
+        let key = (topic, messages.len());
+        let mut uncached = None;
         if !self.templates.contains_key(&key) {
-            let name = self.topic_names.get(topic).cloned().unwrap_or_default();
-            let template = Template::build(&name, self.acks, count, &self.payload, self.key_bytes)?;
+            let name = self.topic_names.get(topic).map_or("", String::as_str);
+            let template = Template::build(name, self.acks, key.1, &self.payload, self.key_bytes)?;
             if self.template_bytes + template.frame.len() <= TEMPLATE_BYTES_MAX {
                 self.template_bytes += template.frame.len();
                 self.templates.insert(key, template);
             } else {
-                let mut template = template;
-                template.patch(route.partition, &messages, self.key_bytes, correlation_id);
-                self.transport.queue(route.conn, template.frame());
-                self.account_sent(topic, &messages, now, window);
-                return Ok(());
+                uncached = Some(template);
             }
         }
-        if let Some(template) = self.templates.get_mut(&key) {
-            template.patch(route.partition, &messages, self.key_bytes, correlation_id);
-            self.transport.queue(route.conn, template.frame());
-        }
+        let Some(template) = uncached.as_mut().or(self.templates.get_mut(&key)) else {
+            return Ok(());
+        };
+        let correlation_id = if self.acks == Acks::None {
+            0
+        } else {
+            self.in_flight.insert(route.conn, index, &messages)
+        };
+        template.patch(route.partition, &messages, self.key_bytes, correlation_id);
+        self.transport.queue(route.conn, template.frame());
         self.account_sent(topic, &messages, now, window);
+        messages.clear();
+        if let Some(batch) = self
+            .producers
+            .get_mut(index)
+            .and_then(|p| p.open.get_mut(slot))
+        {
+            batch.messages = messages;
+        }
         Ok(())
     }
 
@@ -877,41 +893,71 @@ impl<'p> Worker<'p> {
         }
     }
 
-    /// How long the ring may sleep: until the next message is due or a batch's linger ends,
-    /// at most 10 ms (the stop flag and the progress line are checked that often).
+    /// How long the ring may sleep: until a producer must take its next message or a batch's
+    /// linger ends, at most 10 ms (the stop flag and the progress line are checked that
+    /// often). A producer or batch waiting for room on its connection sets no deadline: the
+    /// completion that makes room wakes the ring.
     fn timeout(&self, now: Nanos, sending: bool, window: &Window) -> Duration {
         let mut wake = now + 10_000_000;
         if !sending && now < window.start_ns {
             wake = wake.min(window.start_ns);
         }
-        if sending {
-            for producer in &self.producers {
-                match producer.schedule.next_due_ns() {
-                    Some(due) => wake = wake.min(due),
-                    // Closed loop: come back as soon as there is room (a completion wakes us).
-                    None => {
-                        if producer.routes.iter().any(|r| self.has_room(r.conn)) {
-                            wake = now;
-                        }
-                    }
-                }
-            }
-        }
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
         for producer in &self.producers {
-            for batch in &producer.open {
-                if !batch.messages.is_empty() {
-                    wake = wake.min(batch.opened_ns + linger_ns);
+            if sending {
+                if producer.schedule.is_open_loop() {
+                    // Only a message that can be taken sets a deadline (see `take_by`); the
+                    // end of the window is one too, where the last messages are taken and
+                    // every open batch is sealed.
+                    if self.can_take(producer) {
+                        let take_ns = take_by(
+                            &producer.schedule,
+                            &producer.open,
+                            self.records_per_batch,
+                            linger_ns,
+                        );
+                        wake = wake.min(take_ns.min(window.end_ns));
+                    }
+                } else if producer.routes.iter().any(|r| self.has_room(r.conn)) {
+                    // Closed loop: come back as soon as there is room (a completion wakes us).
+                    wake = now;
+                }
+            }
+            for (batch, route) in producer.open.iter().zip(&producer.routes) {
+                if !batch.messages.is_empty() && self.has_room(route.conn) {
+                    wake = wake.min(batch.first_intended_ns + linger_ns);
                 }
             }
         }
         Duration::from_nanos(wake.saturating_sub(now))
     }
 
+    /// Whether `producer`'s next message could be taken now: its partition's batch is open,
+    /// or that partition's connection has room for another request. With keys the partition
+    /// is drawn per message, so any partition that could take it counts.
+    fn can_take(&self, producer: &Producer) -> bool {
+        let can = |slot: usize| {
+            producer
+                .open
+                .get(slot)
+                .is_some_and(|b| !b.messages.is_empty())
+                || producer
+                    .routes
+                    .get(slot)
+                    .is_some_and(|r| self.has_room(r.conn))
+        };
+        match self.key_bytes {
+            0 => can(producer.sticky % producer.routes.len().max(1)),
+            _ => (0..producer.routes.len()).any(can),
+        }
+    }
+
     /// Handles every whole frame received on the readable connections.
     fn process(&mut self) -> anyhow::Result<()> {
-        let readable: Vec<usize> = self.transport.readable().to_vec();
-        for conn in readable {
+        for next in 0..self.transport.readable().len() {
+            let Some(conn) = self.transport.readable().get(next).copied() else {
+                break;
+            };
             loop {
                 let now = self.plan.clock.now_ns();
                 let data = self.transport.received(conn);
@@ -929,16 +975,16 @@ impl<'p> Worker<'p> {
                         let correlation_id = frame.header.correlation_id;
                         let error = response_error(response);
                         let window = self.plan.window();
-                        if let (Some(pending), Some(window)) =
+                        if let (Some((producer, intended)), Some(window)) =
                             (self.in_flight.take(conn, correlation_id), window)
                         {
-                            let topic = self.producers.get(pending.producer).map_or(0, |p| p.topic);
+                            let topic = self.producers.get(producer).map_or(0, |p| p.topic);
                             on_ack(
                                 self.plan,
                                 &mut self.stats,
                                 &mut self.interval,
                                 topic,
-                                pending,
+                                intended,
                                 error,
                                 now,
                                 &window,
@@ -975,6 +1021,29 @@ impl<'p> Worker<'p> {
     }
 }
 
+/// When an open-loop producer must next take messages from its `schedule` into its `open`
+/// batches. Without batching (or without a linger), when the next message is due. With
+/// batches and a linger, a due message may wait untaken without changing when its batch goes
+/// out, which is when the batch fills or its first message's linger ends. So the worker wakes
+/// once per batch instead of once per message, and sends at the same times: at the earliest
+/// moment any batch could fill (as if every next message went to the fullest), or when the
+/// next message's linger ends. Open batches' own lingers are the caller's deadlines.
+fn take_by(
+    schedule: &Schedule,
+    open: &[OpenBatch],
+    records_per_batch: usize,
+    linger_ns: Nanos,
+) -> Nanos {
+    let due_ns = schedule.intended_ns(schedule.issued());
+    if records_per_batch <= 1 || linger_ns == 0 {
+        return due_ns;
+    }
+    let fullest = open.iter().map(|b| b.messages.len()).max().unwrap_or(0);
+    let to_fill = records_per_batch.saturating_sub(fullest).max(1) as u64;
+    let fills_ns = schedule.intended_ns(schedule.issued() + to_fill - 1);
+    fills_ns.min(due_ns + linger_ns)
+}
+
 /// Records the answer to one produce request.
 #[allow(clippy::too_many_arguments)]
 fn on_ack(
@@ -982,24 +1051,20 @@ fn on_ack(
     stats: &mut Stats,
     interval: &mut Latency,
     topic: usize,
-    pending: Pending,
+    intended_ns: &[Nanos],
     error: protocol::ErrorCode,
     now: Nanos,
     window: &Window,
 ) {
-    let count = pending.intended.len() as u64;
+    let count = intended_ns.len() as u64;
     if !error.is_ok() {
         plan.add_lost(topic, count);
         Live::add(&plan.live.failed, count);
-        stats.failed += pending
-            .intended
-            .iter()
-            .filter(|t| window.measures(**t))
-            .count() as u64;
+        stats.failed += intended_ns.iter().filter(|t| window.measures(**t)).count() as u64;
         return;
     }
     Live::add(&plan.live.acked, count);
-    for intended in pending.intended {
+    for &intended in intended_ns {
         let latency = now.saturating_sub(intended);
         interval.record(latency);
         if window.measures(intended) {
@@ -1114,28 +1179,53 @@ mod tests {
     }
 
     #[test]
+    fn an_open_loop_producer_wakes_when_a_batch_fills_or_its_linger_ends() {
+        let message = Message {
+            intended_ns: 0,
+            sequence: 0,
+            key: 0,
+        };
+        let linger_ns = 5_000_000;
+        let mut schedule = Schedule::open(0, 1000.0); // one message per ms
+        let empty = [OpenBatch::default(), OpenBatch::default()];
+        // No batching, or no linger: every message when it is due.
+        assert_eq!(take_by(&schedule, &empty, 1, linger_ns), 0);
+        assert_eq!(take_by(&schedule, &empty, 10, 0), 0);
+        // 10 per batch: the first message's linger (5 ms) ends before the 10th is due (9 ms).
+        assert_eq!(take_by(&schedule, &empty, 10, linger_ns), 5_000_000);
+        // 3 per batch: the 3rd message, due at 2 ms, fills it.
+        assert_eq!(take_by(&schedule, &empty, 3, linger_ns), 2_000_000);
+        // Two taken into one batch: the next message (due at 2 ms) fills the fullest.
+        assert_eq!(schedule.next_due(1_000_000), Some(0));
+        assert_eq!(schedule.next_due(1_000_000), Some(1_000_000));
+        let open = [
+            OpenBatch::default(),
+            OpenBatch {
+                messages: vec![message; 2],
+                first_intended_ns: 0,
+            },
+        ];
+        assert_eq!(take_by(&schedule, &open, 3, linger_ns), 2_000_000);
+        assert_eq!(take_by(&schedule, &open, 10, linger_ns), 7_000_000);
+    }
+
+    #[test]
     fn in_flight_ids_do_not_match_reused_slots() {
         let mut in_flight = InFlight::default();
         in_flight.per_conn.resize(1, 0);
-        let first = in_flight.insert(
-            0,
-            Pending {
-                producer: 0,
-                intended: vec![1],
-            },
-        );
-        assert!(in_flight.take(0, first).is_some());
-        let second = in_flight.insert(
-            0,
-            Pending {
-                producer: 0,
-                intended: vec![2],
-            },
-        );
+        let message = |intended_ns| Message {
+            intended_ns,
+            sequence: 0,
+            key: 0,
+        };
+        let first = in_flight.insert(0, 4, &[message(1)]);
+        assert_eq!(in_flight.take(0, first), Some((4, &[1][..])));
+        assert!(in_flight.take(0, first).is_none(), "answered once");
+        let second = in_flight.insert(0, 5, &[message(2), message(3)]);
         assert_ne!(first, second);
         assert!(in_flight.take(0, first).is_none());
         assert_eq!(in_flight.on_conn(0), 1);
-        assert_eq!(in_flight.take(0, second).unwrap().intended, vec![2]);
+        assert_eq!(in_flight.take(0, second), Some((5, &[2, 3][..])));
         assert_eq!(in_flight.total(), 0);
     }
 }

@@ -243,13 +243,9 @@ pub fn run(options: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOut
         throughput_mb_per_s: throughput * workload.message_bytes as f64 / 1e6,
         producer_msgs_per_s: stats.sent as f64 / seconds,
         consumer_msgs_per_s: (consumers > 0).then_some(stats.received_in_window as f64 / seconds),
-        ack_latency_us: if has_acks {
-            stats.ack.summary().map(Into::into)
-        } else {
-            None
-        },
-        e2e_latency_us: stats.e2e.summary().map(Into::into),
-        send_gap_us: stats.send_gap.summary().map(Into::into),
+        ack_latency_us: if has_acks { stats.ack.summary() } else { None },
+        e2e_latency_us: stats.e2e.summary(),
+        send_gap_us: stats.send_gap.summary(),
         broker_cpu_percent: figures.broker_cpu_percent,
         loadgen_cpu_percent: loadgen_cpu,
         loadgen_cpu_percent_per_100k_msgs_per_s: per_100k,

@@ -48,6 +48,14 @@ fn spawn_pinned(mut command: Command, core: Option<usize>) -> anyhow::Result<Chi
     })
 }
 
+/// A fresh directory under `data_parent` for one started server, removed on drop.
+fn data_dir(data_parent: &Path, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(data_parent)
+        .with_context(|| format!("creating a data directory under {}", data_parent.display()))
+}
+
 fn wait_for_port(port: u16, child: &mut Child, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     while Instant::now() < deadline {
@@ -88,12 +96,7 @@ impl NatsServer {
         let version = String::from_utf8_lossy(&version_output.stdout)
             .trim()
             .to_string();
-        let dir = tempfile::Builder::new()
-            .prefix("loadgen-nats-")
-            .tempdir_in(data_parent)
-            .with_context(|| {
-                format!("creating a data directory under {}", data_parent.display())
-            })?;
+        let dir = data_dir(data_parent, "loadgen-nats-")?;
         let port = free_port()?;
         let store = dir.path().join("jetstream");
         let config = |sync: bool| {
@@ -197,12 +200,7 @@ impl RingmqServer {
         data_parent: &Path,
         core: Option<usize>,
     ) -> anyhow::Result<RingmqServer> {
-        let dir = tempfile::Builder::new()
-            .prefix("loadgen-ringmq-")
-            .tempdir_in(data_parent)
-            .with_context(|| {
-                format!("creating a data directory under {}", data_parent.display())
-            })?;
+        let dir = data_dir(data_parent, "loadgen-ringmq-")?;
         let profile = match core {
             Some(core) => {
                 RINGMQ_DEFAULT_PROFILE.replace("cores = \"all\"", &format!("cores = [{core}]"))

@@ -95,7 +95,7 @@ impl Latency {
             p999: us(0.999),
             p9999: us(0.9999),
             max: self.histogram.max() as f64 / 1e3,
-            count: self.histogram.len(),
+            samples: self.histogram.len(),
         })
     }
 
@@ -116,7 +116,8 @@ impl Latency {
     }
 }
 
-/// Latency percentiles in microseconds.
+/// Latency percentiles in microseconds. Also the latency record of the JSON report
+/// (`ack_latency_us`, ...): the field names are part of that format.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Percentiles {
     pub p50: f64,
@@ -126,7 +127,7 @@ pub struct Percentiles {
     pub p9999: f64,
     pub max: f64,
     /// Samples behind the figures.
-    pub count: u64,
+    pub samples: u64,
 }
 
 /// One worker's measurements. Only messages whose intended send time lies in the measured
@@ -281,7 +282,7 @@ mod tests {
         let summary = latency.summary().unwrap();
         assert!((summary.p50 - 500.0).abs() < 1.0, "{summary:?}");
         assert!((summary.max - 1000.0).abs() < 1.0, "{summary:?}");
-        assert_eq!(summary.count, 1000);
+        assert_eq!(summary.samples, 1000);
         let curve = latency.percentile_curve();
         assert!(
             curve

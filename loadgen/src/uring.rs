@@ -259,7 +259,6 @@ impl Transport {
             if conn.failed.is_some() {
                 continue;
             }
-            let mut entries = Vec::with_capacity(2);
             if !conn.tx_busy {
                 if conn.tx_sent >= conn.tx_flight.len() && !conn.tx_queue.is_empty() {
                     std::mem::swap(&mut conn.tx_flight, &mut conn.tx_queue);
@@ -273,8 +272,11 @@ impl Transport {
                         opcode::Send::new(types::Fd(conn.stream.as_raw_fd()), rest.as_ptr(), len)
                             .build()
                             .user_data((index as u64) << 1 | OP_SEND);
-                    entries.push(entry);
                     conn.tx_busy = true;
+                    // SAFETY: `entry` reads `tx_flight` from `tx_sent` on and names this
+                    // connection's socket, and `tx_busy` is set: `push`'s contract holds.
+                    unsafe { push(&mut self.ring, &entry) }?;
+                    self.outstanding += 1;
                 }
             }
             if !conn.rx_busy {
@@ -290,29 +292,12 @@ impl Transport {
                     )
                     .build()
                     .user_data((index as u64) << 1 | OP_RECV);
-                    entries.push(entry);
                     conn.rx_busy = true;
+                    // SAFETY: `entry` writes into `rx` from `rx_len` on and names this
+                    // connection's socket, and `rx_busy` is set: `push`'s contract holds.
+                    unsafe { push(&mut self.ring, &entry) }?;
+                    self.outstanding += 1;
                 }
-            }
-            for entry in entries {
-                // SAFETY: `entry` points into this connection's `tx_flight` (from `tx_sent`)
-                // or `rx` (from `rx_len`), and names its socket's fd. We just set `tx_busy` /
-                // `rx_busy`, and until `reap` sees this entry's completion no method resizes,
-                // writes or frees that buffer (they all check the flags; `prepare_rx` asserts
-                // it), the connection is never removed from `conns`, and `Drop` waits for every
-                // completion or leaks the buffers and sockets. So the memory and the fd stay
-                // valid for as long as the kernel may use them.
-                let pushed = unsafe { self.ring.submission().push(&entry) };
-                if pushed.is_err() {
-                    // Full: hand the queue to the kernel, then there is room.
-                    self.ring.submit()?;
-                    // SAFETY: as above; the same entry, not yet pushed.
-                    let retried = unsafe { self.ring.submission().push(&entry) };
-                    if retried.is_err() {
-                        return Err(io::Error::other("io_uring submission queue stays full"));
-                    }
-                }
-                self.outstanding += 1;
             }
         }
         Ok(())
@@ -320,12 +305,8 @@ impl Transport {
 
     /// Takes every completion off the ring and updates its connection.
     fn reap(&mut self) {
-        let completions: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|cqe| (cqe.user_data(), cqe.result()))
-            .collect();
-        for (user_data, result) in completions {
+        for cqe in self.ring.completion() {
+            let (user_data, result) = (cqe.user_data(), cqe.result());
             self.outstanding = self.outstanding.saturating_sub(1);
             let index = (user_data >> 1) as usize;
             let Some(conn) = self.conns.get_mut(index) else {
@@ -364,6 +345,31 @@ impl Transport {
             }
         }
     }
+}
+
+/// Pushes one entry armed by [`Transport::arm`], submitting first if the queue is full.
+///
+/// # Safety
+///
+/// `entry` must point into one connection's `tx_flight` (a send, from `tx_sent`) or `rx` (a
+/// receive, from `rx_len`) and name that connection's socket, and the connection's `tx_busy` /
+/// `rx_busy` must already be set. Then the memory and the fd stay valid for as long as the
+/// kernel may use them: until `reap` sees this entry's completion no method resizes, writes or
+/// frees that buffer (they all check the flags; `prepare_rx` asserts it), the connection is
+/// never removed from `conns`, and `Drop` waits for every completion or leaks the buffers and
+/// sockets.
+unsafe fn push(ring: &mut IoUring, entry: &io_uring::squeue::Entry) -> io::Result<()> {
+    // SAFETY: the caller keeps `entry`'s buffer and fd valid until its completion (above).
+    if unsafe { ring.submission().push(entry) }.is_ok() {
+        return Ok(());
+    }
+    // Full: hand the queue to the kernel, then there is room.
+    ring.submit()?;
+    // SAFETY: as above; the same entry, not yet pushed.
+    if unsafe { ring.submission().push(entry) }.is_err() {
+        return Err(io::Error::other("io_uring submission queue stays full"));
+    }
+    Ok(())
 }
 
 impl Drop for Transport {
