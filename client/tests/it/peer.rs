@@ -251,7 +251,7 @@ fn serve(
     }
 }
 
-/// Answers the handshake with every api at version 0.
+/// Answers the handshake with every api at the versions this build speaks.
 pub fn api_versions(request: &Received) -> Action {
     Action::Reply(encode(
         request.id(),
@@ -262,8 +262,8 @@ pub fn api_versions(request: &Received) -> Action {
                 .iter()
                 .map(|&api| ApiVersionRange {
                     api_key: api as u16,
-                    min_version: 0,
-                    max_version: 0,
+                    min_version: api.versions().0,
+                    max_version: api.versions().1,
                 })
                 .collect(),
         },
