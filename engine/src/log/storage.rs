@@ -41,11 +41,10 @@ pub trait IoBuffer: AsRef<[u8]> + AsMut<[u8]> {
     fn truncate(&mut self, len: usize);
 }
 
-/// A file opened for direct I/O. `'static`, like its buffers: the log's own tasks hold them
-/// while they run its writes and syncs.
+/// A file opened for direct I/O.
 #[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
-pub trait StorageFile: 'static {
-    type Buffer: IoBuffer + 'static;
+pub trait StorageFile {
+    type Buffer: IoBuffer;
     type ReadBuf: Deref<Target = [u8]>;
 
     /// An aligned buffer of `len` bytes (a multiple of `BLOCK_BYTES`). Its contents are
@@ -73,7 +72,7 @@ pub trait StorageFile: 'static {
 
 /// A file system as the log sees it.
 #[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
-pub trait Storage: 'static {
+pub trait Storage {
     type File: StorageFile;
 
     async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<Self::File>;
