@@ -102,6 +102,33 @@ fn net(n: usize) -> Rc<Net> {
     })
 }
 
+impl Net {
+    /// Starts the leader `init` describes; messages to its shard go to it.
+    async fn lead(
+        self: &Rc<Self>,
+        init: LeaderInit<SimStorage>,
+        rt: &SimRt,
+    ) -> Rc<Leader<SimStorage>> {
+        let shard = usize::from(init.shard);
+        let leader = start_leader(init, rt, self.clone()).await;
+        self.leaders.borrow_mut()[shard] = Some(Rc::clone(&leader));
+        leader
+    }
+
+    /// Starts a follower over shard `shard`'s log on `disk`; messages to its shard go to it.
+    async fn follow(
+        self: &Rc<Self>,
+        disk: &SimStorage,
+        shard: u16,
+        rt: &SimRt,
+    ) -> Rc<Follower<SimStorage>> {
+        let log = open_log(disk, shard).await;
+        let follower = start_follower(disk, shard, log, rt, self.clone()).await;
+        self.followers.borrow_mut()[usize::from(shard)] = Some(Rc::clone(&follower));
+        follower
+    }
+}
+
 /// Writes `batches` (all epoch 1) into a fresh log on `disk`, syncs, closes, and records
 /// epoch 1 from 0 in its epoch cache: the state a replica has after a kill -9.
 async fn prepare(disk: &SimStorage, shard: u16, batches: &[Vec<u8>]) {
@@ -173,11 +200,8 @@ fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
             min_insync: 2,
             ..leader_init(&disks[0], 0, llog)
         };
-        let leader = start_leader(init, &rt, net.clone()).await;
-        net.leaders.borrow_mut()[0] = Some(Rc::clone(&leader));
-        let flog = open_log(&disks[1], 1).await;
-        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
-        net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
+        let leader = net.lead(init, &rt).await;
+        let follower = net.follow(&disks[1], 1, &rt).await;
 
         // Right after the restart, before the follower's replica is open: an `acks=leader`
         // produce lands at [2,4) (where the follower holds B); then a producer with
@@ -383,9 +407,7 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
         let net = net(3);
         glommio::spawn_local(pump(Rc::clone(&net))).detach();
         net.up.borrow_mut()[1] = false;
-        let flog = open_log(&disks[1], 1).await;
-        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
-        net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
+        let follower = net.follow(&disks[1], 1, &rt).await;
         // Old leader (shard 2, epoch 1) streamed A and B.
         follower.deliver(ReplMessage::Probe {
             key: key(),
@@ -404,8 +426,7 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             hw: 2,
             ..leader_init(&disks[0], 0, llog)
         };
-        let leader = start_leader(init, &rt, net.clone()).await;
-        net.leaders.borrow_mut()[0] = Some(Rc::clone(&leader));
+        let leader = net.lead(init, &rt).await;
         follower.deliver(ReplMessage::Append {
             key: key(),
             epoch: 1,
@@ -610,11 +631,8 @@ fn status_reports_how_far_each_follower_is_behind() {
             followers: vec![1],
             ..leader_init(&disks[0], 0, llog)
         };
-        let leader = start_leader(init, &rt, net.clone()).await;
-        net.leaders.borrow_mut()[0] = Some(Rc::clone(&leader));
-        let flog = open_log(&disks[1], 1).await;
-        let follower = start_follower(&disks[1], 1, flog, &rt, net.clone()).await;
-        net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
+        let leader = net.lead(init, &rt).await;
+        let follower = net.follow(&disks[1], 1, &rt).await;
         settle(&rt, 10_000).await;
 
         leader
