@@ -14,6 +14,9 @@
 //!   simulation tests).
 //! - After a failed write or fdatasync the log fails stop: it refuses further appends and
 //!   never reports the lost data as durable.
+//! - Each write and fdatasync runs in a task of the log's own, which records its completion:
+//!   a waiter (`wait_written`, `wait_synced`) may be dropped at any point, by a produce
+//!   timeout say, and nothing is lost. Dropping the `Log` cancels those tasks.
 //! - Recovery walks the tail from the last index entry, checking every batch's length and
 //!   crc32c, truncates a torn tail (and any remains of later writes after a hole), and marks
 //!   the log damaged when an invalid batch sits in data that was durable (below the

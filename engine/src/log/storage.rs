@@ -41,10 +41,11 @@ pub trait IoBuffer: AsRef<[u8]> + AsMut<[u8]> {
     fn truncate(&mut self, len: usize);
 }
 
-/// A file opened for direct I/O.
+/// A file opened for direct I/O. `'static`, like its buffers: the log's own tasks hold them
+/// while they run its writes and syncs.
 #[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
-pub trait StorageFile {
-    type Buffer: IoBuffer;
+pub trait StorageFile: 'static {
+    type Buffer: IoBuffer + 'static;
     type ReadBuf: Deref<Target = [u8]>;
 
     /// An aligned buffer of `len` bytes (a multiple of `BLOCK_BYTES`). Its contents are
@@ -72,7 +73,7 @@ pub trait StorageFile {
 
 /// A file system as the log sees it.
 #[allow(async_fn_in_trait)] // shard-local futures: never Send, by design
-pub trait Storage {
+pub trait Storage: 'static {
     type File: StorageFile;
 
     async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<Self::File>;

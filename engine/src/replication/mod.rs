@@ -512,11 +512,10 @@ impl<S: Storage + 'static> Leader<S> {
         }
         self.changed.notify();
         if acks == Acks::None {
+            // Nobody waits, but the write must still happen, and the watermark follows it
+            // (a fetch without a wait reads the watermark as it is).
             let leader = Rc::clone(self);
-            self.rt.spawn(Box::pin(async move {
-                let _ = leader.log.wait_written(next).await;
-                leader.refresh();
-            }));
+            self.log.commit_soon(next, move || leader.refresh());
             return Ok(appended);
         }
         let rt = Rc::clone(&self.rt);
@@ -538,22 +537,13 @@ impl<S: Storage + 'static> Leader<S> {
     }
 
     async fn wait_acked(&self, acks: Acks, next: u64) -> Result<(), LogError> {
-        // The log's group commit runs inside whichever waiter drives it, and a write or sync
-        // abandoned half-way would leave the log waiting for it forever. A produce that
-        // times out drops this future, so the log wait runs in a task of its own that always
-        // finishes; only the wait for its answer can be dropped.
-        let (answer, answered) = glommio::channels::local_channel::new_bounded(1);
-        let log = Rc::clone(&self.log);
-        let fsync = acks.needs_fsync();
-        self.rt.spawn(Box::pin(async move {
-            let written = if fsync {
-                log.wait_synced(next).await
-            } else {
-                log.wait_written(next).await
-            };
-            let _ = answer.try_send(written);
-        }));
-        let written = answered.recv().await.unwrap_or(Err(LogError::Closed));
+        // A produce that times out drops this future anywhere: the log runs its writes and
+        // syncs in tasks of its own, so a dropped wait loses nothing.
+        let written = if acks.needs_fsync() {
+            self.log.wait_synced(next).await
+        } else {
+            self.log.wait_written(next).await
+        };
         self.refresh();
         written?;
         loop {

@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use engine::log::storage::{OpenFlags, Storage, StorageFile};
 use engine::log::{Health, Log, LogError, WritePipeline};
 use futures_lite::future::yield_now;
 
-use crate::common::{batch, run, small_config};
+use crate::common::{batch, read_all, records, run, small_config};
 
 #[derive(Default)]
 struct Gate {
@@ -146,6 +147,18 @@ async fn spin_until(mut cond: impl FnMut() -> bool, max: u32) -> bool {
     cond()
 }
 
+/// `fut`'s output, or `None` when it is not done within `max` turns of the executor: a wedged
+/// log fails the assertion instead of hanging the test.
+async fn within<T>(max: u32, fut: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        for _ in 0..max {
+            yield_now().await;
+        }
+        None
+    })
+    .await
+}
+
 fn one_block_value() -> usize {
     let overhead = batch(1, 0, 1, 4000).len() - 4000;
     4096 - overhead
@@ -170,8 +183,8 @@ fn stuck_write_pins_at_most_writes_in_flight_buffers() {
         let log = Rc::new(log);
         let value = one_block_value();
         let appended = Rc::new(Cell::new(0u64));
-        // Two appenders (acks=none style: no waiter); an append that hands the tail to a
-        // write waits for that write, so the one that issued write 0 stays stuck.
+        // Two appenders (acks=none style: no waiter): appends that fill the tail hand it to
+        // writes, which pile up behind the held write 0 as far as the pipeline lets them.
         for producer in 0..2u32 {
             let (log, appended) = (Rc::clone(&log), Rc::clone(&appended));
             glommio::spawn_local(async move {
@@ -208,12 +221,13 @@ fn stuck_write_pins_at_most_writes_in_flight_buffers() {
     });
 }
 
-/// A waiter dropped while the write it issued is in flight (a produce timeout) loses that
-/// write's completion. The log must not wedge (`written` stuck before the write for good, its
-/// pipeline slot and padded block held, `close` never returning): it fails stop instead, since
-/// the kernel may still perform the orphaned write at any time.
+/// A waiter dropped while the write it issued is in flight (a produce timeout) must lose
+/// nothing: the log runs the write in a task of its own, which records the completion, so
+/// `written` moves past it with no waiter left, the log stays healthy, the next waiter is
+/// acknowledged and `close` returns. (Before, the write's completion died with the waiter:
+/// the log wedged, or had to fail stop.)
 #[test]
-fn dropped_waiter_mid_write_fails_the_log_instead_of_wedging_it() {
+fn dropped_waiter_mid_write_loses_nothing() {
     run(|| async {
         let storage = gated(2);
         let (log, _) = Log::open(storage.clone(), &dir(), small_config())
@@ -233,53 +247,34 @@ fn dropped_waiter_mid_write_fails_the_log_instead_of_wedging_it() {
             assert!(timed.await.is_none(), "write should still be held");
         } // waiter dropped while its write is in flight
         storage.gate.held.borrow_mut().clear();
-        // Let the (now orphaned) write finish in the storage.
-        for _ in 0..50 {
-            yield_now().await;
-        }
-        let waited = futures_lite::future::or(
-            async {
-                let b = log.append(&batch(1, 1, 1, 100), 1).await?;
-                Some(log.wait_written(b.next_offset).await).transpose()
-            },
-            async {
-                for _ in 0..20_000 {
-                    yield_now().await;
-                }
-                Ok(None)
-            },
-        )
-        .await;
-        println!(
-            "after dropped waiter: append + wait_written -> {:?}; offsets {:?}; health {:?}",
-            waited.as_ref().map_err(|e| e.to_string()),
+        assert!(
+            spin_until(|| log.offsets().written == a.next_offset, 20_000).await,
+            "the write of a dropped waiter is never recorded: offsets {:?}, health {:?}",
             log.offsets(),
             log.health()
         );
-        assert!(
-            !matches!(waited, Ok(None)),
-            "log wedged: wait_written never returns"
-        );
-        assert!(
-            matches!(waited, Err(LogError::Failed { .. })),
-            "the orphaned write was never recorded, so nothing after it may be acked"
-        );
-        assert_eq!(log.offsets().written, 0);
-        let closed = futures_lite::future::or(async { Some(log.close().await) }, async {
-            for _ in 0..20_000 {
-                yield_now().await;
-            }
-            None
+        assert_eq!(log.health(), Health::Healthy);
+        let waited = within(20_000, async {
+            let b = log.append(&batch(1, 1, 1, 100), 1).await?;
+            log.wait_written(b.next_offset).await?;
+            Ok::<_, LogError>(b.next_offset)
         })
         .await;
-        assert!(closed.is_some(), "close hangs after a dropped waiter");
+        let next = match waited {
+            Some(Ok(next)) => next,
+            other => panic!("the next waiter is not acknowledged: {other:?}"),
+        };
+        assert_eq!(log.offsets().written, next);
+        assert_eq!(log.health(), Health::Healthy);
+        let closed = within(20_000, log.close()).await;
+        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
     });
 }
 
-/// A waiter dropped while the fdatasync it issued is in flight: the next waiter issues
-/// another one (instead of waiting for the lost completion forever), and close returns.
+/// A waiter dropped while the fdatasync it issued is in flight: the sync still completes and
+/// is recorded with no waiter left, the next waiter is acknowledged, and close returns.
 #[test]
-fn dropped_waiter_mid_sync_lets_the_next_one_sync() {
+fn dropped_waiter_mid_sync_loses_nothing() {
     run(|| async {
         let storage = gated(4);
         let (log, _) = Log::open(storage.clone(), &dir(), small_config())
@@ -298,29 +293,25 @@ fn dropped_waiter_mid_sync_lets_the_next_one_sync() {
         );
         assert!(timed.await.is_none(), "sync should still be held");
         storage.gate.hold_syncs.set(false);
-        let waited = futures_lite::future::or(
-            async { Some(log.wait_synced(a.next_offset).await) },
-            async {
-                for _ in 0..20_000 {
-                    yield_now().await;
-                }
-                None
-            },
-        )
-        .await;
+        assert!(
+            spin_until(|| log.offsets().synced == a.next_offset, 20_000).await,
+            "the sync of a dropped waiter is never recorded: offsets {:?}",
+            log.offsets()
+        );
+        let syncs = storage.gate.syncs_started.get();
+        let waited = within(20_000, log.wait_synced(a.next_offset)).await;
         assert!(
             matches!(waited, Some(Ok(()))),
             "wait_synced after a dropped sync waiter: {waited:?}"
         );
         assert_eq!(log.offsets().synced, a.next_offset);
+        assert_eq!(
+            storage.gate.syncs_started.get(),
+            syncs,
+            "a second sync for what the first one covered"
+        );
         assert_eq!(log.health(), Health::Healthy);
-        let closed = futures_lite::future::or(async { Some(log.close().await) }, async {
-            for _ in 0..20_000 {
-                yield_now().await;
-            }
-            None
-        })
-        .await;
+        let closed = within(20_000, log.close()).await;
         assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
     });
 }
@@ -387,5 +378,85 @@ fn write_completing_after_fdatasync_failure_is_not_acked() {
             "acked after fail-stop: written advanced from {written_at_failure} to {}",
             log.offsets().written
         );
+    });
+}
+
+/// An append nobody waits for (`acks=none`): `commit_soon` writes it in a task of the log's
+/// own and calls back after each round; a call while that task runs raises its goal, so the
+/// batch appended meanwhile is written too, with no waiter at all.
+#[test]
+fn commit_soon_writes_what_nobody_waits_for_and_calls_back() {
+    run(|| async {
+        let storage = gated(5);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        storage.gate.started.set(0);
+        storage.gate.held.borrow_mut().insert(0);
+        let rounds = Rc::new(Cell::new(0u32));
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        let counted = Rc::clone(&rounds);
+        log.commit_soon(a.next_offset, move || counted.set(counted.get() + 1));
+        assert!(
+            spin_until(|| storage.gate.started.get() >= 1, 1000).await,
+            "commit_soon issued no write"
+        );
+        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
+        log.commit_soon(b.next_offset, || {});
+        storage.gate.held.borrow_mut().clear();
+        assert!(
+            spin_until(|| log.offsets().written == b.next_offset, 20_000).await,
+            "commit_soon left a batch unwritten: offsets {:?}, health {:?}",
+            log.offsets(),
+            log.health()
+        );
+        // One round for `a` (its padded write held `b` back), one for `b`.
+        assert!(
+            spin_until(|| rounds.get() == 2, 1000).await,
+            "rounds called back: {}",
+            rounds.get()
+        );
+        assert_eq!(log.health(), Health::Healthy);
+        log.close().await.unwrap();
+    });
+}
+
+/// A log dropped (not closed) while a write is in flight cancels that write: reopened, the
+/// log writes the same block again, and the old write, let go afterwards, never lands over
+/// it.
+#[test]
+fn dropped_log_never_lets_its_old_write_land_after_reopen() {
+    run(|| async {
+        let storage = gated(6);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        storage.gate.started.set(0);
+        storage.gate.held.borrow_mut().insert(0);
+        let old = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        log.commit_soon(old.next_offset, || {});
+        assert!(
+            spin_until(|| storage.gate.started.get() >= 1, 1000).await,
+            "commit_soon issued no write"
+        );
+        drop(log);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.offsets().next, 0, "the held write never completed");
+        let new_batch = batch(2, 0, 1, 100);
+        let new = log.append(&new_batch, 1).await.unwrap();
+        log.wait_synced(new.next_offset).await.unwrap();
+        // Let the old write go: cancelled with its log, it must stay lost.
+        storage.gate.held.borrow_mut().clear();
+        for _ in 0..1000 {
+            yield_now().await;
+        }
+        log.close().await.unwrap();
+        drop(log);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&log, 0).await, records(&new_batch));
     });
 }

@@ -129,14 +129,16 @@ async fn workload(
     }
 }
 
-/// Opens the log after a crash and checks it against the model: every durable ack kept,
-/// every record readable, dense, valid, and equal to what was appended at its offset.
+/// Opens the log after a crash (with `pipeline`) and checks it against the model: every
+/// durable ack kept, every record readable, dense, valid, and equal to what was appended at
+/// its offset.
 async fn recover_and_check(
     storage: &SimStorage,
     model: &RefCell<Model>,
     seed: u64,
-) -> Log<SimStorage> {
-    let (log, recovery) = Log::open(storage.clone(), &dir(), small_config())
+    pipeline: WritePipeline,
+) -> (Log<SimStorage>, engine::log::Recovery) {
+    let (log, recovery) = Log::open_with(storage.clone(), &dir(), small_config(), pipeline)
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
     assert_eq!(log.health(), Health::Healthy, "seed {seed}: {recovery:?}");
@@ -150,17 +152,39 @@ async fn recover_and_check(
     let records = read_all(&log, offsets.log_start).await;
     let mut model = model.borrow_mut();
     for (offset, value) in &records {
-        let appended = model.appended.get(offset);
         assert_eq!(
-            appended.map(Vec::as_slice),
+            model.appended.get(offset).map(Vec::as_slice),
             Some(value.as_slice()),
-            "seed {seed}: offset {offset} holds a record that was never appended there"
+            "seed {seed}: offset {offset} holds a record that was never appended there \
+             ({recovery:?})"
         );
     }
     // Offsets past the recovered end were never durable; the next round may reuse them.
     model.appended.split_off(&offsets.next);
     model.durable_upto = offsets.next;
-    log
+    (log, recovery)
+}
+
+/// Power loss: nothing runs after it. A task left running would carry on with fresh handles
+/// (a roll creates its new segment through the storage, which outlives the crash) and write
+/// data the crash never saw. Every task is cancelled before any of them can run again, and
+/// then the log (whose own I/O tasks end with it).
+async fn cut_power(
+    storage: &SimStorage,
+    mode: CrashMode,
+    tasks: Vec<glommio::Task<()>>,
+    log: Rc<Log<SimStorage>>,
+) {
+    storage.crash(mode);
+    let handles: Vec<_> = tasks.into_iter().map(|task| task.detach()).collect();
+    for handle in &handles {
+        handle.cancel();
+    }
+    for handle in handles {
+        handle.await;
+    }
+    assert_eq!(Rc::strong_count(&log), 1, "a task still holds the log");
+    drop(log);
 }
 
 /// Crashes that hit an idle log (every task done): the test is only strong when few do.
@@ -224,20 +248,10 @@ fn power_loss_keeps_every_synced_batch() {
             }
             crashed.set(true);
             OVERLAPPED_WRITES.fetch_add(shared.stats().writes_overlapped, Ordering::Relaxed);
-            storage.crash(mode);
-            // Power loss: nothing runs after it. A task left running would carry on with
-            // fresh handles (a roll creates its new segment through the storage, which
-            // outlives the crash) and write data the crash never saw. Every task is
-            // cancelled before any of them can run again.
-            let handles: Vec<_> = tasks.into_iter().map(|task| task.detach()).collect();
-            for handle in &handles {
-                handle.cancel();
-            }
-            for handle in handles {
-                handle.await;
-            }
-            drop(shared);
-            log = recover_and_check(&storage, &model, seed).await;
+            cut_power(&storage, mode, tasks, shared).await;
+            log = recover_and_check(&storage, &model, seed, WritePipeline::default())
+                .await
+                .0;
         }
         DURABLE_ACKS.fetch_add(model.borrow().acks_durable, Ordering::Relaxed);
     });
@@ -662,40 +676,6 @@ fn narrow_pipeline() -> WritePipeline {
     }
 }
 
-/// Recovery after a crash with writes in flight: reopen with the narrow pipeline and check as
-/// `recover_and_check` does.
-async fn recover_pipelined(
-    storage: &SimStorage,
-    model: &RefCell<Model>,
-    seed: u64,
-) -> (Log<SimStorage>, engine::log::Recovery) {
-    let (log, recovery) =
-        Log::open_with(storage.clone(), &dir(), small_config(), narrow_pipeline())
-            .await
-            .unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
-    assert_eq!(log.health(), Health::Healthy, "seed {seed}: {recovery:?}");
-    let offsets = log.offsets();
-    let durable_upto = model.borrow().durable_upto;
-    assert!(
-        offsets.next >= durable_upto,
-        "seed {seed}: acked durable up to {durable_upto} but recovered only {} ({recovery:?})",
-        offsets.next
-    );
-    let records = read_all(&log, offsets.log_start).await;
-    let mut model = model.borrow_mut();
-    for (offset, value) in &records {
-        assert_eq!(
-            model.appended.get(offset).map(Vec::as_slice),
-            Some(value.as_slice()),
-            "seed {seed}: offset {offset} holds a record that was never appended there \
-             ({recovery:?})"
-        );
-    }
-    model.appended.split_off(&offsets.next);
-    model.durable_upto = offsets.next;
-    (log, recovery)
-}
-
 /// Recoveries that found valid-looking bytes after a hole (a write lost while a later one
 /// survived) and cut them away.
 static HOLES_CUT: AtomicU64 = AtomicU64::new(0);
@@ -743,20 +723,9 @@ fn power_loss_with_writes_in_flight_cuts_at_the_hole_and_keeps_synced_batches() 
             }
             crashed.set(true);
             PIPELINED_OVERLAPS.fetch_add(shared.stats().writes_overlapped, Ordering::Relaxed);
-            storage.crash(mode);
-            // Power loss: nothing runs after it. A task left running would carry on with
-            // fresh handles (a roll creates its new segment through the storage, which
-            // outlives the crash) and write data the crash never saw. Every task is
-            // cancelled before any of them can run again.
-            let handles: Vec<_> = tasks.into_iter().map(|task| task.detach()).collect();
-            for handle in &handles {
-                handle.cancel();
-            }
-            for handle in handles {
-                handle.await;
-            }
-            drop(shared);
-            let (reopened, recovery) = recover_pipelined(&storage, &model, seed).await;
+            cut_power(&storage, mode, tasks, shared).await;
+            let (reopened, recovery) =
+                recover_and_check(&storage, &model, seed, narrow_pipeline()).await;
             if recovery
                 .truncated
                 .as_ref()
