@@ -19,6 +19,7 @@ use protocol::api::ShardAddress;
 use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
 use crate::limits::{MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
+use crate::log::Log;
 use crate::log::notify::Notify;
 use crate::log::storage::DmaStorage;
 use crate::replication::state::LagBounds;
@@ -113,6 +114,36 @@ impl<T> Replicas<T> {
     }
 }
 
+/// A replica on this shard in either role, for the upkeep every replica gets alike
+/// (maintenance, close at shutdown, removal with its topic).
+enum Replica {
+    Leader(Rc<Leader<DmaStorage>>),
+    Follower(Rc<Follower<DmaStorage>>),
+}
+
+impl Replica {
+    fn key(&self) -> &ReplicaKey {
+        match self {
+            Replica::Leader(leader) => &leader.key,
+            Replica::Follower(follower) => &follower.key,
+        }
+    }
+
+    fn log(&self) -> Rc<Log<DmaStorage>> {
+        match self {
+            Replica::Leader(leader) => Rc::clone(leader.log()),
+            Replica::Follower(follower) => follower.log(),
+        }
+    }
+
+    fn stop(&self) {
+        match self {
+            Replica::Leader(leader) => leader.stop(),
+            Replica::Follower(follower) => follower.stop(),
+        }
+    }
+}
+
 /// One shard's state.
 ///
 /// Owner: its executor (`!Send`); shared by its tasks through `Rc`.
@@ -156,12 +187,11 @@ impl Shard {
         self.leaders.borrow().get(topic, partition)
     }
 
-    pub fn local_leaders(&self) -> Vec<Rc<Leader<DmaStorage>>> {
-        self.leaders.borrow().all()
-    }
-
-    pub fn local_followers(&self) -> Vec<Rc<Follower<DmaStorage>>> {
-        self.followers.borrow().all()
+    /// Every replica on this shard, leaders first (a snapshot: no borrow is held).
+    fn replicas(&self) -> impl Iterator<Item = Replica> {
+        let leaders = self.leaders.borrow().all().into_iter().map(Replica::Leader);
+        let followers = self.followers.borrow().all().into_iter();
+        leaders.chain(followers.map(Replica::Follower))
     }
 
     /// The profile's `[log]` section: defaults for every partition log.
@@ -192,26 +222,23 @@ impl Shard {
         let mut errors = Vec::new();
         self.apply_replicas(&next, &mut errors).await;
         let gone = |key: &ReplicaKey| next.topic(&key.topic).is_none_or(|t| t.id != key.topic_id);
-        let mut gone_logs = Vec::new();
-        for follower in self.local_followers() {
-            if gone(&follower.key) {
-                self.followers
-                    .borrow_mut()
-                    .remove(&follower.key.topic, follower.key.partition);
-                follower.stop();
-                gone_logs.push(follower.log());
+        let doomed: Vec<Replica> = self.replicas().filter(|r| gone(r.key())).collect();
+        for replica in &doomed {
+            let key = replica.key();
+            match replica {
+                Replica::Leader(_) => {
+                    self.leaders.borrow_mut().remove(&key.topic, key.partition);
+                }
+                Replica::Follower(_) => {
+                    self.followers
+                        .borrow_mut()
+                        .remove(&key.topic, key.partition);
+                }
             }
+            replica.stop();
         }
-        for leader in self.local_leaders() {
-            if gone(&leader.key) {
-                self.leaders
-                    .borrow_mut()
-                    .remove(&leader.key.topic, leader.key.partition);
-                leader.stop();
-                gone_logs.push(Rc::clone(leader.log()));
-            }
-        }
-        for log in gone_logs {
+        for replica in doomed {
+            let log = replica.log();
             let _ = log.close().await;
             let dir = log.dir();
             // Deleting a topic is rare; a blocking unlink of its files is acceptable here.
@@ -245,16 +272,11 @@ impl Shard {
             })
             .await;
         }
-        for leader in self.local_leaders() {
-            leader.stop();
-            if let Err(error) = leader.log().close().await {
-                tracing::error!(shard = %self.id, topic = %leader.key.topic, partition = leader.key.partition, %error, "close failed");
-            }
-        }
-        for follower in self.local_followers() {
-            follower.stop();
-            if let Err(error) = follower.log().close().await {
-                tracing::error!(shard = %self.id, topic = %follower.key.topic, partition = follower.key.partition, %error, "close failed");
+        for replica in self.replicas() {
+            replica.stop();
+            if let Err(error) = replica.log().close().await {
+                let key = replica.key();
+                tracing::error!(shard = %self.id, topic = %key.topic, partition = key.partition, %error, "close failed");
             }
         }
     }
@@ -364,22 +386,13 @@ pub async fn run(init: ShardInit) {
 async fn maintain_loop(shard: Rc<Shard>) {
     while !shard.is_shutting_down() {
         glommio::timer::sleep(MAINTENANCE_INTERVAL).await;
-        let logs = shard
-            .local_leaders()
-            .into_iter()
-            .map(|l| (l.key.topic.clone(), l.key.partition, Rc::clone(l.log())))
-            .chain(
-                shard
-                    .local_followers()
-                    .into_iter()
-                    .map(|f| (f.key.topic.clone(), f.key.partition, f.log())),
-            );
-        for (topic, index, log) in logs {
+        for replica in shard.replicas() {
             if shard.is_shutting_down() {
                 return;
             }
-            if let Err(error) = log.maintain(now_ms()).await {
-                tracing::warn!(shard = %shard.id, %topic, partition = index, %error, "log upkeep failed");
+            if let Err(error) = replica.log().maintain(now_ms()).await {
+                let key = replica.key();
+                tracing::warn!(shard = %shard.id, topic = %key.topic, partition = key.partition, %error, "log upkeep failed");
             }
         }
     }
