@@ -277,16 +277,11 @@ fn topic(command: TopicCommand) -> anyhow::Result<()> {
                     );
                     header = false;
                 }
-                let state = match (f.failed, f.in_sync) {
-                    (true, _) => "failed",
-                    (false, true) => "in-sync",
-                    (false, false) => "catching-up",
-                };
                 println!(
                     "{:>9}  {:>8}  {:<11}  {:>14}  {:>13}  {:>9}",
                     partition,
                     f.shard,
-                    state,
+                    f.state.as_str(),
                     f.records_behind,
                     f.records_behind_synced,
                     f.time_behind_ms,

@@ -21,7 +21,7 @@ use engine::replication::{
     Follower, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, Runtime,
     Transport,
 };
-use protocol::api::{CreateTopicRequest, ReplicaLag};
+use protocol::api::{CreateTopicRequest, ReplicaLag, ReplicaState};
 use protocol::{Acks, BatchBuilder};
 
 mod common;
@@ -659,8 +659,7 @@ fn status_reports_how_far_each_follower_is_behind() {
             caught_up.followers,
             vec![ReplicaLag {
                 shard: 1,
-                in_sync: true,
-                failed: false,
+                state: ReplicaState::InSync,
                 records_behind: 0,
                 records_behind_synced: 0,
                 time_behind_ms: 0,
@@ -674,7 +673,7 @@ fn status_reports_how_far_each_follower_is_behind() {
         let [silent] = &behind.followers[..] else {
             panic!("one follower: {:?}", behind.followers)
         };
-        assert!(silent.in_sync && !silent.failed, "{silent:?}");
+        assert_eq!(silent.state, ReplicaState::InSync, "{silent:?}");
         assert_eq!(
             (silent.records_behind, silent.records_behind_synced),
             (2, 2)
@@ -687,7 +686,7 @@ fn status_reports_how_far_each_follower_is_behind() {
         let [gone] = &left.followers[..] else {
             panic!("one follower: {:?}", left.followers)
         };
-        assert!(!gone.in_sync && !gone.failed, "{gone:?}");
+        assert_eq!(gone.state, ReplicaState::CatchingUp, "{gone:?}");
         assert!(gone.time_behind_ms > BOUNDS.time_us / 1000, "{gone:?}");
         assert_eq!(left.isr, vec![0]);
     });

@@ -168,6 +168,32 @@ impl ArchivedErrorCode {
     }
 }
 
+/// Where a follower replica stands with its leader.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
+#[cfg_attr(test, derive(Arbitrary))]
+#[repr(u8)]
+pub enum ReplicaState {
+    /// In the in-sync set: it holds the high watermark back and may take over.
+    InSync = 0,
+    /// Out of the set (behind past a lag bound, or not yet joined in this leader's term);
+    /// it joins once it holds everything below the watermarks.
+    CatchingUp = 1,
+    /// Its log failed; it stays out of the set until the broker restarts.
+    Failed = 2,
+}
+
+impl ReplicaState {
+    /// The spelling `ringmq topic describe` prints: `in-sync`, `catching-up`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::InSync => "in-sync",
+            ReplicaState::CatchingUp => "catching-up",
+            ReplicaState::Failed => "failed",
+        }
+    }
+}
+
 /// When the broker acknowledges a produce (DESIGN §3, RELIABILITY Part B).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
@@ -302,10 +328,7 @@ parts! {
     /// How far a follower replica is behind its leader.
     struct ReplicaLag {
         shard: u16,
-        /// In the in-sync set: it holds the high watermark back and may take over.
-        in_sync: bool,
-        /// Its log failed; it stays out of the in-sync set until the broker restarts.
-        failed: bool,
+        state: ReplicaState,
         /// Records the leader holds beyond this replica's completed writes.
         records_behind: u64,
         /// Records the leader holds beyond what this replica has synced to disk.

@@ -447,8 +447,7 @@ mod tests {
                     high_watermark_synced: 40,
                     followers: vec![ReplicaLag {
                         shard: 1,
-                        in_sync: true,
-                        failed: false,
+                        state: ReplicaState::InSync,
                         records_behind: 3,
                         records_behind_synced: 5,
                         time_behind_ms: 2,
@@ -505,7 +504,7 @@ mod tests {
             (
                 "MetadataResponse",
                 header_hex(&metadata_response()),
-                "524d513100010000dc000000010001008877665544332211f2a57f1894f5ecec",
+                "524d513100010000dc000000010001008877665544332211448ae9ea1f6f3156",
             ),
             (
                 "CreateTopicRequest",

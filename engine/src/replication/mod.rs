@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-use protocol::api::ReplicaLag;
+use protocol::api::{ReplicaLag, ReplicaState};
 use protocol::{Acks, BatchError, BatchHeader, BatchView, Batches};
 
 use crate::log::epochs::EpochCache;
@@ -409,8 +409,13 @@ impl<S: Storage + 'static> Leader<S> {
                 .iter()
                 .map(|f| ReplicaLag {
                     shard: f.shard,
-                    in_sync: f.in_isr(),
-                    failed: f.failed,
+                    state: if f.failed {
+                        ReplicaState::Failed
+                    } else if f.in_isr() {
+                        ReplicaState::InSync
+                    } else {
+                        ReplicaState::CatchingUp
+                    },
                     records_behind: lo.next.saturating_sub(f.written),
                     records_behind_synced: lo.next.saturating_sub(f.synced),
                     time_behind_ms: if f.written >= lo.next {
