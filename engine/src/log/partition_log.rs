@@ -94,6 +94,20 @@ enum AppendStep {
     MakeRoom,
 }
 
+/// The roll that one append runs (`State::rolling`), ended however that append ends:
+/// finished, failed, or dropped mid-way (a produce given up). Left set, it would keep every
+/// later append waiting for a roll nobody finishes; a roll cut short is redone by the next
+/// append (its new segment file is made again).
+struct Rolling<'a, S: Storage>(&'a Core<S>);
+
+impl<S: Storage> Drop for Rolling<'_, S> {
+    fn drop(&mut self) {
+        // No borrow of the state is held across an await, so none is held here.
+        self.0.state.borrow_mut().rolling = false;
+        self.0.changed.notify();
+    }
+}
+
 /// One partition replica's log.
 ///
 /// Owner: one shard. Shared by that shard's tasks through `&self` (typically in an `Rc`);
@@ -350,10 +364,8 @@ impl<S: Storage> Log<S> {
                 AppendStep::Done(appended) => return Ok(appended),
                 AppendStep::WaitForRoll => self.core.changed.changed(seen).await,
                 AppendStep::Roll => {
-                    let rolled = self.roll().await;
-                    self.core.state.borrow_mut().rolling = false;
-                    self.core.changed.notify();
-                    rolled?;
+                    let _rolling = Rolling(&self.core);
+                    self.roll().await?;
                 }
                 AppendStep::MakeRoom => {
                     if !self.core.make_room()? {

@@ -460,3 +460,51 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
         assert_eq!(read_all(&log, 0).await, records(&new_batch));
     });
 }
+
+/// An append dropped while it rolls the segment (its produce given up, its task cancelled)
+/// must not leave the roll marked as running: every later append would wait for a roll that
+/// nobody finishes, and the partition would stop taking writes with nothing in flight.
+#[test]
+fn append_dropped_mid_roll_leaves_the_log_appendable() {
+    run(|| async {
+        let storage = gated(7);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        let big = |seq| batch(1, seq, 1, 60_000);
+        let fit = small_config().segment_bytes / big(0).len() as u64;
+        for seq in 0..fit as u32 {
+            log.append(&big(seq), 1).await.unwrap();
+        }
+        storage.gate.hold_syncs.set(true);
+        let before = storage.gate.syncs_started.get();
+        let rolling =
+            futures_lite::future::or(async { Some(log.append(&big(0), 1).await) }, async {
+                // The roll's commit waits for its fdatasync: drop the append there.
+                spin_until(|| storage.gate.syncs_started.get() > before, 20_000).await;
+                None
+            });
+        assert!(
+            rolling.await.is_none(),
+            "the roll should wait for its held sync"
+        );
+        storage.gate.hold_syncs.set(false);
+        let next = within(20_000, log.append(&big(fit as u32), 1)).await;
+        let appended = match next {
+            Some(Ok(appended)) => appended,
+            other => panic!(
+                "append after a dropped roll: {other:?}; offsets {:?}",
+                log.offsets()
+            ),
+        };
+        assert_eq!(
+            appended.base_offset, fit,
+            "the dropped append appended nothing"
+        );
+        assert_eq!(log.stats().rolls, 1);
+        log.wait_synced(appended.next_offset).await.unwrap();
+        assert_eq!(read_all(&log, 0).await.len() as u64, fit + 1);
+        let closed = within(20_000, log.close()).await;
+        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+    });
+}
