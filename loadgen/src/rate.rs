@@ -98,12 +98,18 @@ impl Schedule {
         Some(intended)
     }
 
-    /// What [`next_due_before`](Self::next_due_before) would hand out, without issuing it.
+    /// What [`next_due_before`](Self::next_due_before) would hand out, without issuing it;
+    /// [`issue`](Self::issue) takes it.
     pub fn due_before(&self, now_ns: Nanos, end_ns: Nanos) -> Option<Nanos> {
         if self.exhausted(now_ns, end_ns) {
             return None;
         }
         self.due(now_ns)
+    }
+
+    /// Marks the message that [`due_before`](Self::due_before) just returned as issued.
+    pub fn issue(&mut self) {
+        self.issued += 1;
     }
 
     fn due(&self, now_ns: Nanos) -> Option<Nanos> {
@@ -226,9 +232,15 @@ mod tests {
         assert_eq!(schedule.due_before(0, 10_000_000), Some(0));
         assert_eq!(schedule.due_before(0, 10_000_000), Some(0));
         assert_eq!(schedule.issued(), 0);
-        assert_eq!(schedule.next_due_before(0, 10_000_000), Some(0));
+        schedule.issue();
+        assert_eq!(schedule.due_before(999_999, 10_000_000), None);
+        assert_eq!(schedule.due_before(1_000_000, 10_000_000), Some(1_000_000));
         assert_eq!(
-            schedule.due_before(999_999, 10_000_000),
+            schedule.next_due_before(1_000_000, 10_000_000),
+            Some(1_000_000)
+        );
+        assert_eq!(
+            schedule.due_before(1_999_999, 10_000_000),
             None,
             "not due yet"
         );
@@ -237,7 +249,7 @@ mod tests {
             None,
             "past the end"
         );
-        assert_eq!(schedule.issued(), 1);
+        assert_eq!(schedule.issued(), 2);
     }
 
     #[test]

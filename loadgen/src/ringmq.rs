@@ -238,9 +238,49 @@ struct Producer {
     routes: Vec<Route>,
     open: Vec<OpenBatch>,
     sticky: usize,
-    key_counter: u64,
+    /// The next message's key (0 without keys). Drawn when the message before it is taken,
+    /// so a message waiting for room keeps its key and so its partition, as a client's would.
+    next_key: u64,
     sequence: u64,
     rng: rand::rngs::SmallRng,
+}
+
+impl Producer {
+    /// The slot in `routes` and `open` the next message goes to: the sticky partition
+    /// without keys, else its key's partition.
+    fn next_slot(&self, keyed: bool) -> usize {
+        let partitions = self.routes.len().max(1);
+        if keyed {
+            // Stable, like a client partitioner: crc32c of the key bytes.
+            crc32c::crc32c(&self.next_key.to_le_bytes()) as usize % partitions
+        } else {
+            self.sticky % partitions
+        }
+    }
+
+    /// Draws the key after `next_key`.
+    fn draw_key(&mut self, keys: KeyDistributor) {
+        self.next_key = match keys {
+            KeyDistributor::NoKey => 0,
+            KeyDistributor::KeyRoundRobin => self.next_key + 1,
+            KeyDistributor::RandomNano => rand::Rng::random::<u64>(&mut self.rng),
+        };
+    }
+}
+
+/// Whether `producer`'s next message can be taken now: its partition's batch is open and not
+/// full, or that partition's connection has room for another request (`has_room`), so the
+/// batch can be sent once full (a full batch held back for room goes out first).
+fn can_take(
+    producer: &Producer,
+    keyed: bool,
+    records_per_batch: usize,
+    has_room: impl Fn(usize) -> bool,
+) -> bool {
+    let slot = producer.next_slot(keyed);
+    let open = producer.open.get(slot).map_or(0, |b| b.messages.len());
+    (1..records_per_batch).contains(&open)
+        || producer.routes.get(slot).is_some_and(|r| has_room(r.conn))
 }
 
 struct Consumer {
@@ -511,7 +551,7 @@ impl<'p> Worker<'p> {
                 Rate::Max => None,
             };
             use rand::SeedableRng;
-            producers.push(Producer {
+            let mut producer = Producer {
                 topic: *topic,
                 schedule: match per_producer {
                     Some(rate) => Schedule::open(0, rate),
@@ -520,10 +560,12 @@ impl<'p> Worker<'p> {
                 open: routes.iter().map(|_| OpenBatch::default()).collect(),
                 routes,
                 sticky: n,
-                key_counter: 0,
+                next_key: 0,
                 sequence: ((worker_index as u64) << 48) | ((*producer as u64) << 32),
                 rng: rand::rngs::SmallRng::seed_from_u64((worker_index * 1000 + n) as u64),
-            });
+            };
+            producer.draw_key(workload.keys);
+            producers.push(producer);
         }
         consumer_of_conn.resize(streams.len(), None);
         let mut consumers = Vec::new();
@@ -698,60 +740,52 @@ impl<'p> Worker<'p> {
     }
 
     /// Takes every due message from each producer's schedule into its open batches, sealing
-    /// full batches.
+    /// full batches when their connection has room.
     fn generate(&mut self, now: Nanos, window: &Window) -> anyhow::Result<()> {
         let keys = self.plan.workload.keys;
+        let keyed = self.key_bytes > 0;
         for index in 0..self.producers.len() {
             let mut taken = 0;
             while taken < MESSAGES_PER_TURN_MAX {
-                let Some(producer) = self.producers.get_mut(index) else {
+                let Some(producer) = self.producers.get(index) else {
                     break;
                 };
-                // Look before taking: a message that cannot go out yet keeps its place (and
-                // a round-robin key its turn).
                 let Some(intended_ns) = producer.schedule.due_before(now, window.end_ns) else {
                     break;
                 };
-                let partitions = producer.routes.len().max(1);
-                let (slot, key) = match keys {
-                    KeyDistributor::NoKey => (producer.sticky % partitions, 0),
-                    _ => {
-                        let key = match keys {
-                            KeyDistributor::KeyRoundRobin => producer.key_counter + 1,
-                            _ => rand::Rng::random::<u64>(&mut producer.rng),
-                        };
-                        // Stable, like a client partitioner: crc32c of the key bytes.
-                        let hash = crc32c::crc32c(&key.to_le_bytes());
-                        (hash as usize % partitions, key)
-                    }
-                };
-                let Some(route) = producer.routes.get(slot).copied() else {
+                // A message that cannot be taken stops this producer for now: it stays due,
+                // with its key and partition, and its send gap grows, which is what the open
+                // loop reports.
+                if !can_take(producer, keyed, self.records_per_batch, |c| {
+                    self.has_room(c)
+                }) {
+                    break;
+                }
+                let slot = producer.next_slot(keyed);
+                let Some(conn) = producer.routes.get(slot).map(|r| r.conn) else {
                     break;
                 };
-                // A full connection stops this producer for now: its messages stay due and
-                // their send gap grows, which is what the open loop reports.
-                let open_len = producer.open.get(slot).map_or(0, |b| b.messages.len());
-                if open_len == 0 && !self.has_room(route.conn) {
-                    break;
+                if producer
+                    .open
+                    .get(slot)
+                    .is_some_and(|b| b.messages.len() >= self.records_per_batch)
+                {
+                    // Held back for want of room, which there is now (`can_take`). Sealing
+                    // moves a sticky producer on, so look at the message again.
+                    self.seal(index, slot, now, window)?;
+                    continue;
                 }
                 let Some(producer) = self.producers.get_mut(index) else {
                     break;
                 };
-                let taken_ns = producer.schedule.next_due_before(now, window.end_ns);
-                assert_eq!(
-                    taken_ns,
-                    Some(intended_ns),
-                    "the message looked at is taken"
-                );
-                if keys == KeyDistributor::KeyRoundRobin {
-                    producer.key_counter = key;
-                }
+                producer.schedule.issue();
                 producer.sequence += 1;
                 let message = Message {
                     intended_ns,
                     sequence: producer.sequence,
-                    key,
+                    key: producer.next_key,
                 };
+                producer.draw_key(keys);
                 let Some(batch) = producer.open.get_mut(slot) else {
                     break;
                 };
@@ -760,7 +794,7 @@ impl<'p> Worker<'p> {
                 }
                 batch.messages.push(message);
                 taken += 1;
-                if batch.messages.len() >= self.records_per_batch {
+                if batch.messages.len() >= self.records_per_batch && self.has_room(conn) {
                     self.seal(index, slot, now, window)?;
                 }
             }
@@ -768,7 +802,8 @@ impl<'p> Worker<'p> {
         Ok(())
     }
 
-    /// Seals batches whose linger ran out (or every open batch, when `all`).
+    /// Seals batches that are full or whose linger ran out (or every open batch, when `all`)
+    /// and whose connection has room.
     fn seal_lingered(&mut self, now: Nanos, all: bool, window: &Window) -> anyhow::Result<()> {
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
         for index in 0..self.producers.len() {
@@ -780,7 +815,9 @@ impl<'p> Worker<'p> {
                     .and_then(|p| p.open.get(slot))
                     .is_some_and(|b| {
                         !b.messages.is_empty()
-                            && (all || now.saturating_sub(b.first_intended_ns) >= linger_ns)
+                            && (all
+                                || b.messages.len() >= self.records_per_batch
+                                || now.saturating_sub(b.first_intended_ns) >= linger_ns)
                     });
                 let conn = self
                     .producers
@@ -803,10 +840,18 @@ impl<'p> Worker<'p> {
         now: Nanos,
         window: &Window,
     ) -> anyhow::Result<()> {
-        let Some(producer) = self.producers.get_mut(index) else {
+        let Some(route) = self
+            .producers
+            .get(index)
+            .and_then(|p| p.routes.get(slot))
+            .copied()
+        else {
             return Ok(());
         };
-        let Some(route) = producer.routes.get(slot).copied() else {
+        // Every caller checks, so a connection never has more than `max_in_flight` requests
+        // outstanding (without acks: `UNSENT_BYTES_MAX` unsent bytes, plus one request).
+        debug_assert!(self.has_room(route.conn), "sealing without room: {route:?}");
+        let Some(producer) = self.producers.get_mut(index) else {
             return Ok(());
         };
         let topic = producer.topic;
@@ -903,23 +948,27 @@ impl<'p> Worker<'p> {
             wake = wake.min(window.start_ns);
         }
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
+        let keyed = self.key_bytes > 0;
         for producer in &self.producers {
-            if sending {
+            // Only a message that is left and can be taken sets a deadline.
+            if sending
+                && !producer.schedule.exhausted(now, window.end_ns)
+                && can_take(producer, keyed, self.records_per_batch, |c| {
+                    self.has_room(c)
+                })
+            {
                 if producer.schedule.is_open_loop() {
-                    // Only a message that can be taken sets a deadline (see `take_by`); the
-                    // end of the window is one too, where the last messages are taken and
-                    // every open batch is sealed.
-                    if self.can_take(producer) {
-                        let take_ns = take_by(
-                            &producer.schedule,
-                            &producer.open,
-                            self.records_per_batch,
-                            linger_ns,
-                        );
-                        wake = wake.min(take_ns.min(window.end_ns));
-                    }
-                } else if producer.routes.iter().any(|r| self.has_room(r.conn)) {
-                    // Closed loop: come back as soon as there is room (a completion wakes us).
+                    // See `take_by`; the end of the window is a deadline too, where the last
+                    // messages are taken and every open batch is sealed.
+                    let take_ns = take_by(
+                        &producer.schedule,
+                        &producer.open,
+                        self.records_per_batch,
+                        linger_ns,
+                    );
+                    wake = wake.min(take_ns.min(window.end_ns));
+                } else {
+                    // Closed loop: at once.
                     wake = now;
                 }
             }
@@ -930,26 +979,6 @@ impl<'p> Worker<'p> {
             }
         }
         Duration::from_nanos(wake.saturating_sub(now))
-    }
-
-    /// Whether `producer`'s next message could be taken now: its partition's batch is open,
-    /// or that partition's connection has room for another request. With keys the partition
-    /// is drawn per message, so any partition that could take it counts.
-    fn can_take(&self, producer: &Producer) -> bool {
-        let can = |slot: usize| {
-            producer
-                .open
-                .get(slot)
-                .is_some_and(|b| !b.messages.is_empty())
-                || producer
-                    .routes
-                    .get(slot)
-                    .is_some_and(|r| self.has_room(r.conn))
-        };
-        match self.key_bytes {
-            0 => can(producer.sticky % producer.routes.len().max(1)),
-            _ => (0..producer.routes.len()).any(can),
-        }
     }
 
     /// Handles every whole frame received on the readable connections.
@@ -1038,7 +1067,13 @@ fn take_by(
     if records_per_batch <= 1 || linger_ns == 0 {
         return due_ns;
     }
-    let fullest = open.iter().map(|b| b.messages.len()).max().unwrap_or(0);
+    // A full batch (held back for room) takes no more messages.
+    let fullest = open
+        .iter()
+        .map(|b| b.messages.len())
+        .filter(|len| *len < records_per_batch)
+        .max()
+        .unwrap_or(0);
     let to_fill = records_per_batch.saturating_sub(fullest).max(1) as u64;
     let fills_ns = schedule.intended_ns(schedule.issued() + to_fill - 1);
     fills_ns.min(due_ns + linger_ns)
@@ -1207,6 +1242,84 @@ mod tests {
         ];
         assert_eq!(take_by(&schedule, &open, 3, linger_ns), 2_000_000);
         assert_eq!(take_by(&schedule, &open, 10, linger_ns), 7_000_000);
+        // A full batch held back for room takes no more: the other one fills with the 4th.
+        let held = [
+            OpenBatch {
+                messages: vec![message; 3],
+                first_intended_ns: 0,
+            },
+            OpenBatch {
+                messages: vec![message; 1],
+                first_intended_ns: 0,
+            },
+        ];
+        assert_eq!(take_by(&schedule, &held, 3, linger_ns), 3_000_000);
+    }
+
+    /// A producer of `partitions` partitions, partition `p` on connection `p`.
+    fn producer(partitions: u32, keys: KeyDistributor) -> Producer {
+        use rand::SeedableRng;
+        let mut producer = Producer {
+            topic: 0,
+            schedule: Schedule::open(0, 1000.0),
+            routes: (0..partitions)
+                .map(|partition| Route {
+                    conn: partition as usize,
+                    partition,
+                })
+                .collect(),
+            open: (0..partitions).map(|_| OpenBatch::default()).collect(),
+            sticky: 0,
+            next_key: 0,
+            sequence: 0,
+            rng: rand::rngs::SmallRng::seed_from_u64(1),
+        };
+        producer.draw_key(keys);
+        producer
+    }
+
+    #[test]
+    fn only_the_next_messages_partition_decides_whether_it_can_be_taken() {
+        for keys in [KeyDistributor::KeyRoundRobin, KeyDistributor::RandomNano] {
+            let mut producer = producer(4, keys);
+            let blocked = producer.next_slot(true);
+            let key = producer.next_key;
+            // Every other partition's connection has room: the message still waits for its
+            // own (a worker that woke for it would spin).
+            let room_elsewhere = |conn: usize| conn != blocked;
+            assert!(!can_take(&producer, true, 10, room_elsewhere), "{keys:?}");
+            assert_eq!(producer.next_key, key, "a waiting message keeps its key");
+            // An open batch with space takes it without room; a full one waits for room.
+            let message = Message {
+                intended_ns: 0,
+                sequence: 0,
+                key,
+            };
+            producer.open[blocked].messages = vec![message; 9];
+            assert!(can_take(&producer, true, 10, room_elsewhere), "{keys:?}");
+            producer.open[blocked].messages.push(message);
+            assert!(!can_take(&producer, true, 10, room_elsewhere), "{keys:?}");
+            assert!(can_take(&producer, true, 10, |_| true), "{keys:?}");
+        }
+        // Without keys: the sticky partition.
+        let mut producer = producer(4, KeyDistributor::NoKey);
+        producer.sticky = 6;
+        assert_eq!(producer.next_slot(false), 2);
+        assert!(!can_take(&producer, false, 1, |conn| conn != 2));
+        assert!(can_take(&producer, false, 1, |conn| conn == 2));
+    }
+
+    #[test]
+    fn keys_are_drawn_as_before() {
+        let mut round_robin = producer(4, KeyDistributor::KeyRoundRobin);
+        let mut random = producer(4, KeyDistributor::RandomNano);
+        let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1);
+        for expected in 1..=5 {
+            assert_eq!(round_robin.next_key, expected);
+            round_robin.draw_key(KeyDistributor::KeyRoundRobin);
+            assert_eq!(random.next_key, rand::Rng::random::<u64>(&mut rng));
+            random.draw_key(KeyDistributor::RandomNano);
+        }
     }
 
     #[test]

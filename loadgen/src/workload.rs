@@ -107,7 +107,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub enum KeyDistributor {
     /// No key: each producer spreads its batches over the topic's partitions in turn.
     NoKey,
-    /// Keys from a counter: consecutive messages go to consecutive partitions.
+    /// Keys from a counter (1, 2, 3, ...). A message goes to its key's partition (crc32c of
+    /// the key, like a client partitioner), so the spread is even, not partition by partition.
     KeyRoundRobin,
     /// A random key per message (OMB takes nanoTime; the effect is the same spread).
     RandomNano,

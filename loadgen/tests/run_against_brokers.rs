@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use loadgen::run::{self, RunOptions, Target};
-use loadgen::workload::WorkloadFile;
+use loadgen::workload::{KeyDistributor, WorkloadFile};
 use ringmq_tests::TestBroker;
 
 fn options(target: Target, file: WorkloadFile) -> RunOptions {
@@ -90,6 +90,16 @@ fn ringmq_runs_lose_nothing_and_record_latency() {
     let mut batched = workload(2000.0, 1.5, "leader+fsync", 4096, 1);
     batched.subscriptions_per_topic = Some(2);
     run_and_check(&options(target.clone(), batched), 3000, 2);
+
+    // Keyed batches of three over four partitions on one connection, one request in flight:
+    // batches fill while another is in flight and wait for room (the worker asserts it never
+    // sends without), nothing lost.
+    for keys in [KeyDistributor::KeyRoundRobin, KeyDistributor::RandomNano] {
+        let mut keyed = workload(2000.0, 1.0, "leader", 1024, 4);
+        keyed.key_distributor = Some(keys);
+        keyed.max_in_flight = Some(1);
+        run_and_check(&options(target.clone(), keyed), 2000, 1);
+    }
 
     // Fire and forget: no acks in the result, everything still arrives.
     let outcome = run_and_check(
