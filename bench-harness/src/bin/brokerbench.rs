@@ -3,9 +3,10 @@
 //! Cases (each names its durability mode, record and batch size):
 //! - throughput, acks `leader` and `leader+fsync`: one producer, 64 KiB batches
 //!   (64 records of 1 KiB), batches pipelined;
-//! - latency, acks `leader+fsync`: single-record batches sent open-loop at a fixed rate
-//!   (10,000/s by default); produce-to-ack measured from each send's *intended* time, so a
-//!   stall counts against every send it delays (no coordinated omission).
+//! - latency, acks `leader+fsync` (or `--latency-acks`): single-record batches sent open-loop
+//!   at a fixed rate (10,000/s by default); produce-to-ack measured from each send's
+//!   *intended* time, so a stall counts against every send it delays (no coordinated
+//!   omission).
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
