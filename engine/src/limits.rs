@@ -24,6 +24,10 @@ pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(5);
 /// a frame, so this bounds memory; past it the connection waits.
 pub const FORWARDS_IN_FLIGHT_MAX: usize = 4096;
 
+/// A log write or fdatasync running longer than this is reported as stalled (and again
+/// every as long while it lasts). fdatasync on a healthy disk takes well under 100 ms.
+pub const IO_STALL_WARN: Duration = Duration::from_secs(1);
+
 /// How often each shard runs log upkeep (spare segments, retention, checkpoints).
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 

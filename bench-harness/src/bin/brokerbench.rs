@@ -343,6 +343,15 @@ struct Run {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The in-process broker's warnings go to stderr, as `ringmq serve` prints them
+    // (`RINGMQ_LOG` overrides the level).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGMQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = parse_args()?;
     if args.replication {
         return replication(&args);

@@ -39,7 +39,7 @@ pub mod truncate;
 
 use std::io;
 
-pub use partition_log::{Appended, Log, LogOffsets, LogStats, MaintainReport};
+pub use partition_log::{Appended, IoInFlight, Log, LogOffsets, LogStats, MaintainReport};
 pub use recovery::{Recovery, Truncation};
 
 use protocol::limits::BATCH_BYTES_MAX;

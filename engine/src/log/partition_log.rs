@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use glommio::task::JoinHandle;
 
@@ -140,6 +141,14 @@ struct PendingWrite<B> {
     /// Completed successfully; retired once every earlier write has too.
     done: bool,
     task: JoinHandle<()>,
+    issued: Instant,
+}
+
+/// The oldest write or fdatasync of a log still in flight (`Log::io_in_flight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoInFlight {
+    pub op: &'static str,
+    pub age: Duration,
 }
 
 struct State<F: StorageFile> {
@@ -152,8 +161,9 @@ struct State<F: StorageFile> {
     inflight: VecDeque<PendingWrite<F::Buffer>>,
     /// Id of the next write handed to the disk.
     write_id_next: u64,
-    /// The task running the fdatasync in flight, if any.
+    /// The task running the fdatasync in flight, if any, and when it was issued.
     syncing: Option<JoinHandle<()>>,
+    sync_issued: Instant,
     /// The task committing for `commit_soon`, if any, and the offset it commits up to.
     background: Option<JoinHandle<()>>,
     background_upto: u64,
@@ -288,6 +298,7 @@ impl<S: Storage> Log<S> {
             inflight: VecDeque::new(),
             write_id_next: 0,
             syncing: None,
+            sync_issued: Instant::now(),
             background: None,
             background_upto: next,
             batch_ends: VecDeque::new(),
@@ -334,6 +345,21 @@ impl<S: Storage> Log<S> {
 
     pub fn health(&self) -> Health {
         self.core.state.borrow().health.clone()
+    }
+
+    /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
+    /// that stops completing I/O shows here (the shard's upkeep warns about it).
+    pub fn io_in_flight(&self) -> Option<IoInFlight> {
+        let st = self.core.state.borrow();
+        let write = st.inflight.iter().find(|w| !w.done).map(|w| IoInFlight {
+            op: "write",
+            age: w.issued.elapsed(),
+        });
+        let sync = st.syncing.as_ref().map(|_| IoInFlight {
+            op: "fdatasync",
+            age: st.sync_issued.elapsed(),
+        });
+        write.into_iter().chain(sync).max_by_key(|io| io.age)
     }
 
     pub fn stats(&self) -> LogStats {
@@ -1112,6 +1138,7 @@ impl<S: Storage> Core<S> {
             data,
             done: false,
             task,
+            issued: Instant::now(),
         });
     }
 
@@ -1160,6 +1187,7 @@ impl<S: Storage> Core<S> {
         let (core, file) = (Rc::clone(self), Rc::clone(&st.active.file));
         // What the sync covers: the writes completed before it is issued.
         let (offset, end) = (st.written_offset, st.written_batch_end);
+        st.sync_issued = Instant::now();
         st.syncing = Some(spawn_task(async move {
             let synced = file.sync().await;
             let mut st = core.state.borrow_mut();

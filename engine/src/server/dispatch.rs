@@ -254,6 +254,18 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
             appended.base_offset,
             leader.log().offsets().log_start,
         ),
+        Err(error @ ReplError::InDoubt(_)) => {
+            // Appended but not confirmed in time: say what the log was still waiting for.
+            let (offsets, io) = (leader.log().offsets(), leader.log().io_in_flight());
+            tracing::warn!(topic = %leader.key.topic, partition = leader.key.partition, %error,
+                next = offsets.next, written = offsets.written, synced = offsets.synced, ?io,
+                "produce not confirmed in time");
+            respond(
+                produce_error_code(&error),
+                0,
+                offsets.log_start,
+            )
+        }
         Err(error) => {
             tracing::debug!(topic = %leader.key.topic, partition = leader.key.partition, %error, "produce failed");
             respond(

@@ -18,7 +18,7 @@ use protocol::api::ShardAddress;
 
 use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
-use crate::limits::{MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
+use crate::limits::{IO_STALL_WARN, MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::Log;
 use crate::log::notify::Notify;
 use crate::log::storage::DmaStorage;
@@ -369,6 +369,7 @@ pub async fn run(init: ShardInit) {
         }
     }
     let maintenance = glommio::spawn_local_into(maintain_loop(Rc::clone(&shard)), background).ok();
+    let io_watch = glommio::spawn_local_into(io_watch_loop(Rc::clone(&shard)), background).ok();
     let _ = ready.send(Ok(()));
     tracing::info!(shard = %shard.id, core = shard.config.core, port = shard.config.port, "shard serving");
 
@@ -378,8 +379,26 @@ pub async fn run(init: ShardInit) {
     }
     tracing::info!(shard = %shard.id, "shard stopping");
     shard.drain_and_close().await;
-    if let Some(task) = maintenance {
+    for task in [maintenance, io_watch].into_iter().flatten() {
         task.cancel().await;
+    }
+}
+
+/// Warns about each log write or fdatasync that has run longer than `IO_STALL_WARN`, every
+/// `IO_STALL_WARN` while it lasts: a produce stuck behind a stalled disk then says why. A
+/// task of its own, so upkeep stuck on the same disk does not silence it.
+async fn io_watch_loop(shard: Rc<Shard>) {
+    while !shard.is_shutting_down() {
+        glommio::timer::sleep(IO_STALL_WARN).await;
+        for replica in shard.replicas() {
+            if let Some(io) = replica.log().io_in_flight()
+                && io.age >= IO_STALL_WARN
+            {
+                let key = replica.key();
+                tracing::warn!(shard = %shard.id, topic = %key.topic, partition = key.partition,
+                    op = io.op, age_ms = io.age.as_millis() as u64, "log I/O still in flight");
+            }
+        }
     }
 }
 

@@ -508,3 +508,55 @@ fn append_dropped_mid_roll_leaves_the_log_appendable() {
         assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
     });
 }
+
+/// A write or fdatasync held by the disk shows in `io_in_flight`, oldest first, with its age;
+/// once it completes, nothing does.
+#[test]
+fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
+    run(|| async {
+        let storage = gated(8);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.io_in_flight(), None, "nothing issued yet");
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        let first = storage.gate.started.get();
+        storage.gate.held.borrow_mut().insert(first);
+        let held = Duration::from_millis(20);
+        let write = futures_lite::future::or(
+            async { Some(log.wait_written(a.next_offset).await) },
+            async {
+                spin_until(|| storage.gate.started.get() > first, 1000).await;
+                glommio::timer::sleep(held).await;
+                None
+            },
+        );
+        assert!(write.await.is_none(), "the write should still be held");
+        let io = log.io_in_flight().expect("the held write");
+        assert_eq!(io.op, "write");
+        assert!(io.age >= held, "{io:?}");
+        storage.gate.held.borrow_mut().clear();
+        log.wait_written(a.next_offset).await.unwrap();
+        assert_eq!(log.io_in_flight(), None, "the write completed");
+
+        storage.gate.hold_syncs.set(true);
+        let before = storage.gate.syncs_started.get();
+        let sync = futures_lite::future::or(
+            async { Some(log.wait_synced(a.next_offset).await) },
+            async {
+                spin_until(|| storage.gate.syncs_started.get() > before, 1000).await;
+                glommio::timer::sleep(held).await;
+                None
+            },
+        );
+        assert!(sync.await.is_none(), "the sync should still be held");
+        let io = log.io_in_flight().expect("the held sync");
+        assert_eq!(io.op, "fdatasync");
+        assert!(io.age >= held, "{io:?}");
+        storage.gate.hold_syncs.set(false);
+        log.wait_synced(a.next_offset).await.unwrap();
+        assert_eq!(log.io_in_flight(), None, "the sync completed");
+        let closed = within(20_000, log.close()).await;
+        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+    });
+}
