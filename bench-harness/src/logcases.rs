@@ -109,8 +109,10 @@ pub struct LogCaseResult {
     pub segments_deleted: u64,
     /// Writes issued while another write of the log was in flight.
     pub writes_overlapped: u64,
-    /// `maintain` passes that prepared a spare segment during the window.
+    /// Spare segments the log prepared during the window.
     pub spares_prepared: u64,
+    /// Rolls that found no spare ready and made their segment while appends waited.
+    pub rolls_without_spare: u64,
     pub cpu: CpuUse,
     /// CPU contention the shard thread suffered in the window.
     pub shard_sched: SchedDelay,
@@ -421,23 +423,16 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         .await
         .with_context(|| format!("opening the log in {}", case.dir.display()))?;
     let log = Rc::new(log);
-    // The first segment was prepared by open; prepare the spare too before any timing.
-    log.maintain(now_ms()).await.context("first maintain")?;
-
     let window = Window::new()?;
-    let spares = Rc::new(Cell::new(0u64));
-
+    // Upkeep as a shard runs it (retention bounds the disk the case uses); the log prepares
+    // its next segment itself.
     let maintainer = {
         let log = Rc::clone(&log);
         let window = Rc::clone(&window);
-        let spares = Rc::clone(&spares);
         let interval = case.maintain_interval;
         glommio::spawn_local(async move {
             while !window.stop.get() {
-                let report = log.maintain(now_ms()).await?;
-                if report.spare_prepared && window.measuring.get() {
-                    spares.set(spares.get() + 1);
-                }
+                log.maintain(now_ms()).await?;
                 glommio::timer::sleep(interval).await;
             }
             Ok::<(), engine::log::LogError>(())
@@ -495,11 +490,12 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         rolls: stats.rolls,
         segments_deleted: stats.segments_deleted,
         writes_overlapped: stats.writes_overlapped,
-        spares_prepared: spares.get(),
+        spares_prepared: stats.spares_prepared,
+        rolls_without_spare: stats.rolls_without_spare,
         cpu: sampled.cpu,
         shard_sched: sampled.shard_sched,
         device_written_mb: sampled.device_written_mb,
-        own_written_mb: own_written_mb(&stats, spares.get(), &config),
+        own_written_mb: own_written_mb(&stats, &config),
     })
 }
 
@@ -584,6 +580,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
         segments_deleted: 0,
         writes_overlapped: 0,
         spares_prepared: 0,
+        rolls_without_spare: 0,
         cpu: sampled.cpu,
         shard_sched: sampled.shard_sched,
         device_written_mb: sampled.device_written_mb,
@@ -591,9 +588,9 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
     })
 }
 
-fn own_written_mb(stats: &LogStats, spares: u64, config: &LogConfig) -> f64 {
+fn own_written_mb(stats: &LogStats, config: &LogConfig) -> f64 {
     let zeroed = if config.preallocate == Preallocate::Zero {
-        spares * config.segment_bytes
+        stats.spares_prepared * config.segment_bytes
     } else {
         0
     };

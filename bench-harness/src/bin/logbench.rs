@@ -38,7 +38,8 @@ usage: logbench [options]
                        fio's 1 MiB writes at queue depth 4 do; with 8, at most 0.5 MiB is
                        in flight and the device idles between writes)
   --group N            appender tasks of the group-commit cases (default 16)
-  --maintain-ms MS     pause between background maintain passes (default 10)
+  --maintain-ms MS     pause between background maintain passes (retention, checkpoint;
+                       default 10)
   --retain-mib MIB     byte retention of every log case (default 1024): bounds disk use
   --group-commit-window-us US
                        LogConfig::group_commit_window_us (default: LogConfig's, 0)
@@ -344,7 +345,7 @@ impl Plan {
             ),
             TPUT_ZERO => (
                 format!(
-                    "log append, {} appenders, segments pre-zeroed by maintain (zeroing bandwidth included)",
+                    "log append, {} appenders, segments pre-zeroed by the log ahead of each roll (zeroing bandwidth included)",
                     self.args.appenders
                 ),
                 "none (wait_written, no fsync)".to_owned(),
@@ -874,6 +875,9 @@ fn metrics(id: &str) -> Vec<Metric> {
             m("segment rolls", "count", |r| {
                 log_result(r).map(|l| l.rolls as f64)
             }),
+            m("rolls without a spare ready", "count", |r| {
+                log_result(r).map(|l| l.rolls_without_spare as f64)
+            }),
         ],
         _ => vec![
             m("durable appends", "ops/s", |r| {
@@ -896,6 +900,9 @@ fn metrics(id: &str) -> Vec<Metric> {
             }),
             m("segment rolls", "count", |r| {
                 log_result(r).map(|l| l.rolls as f64)
+            }),
+            m("rolls without a spare ready", "count", |r| {
+                log_result(r).map(|l| l.rolls_without_spare as f64)
             }),
         ],
     };

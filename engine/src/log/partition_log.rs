@@ -56,6 +56,10 @@ pub struct LogStats {
     pub write_bytes: u64,
     pub syncs: u64,
     pub rolls: u64,
+    /// Rolls that found no spare segment ready and made theirs in the append path.
+    pub rolls_without_spare: u64,
+    /// Spare segments prepared (each written in full with zeros under `Preallocate::Zero`).
+    pub spares_prepared: u64,
     pub segments_deleted: u64,
     /// Writes issued while another write of this log was in flight (pipelining at work).
     pub writes_overlapped: u64,
@@ -70,6 +74,8 @@ impl LogStats {
             write_bytes: self.write_bytes - earlier.write_bytes,
             syncs: self.syncs - earlier.syncs,
             rolls: self.rolls - earlier.rolls,
+            rolls_without_spare: self.rolls_without_spare - earlier.rolls_without_spare,
+            spares_prepared: self.spares_prepared - earlier.spares_prepared,
             segments_deleted: self.segments_deleted - earlier.segments_deleted,
             writes_overlapped: self.writes_overlapped - earlier.writes_overlapped,
         }
@@ -79,7 +85,6 @@ impl LogStats {
 /// What one `maintain` pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MaintainReport {
-    pub spare_prepared: bool,
     pub segments_deleted: usize,
     pub checkpoint_written: bool,
 }
@@ -107,6 +112,17 @@ impl<S: Storage> Drop for Rolling<'_, S> {
         self.0.state.borrow_mut().rolling = false;
         self.0.changed.notify();
     }
+}
+
+/// The next segment file, prepared ahead of the roll by a task of the log's own.
+enum Spare {
+    Absent,
+    /// The task preparing it (`spare.tmp`, renamed to `spare.ready` when done).
+    Preparing(JoinHandle<()>),
+    Ready,
+    /// Preparing it failed; the roll makes its segment itself (and reports why, if it fails
+    /// again), and the next segment tries anew.
+    Failed,
 }
 
 /// One partition replica's log.
@@ -183,7 +199,7 @@ struct State<F: StorageFile> {
     rolling: bool,
     closed: bool,
     health: Health,
-    spare_ready: bool,
+    spare: Spare,
     checkpoint: Option<Checkpoint>,
     stats: LogStats,
 }
@@ -219,7 +235,14 @@ impl<F: StorageFile> State<F> {
     /// Every task of the log still running, or finished and not yet forgotten.
     fn tasks(&self) -> impl Iterator<Item = &JoinHandle<()>> {
         let writes = self.inflight.iter().map(|w| &w.task);
-        writes.chain(&self.syncing).chain(&self.background)
+        let spare = match &self.spare {
+            Spare::Preparing(task) => Some(task),
+            _ => None,
+        };
+        writes
+            .chain(&self.syncing)
+            .chain(&self.background)
+            .chain(spare)
     }
 
     fn log_start(&self) -> u64 {
@@ -311,7 +334,11 @@ impl<S: Storage> Log<S> {
             rolling: false,
             closed: false,
             health: opened.health,
-            spare_ready: opened.spare_ready,
+            spare: if opened.spare_ready {
+                Spare::Ready
+            } else {
+                Spare::Absent
+            },
             checkpoint: opened.checkpoint,
             stats: LogStats::default(),
         };
@@ -443,6 +470,13 @@ impl<S: Storage> Log<S> {
         st.next_offset = next_offset;
         st.stats.appends += 1;
         st.check_invariants();
+        // Half full: start preparing the next segment, so the roll finds it ready. (Not
+        // earlier: a spare for every quiet partition would double a quiet broker's writes.)
+        if matches!(st.spare, Spare::Absent)
+            && st.active.data_end * 2 >= st.active.capacity_bytes
+        {
+            self.core.start_spare(&mut st);
+        }
         Ok(AppendStep::Done(Appended {
             base_offset,
             next_offset,
@@ -538,11 +572,32 @@ impl<S: Storage> Log<S> {
         Ok(())
     }
 
-    /// A prepared segment file for base offset `base`: the spare if one is ready, else a new
-    /// one made now (slow: the spare is normally prepared by `maintain`).
+    /// A prepared segment file for base offset `base`: the spare (waiting for it while it is
+    /// being prepared), else a new one made now (slow: a whole segment of zeros under
+    /// `Preallocate::Zero`, while every append of this log waits).
     async fn new_segment_file(&self, base: u64) -> Result<S::File, LogError> {
         let path = log_path(&self.core.dir, base);
-        let spare_ready = std::mem::take(&mut self.core.state.borrow_mut().spare_ready);
+        let spare_ready = loop {
+            let seen = self.core.changed.epoch();
+            let taken = {
+                let mut st = self.core.state.borrow_mut();
+                match std::mem::replace(&mut st.spare, Spare::Absent) {
+                    Spare::Ready => Some(true),
+                    Spare::Absent | Spare::Failed => {
+                        st.stats.rolls_without_spare += 1;
+                        Some(false)
+                    }
+                    preparing @ Spare::Preparing(_) => {
+                        st.spare = preparing;
+                        None
+                    }
+                }
+            };
+            match taken {
+                Some(ready) => break ready,
+                None => self.core.changed.changed(seen).await,
+            }
+        };
         if spare_ready {
             let spare = self.core.dir.join(SPARE_READY);
             let renamed = self.core.storage.rename(&spare, &path).await;
@@ -561,22 +616,6 @@ impl<S: Storage> Log<S> {
             }
         }
         recovery::create_segment_file(&self.core.storage, &path, &self.core.config).await
-    }
-
-    /// Prepares the next segment file ahead of the roll: allocated, zeroed, synced, then
-    /// renamed to `spare.ready`. A crash mid-way leaves `spare.tmp`, which `open` removes.
-    async fn prepare_spare(&self) -> Result<(), LogError> {
-        let tmp = self.core.dir.join(SPARE_TMP);
-        let file =
-            recovery::create_segment_file(&self.core.storage, &tmp, &self.core.config).await?;
-        file.close().await.map_err(LogError::io("close spare"))?;
-        self.core
-            .storage
-            .rename(&tmp, &self.core.dir.join(SPARE_READY))
-            .await
-            .map_err(LogError::io("rename spare"))?;
-        self.core.state.borrow_mut().spare_ready = true;
-        Ok(())
     }
 
     /// Writes the active segment's index file (best effort: it is rebuilt when lost). Call
@@ -627,24 +666,13 @@ impl<S: Storage> Log<S> {
         Ok(true)
     }
 
-    /// Background upkeep, run by the shard in its background task queue: prepares the next
-    /// segment once the active one is half full, deletes segments past retention (`now_ms`: wall clock, ms since the epoch)
-    /// and records the durable point.
+    /// Background upkeep, run by the shard in its background task queue: deletes segments
+    /// past retention (`now_ms`: wall clock, ms since the epoch) and records the durable
+    /// point. (The log prepares its next segment itself, once the active one is half full.)
     pub async fn maintain(&self, now_ms: i64) -> Result<MaintainReport, LogError> {
         let mut report = MaintainReport::default();
-        let (writable, spare_wanted) = {
-            let st = self.core.state.borrow();
-            // Prepare the next segment only once this one is half full: zeroing a spare for
-            // every idle partition would double the disk writes of a quiet broker.
-            let half_full = st.active.data_end * 2 >= st.active.capacity_bytes;
-            (st.writable().is_ok(), !st.spare_ready && half_full)
-        };
-        if !writable {
+        if self.core.state.borrow().writable().is_err() {
             return Ok(report);
-        }
-        if spare_wanted {
-            self.prepare_spare().await?;
-            report.spare_prepared = true;
         }
         report.segments_deleted = self.enforce_retention(now_ms).await?;
         report.checkpoint_written = self.write_checkpoint().await?;
@@ -915,6 +943,22 @@ impl<S: Storage> Log<S> {
             self.write_active_index().await;
             self.write_checkpoint().await?;
         }
+        // A spare being prepared is abandoned (`open` removes `spare.tmp`): nothing of this
+        // log may touch its directory after close, when it may be opened again.
+        let spare = {
+            let mut st = self.core.state.borrow_mut();
+            match std::mem::replace(&mut st.spare, Spare::Absent) {
+                Spare::Preparing(task) => Some(task),
+                other => {
+                    st.spare = other;
+                    None
+                }
+            }
+        };
+        if let Some(task) = spare {
+            task.cancel();
+            let _ = task.await;
+        }
         let quiet = {
             let mut st = self.core.state.borrow_mut();
             st.closed = true;
@@ -1052,6 +1096,40 @@ impl<S: Storage> Core<S> {
                 }
             }
         }));
+    }
+
+    /// Starts the task that prepares the next segment file (`Spare::Preparing`); the roll
+    /// takes it, or waits for it.
+    fn start_spare(self: &Rc<Self>, st: &mut State<S::File>) {
+        let core = Rc::clone(self);
+        st.spare = Spare::Preparing(spawn_task(async move {
+            let prepared = core.prepare_spare().await;
+            let mut st = core.state.borrow_mut();
+            st.spare = match prepared {
+                Ok(()) => {
+                    st.stats.spares_prepared += 1;
+                    Spare::Ready
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %core.dir.display(), %error, "next segment not prepared; the roll makes it");
+                    Spare::Failed
+                }
+            };
+            drop(st);
+            core.changed.notify();
+        }));
+    }
+
+    /// Prepares the next segment file: allocated, zeroed, synced, then renamed to
+    /// `spare.ready`. A crash mid-way leaves `spare.tmp`, which `open` removes.
+    async fn prepare_spare(&self) -> Result<(), LogError> {
+        let tmp = self.dir.join(SPARE_TMP);
+        let file = recovery::create_segment_file(&self.storage, &tmp, &self.config).await?;
+        file.close().await.map_err(LogError::io("close spare"))?;
+        self.storage
+            .rename(&tmp, &self.dir.join(SPARE_READY))
+            .await
+            .map_err(LogError::io("rename spare"))
     }
 
     /// The tail is full: hand what it holds to the disk (a fresh buffer takes its place at

@@ -1,6 +1,7 @@
 //! The log on the real disk: glommio `DmaFile`s (O_DIRECT over io_uring) in a temp directory.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use engine::log::storage::{DmaStorage, probe_dir};
 use engine::log::{Log, LogError, Retention};
@@ -236,35 +237,49 @@ fn concurrent_appenders_share_fdatasyncs() {
 }
 
 #[test]
-fn maintain_prepares_the_next_segment_and_the_roll_uses_it() {
+fn the_log_prepares_the_next_segment_at_half_full_and_the_roll_uses_it() {
     run(|| async {
         let tmp = tempfile::tempdir().unwrap();
         probe_dir(tmp.path()).await.unwrap();
         let dir = tmp.path().join("m-0");
         let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
-        let report = log.maintain(0).await.unwrap();
-        assert!(
-            !report.spare_prepared,
-            "an empty segment needs no spare yet"
-        );
-        // 400 x 3 KiB: past half of the 2 MiB segment.
-        for i in 0..400u32 {
+        let spare_ready = || dir.join("spare.ready").exists();
+        // 300 x 3 KiB: under half of the 2 MiB segment, no spare yet.
+        for i in 0..300u32 {
             log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
         }
-        log.wait_synced(400).await.unwrap();
-        let report = log.maintain(0).await.unwrap();
-        assert!(report.spare_prepared);
-        assert!(dir.join("spare.ready").exists());
+        log.wait_synced(300).await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert!(!spare_ready(), "a segment under half full needs no spare yet");
+        assert_eq!(log.stats().spares_prepared, 0);
+        // Past half: the log prepares it by itself (no maintain).
+        for i in 300..400u32 {
+            log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
+        }
+        for _ in 0..500 {
+            if spare_ready() {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(spare_ready(), "no spare 5 s after passing half");
+        assert_eq!(log.stats().spares_prepared, 1);
+        // The roll takes it, whether ready or still being prepared, and makes none itself.
         for i in 400..800u32 {
             log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
         }
         log.wait_synced(800).await.unwrap();
-        assert!(log.stats().rolls >= 1);
-        assert!(
-            !dir.join("spare.ready").exists(),
-            "the roll consumed the spare"
-        );
+        let stats = log.stats();
+        assert!(stats.rolls >= 1);
+        assert_eq!(stats.rolls_without_spare, 0, "{stats:?}");
         assert_eq!(read_all(&log, 0).await.len(), 800);
+        // Close abandons a spare still being prepared; the next open clears it up.
+        log.close().await.unwrap();
+        drop(log);
+        let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+        assert!(!dir.join("spare.tmp").exists());
+        assert_eq!(read_all(&log, 0).await.len(), 800);
+        log.close().await.unwrap();
     });
 }
 

@@ -237,7 +237,7 @@ fn power_loss_keeps_every_synced_batch() {
                 }));
             }
             if rng.random_bool(0.5) {
-                let _ = shared.maintain(0).await; // spare segment and checkpoint
+                let _ = shared.maintain(0).await; // retention and checkpoint
             }
             // Let the workload run for a random number of scheduling steps, then cut power.
             for _ in 0..rng.random_range(0..800) {
