@@ -112,6 +112,11 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
             }
         })?;
     }
+    for shard in &shard_configs {
+        if let Some(caution) = shard.caution() {
+            tracing::warn!(shard = shard.index, core = shard.core, "{caution}");
+        }
+    }
     preflight::check_memory_lock(&shard_configs)?;
     preflight::check_io_uring()?;
     let locks = shard_configs
