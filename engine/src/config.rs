@@ -1317,7 +1317,10 @@ mod tests {
             ("throughput.toml", THROUGHPUT_PROFILE_TOML),
             ("tiny.toml", TINY_PROFILE_TOML),
         ] {
-            let shards = Profile::parse(text, name).unwrap().resolve(&[0, 1]).unwrap();
+            let shards = Profile::parse(text, name)
+                .unwrap()
+                .resolve(&[0, 1])
+                .unwrap();
             for shard in shards {
                 assert_eq!(shard.caution(), None, "{name}");
             }

@@ -472,9 +472,7 @@ impl<S: Storage> Log<S> {
         st.check_invariants();
         // Half full: start preparing the next segment, so the roll finds it ready. (Not
         // earlier: a spare for every quiet partition would double a quiet broker's writes.)
-        if matches!(st.spare, Spare::Absent)
-            && st.active.data_end * 2 >= st.active.capacity_bytes
-        {
+        if matches!(st.spare, Spare::Absent) && st.active.data_end * 2 >= st.active.capacity_bytes {
             self.core.start_spare(&mut st);
         }
         Ok(AppendStep::Done(Appended {

@@ -260,11 +260,7 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
             tracing::warn!(topic = %leader.key.topic, partition = leader.key.partition, %error,
                 next = offsets.next, written = offsets.written, synced = offsets.synced, ?io,
                 "produce not confirmed in time");
-            respond(
-                produce_error_code(&error),
-                0,
-                offsets.log_start,
-            )
+            respond(produce_error_code(&error), 0, offsets.log_start)
         }
         Err(error) => {
             tracing::debug!(topic = %leader.key.topic, partition = leader.key.partition, %error, "produce failed");

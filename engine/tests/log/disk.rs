@@ -250,7 +250,10 @@ fn the_log_prepares_the_next_segment_at_half_full_and_the_roll_uses_it() {
         }
         log.wait_synced(300).await.unwrap();
         glommio::timer::sleep(Duration::from_millis(50)).await;
-        assert!(!spare_ready(), "a segment under half full needs no spare yet");
+        assert!(
+            !spare_ready(),
+            "a segment under half full needs no spare yet"
+        );
         assert_eq!(log.stats().spares_prepared, 0);
         // Past half: the log prepares it by itself (no maintain).
         for i in 300..400u32 {
