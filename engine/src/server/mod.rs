@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use glommio::{Latency, Shares, TaskQueueHandle};
@@ -18,7 +18,7 @@ use protocol::api::ShardAddress;
 
 use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
-use crate::limits::{IO_STALL_WARN, MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
+use crate::limits::{IO_STALL_WARN, IO_WATCH_INTERVAL, MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::Log;
 use crate::log::notify::Notify;
 use crate::log::storage::DmaStorage;
@@ -384,16 +384,22 @@ pub async fn run(init: ShardInit) {
     }
 }
 
-/// Warns about each log write or fdatasync that has run longer than `IO_STALL_WARN`, every
-/// `IO_STALL_WARN` while it lasts: a produce stuck behind a stalled disk then says why. A
-/// task of its own, so upkeep stuck on the same disk does not silence it.
+/// Warns about each log write or fdatasync that has run longer than `IO_STALL_WARN`, about
+/// once per `IO_STALL_WARN` while it lasts: a produce stuck behind a stalled disk then says
+/// why. A task of its own, so upkeep stuck on the same disk does not silence it. It wakes
+/// every `IO_WATCH_INTERVAL`, which also bounds a late glommio wake-up (see there).
 async fn io_watch_loop(shard: Rc<Shard>) {
+    let mut warned = Instant::now();
     while !shard.is_shutting_down() {
-        glommio::timer::sleep(IO_STALL_WARN).await;
+        glommio::timer::sleep(IO_WATCH_INTERVAL).await;
+        if warned.elapsed() < IO_STALL_WARN {
+            continue;
+        }
         for replica in shard.replicas() {
             if let Some(io) = replica.log().io_in_flight()
                 && io.age >= IO_STALL_WARN
             {
+                warned = Instant::now();
                 let key = replica.key();
                 tracing::warn!(shard = %shard.id, topic = %key.topic, partition = key.partition,
                     op = io.op, age_ms = io.age.as_millis() as u64, "log I/O still in flight");
