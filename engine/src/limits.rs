@@ -34,7 +34,8 @@ pub const IO_STALL_WARN: Duration = Duration::from_secs(1);
 /// no I/O ran over 50 ms meanwhile); with this 50 ms wake, none of 40 did (max 5 ms).
 pub const IO_WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// How often each shard runs log upkeep (spare segments, retention, checkpoints).
+/// How often each shard runs log upkeep (retention, checkpoints; each log prepares its next
+/// segment itself).
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
 const _: () = assert!(CONNECTION_PENDING_OUTPUT_BYTES_MAX >= 2 * FRAME_BYTES_MAX as usize);

@@ -384,22 +384,23 @@ pub async fn run(init: ShardInit) {
     }
 }
 
-/// Warns about each log write or fdatasync that has run longer than `IO_STALL_WARN`, about
-/// once per `IO_STALL_WARN` while it lasts: a produce stuck behind a stalled disk then says
-/// why. A task of its own, so upkeep stuck on the same disk does not silence it. It wakes
-/// every `IO_WATCH_INTERVAL`, which also bounds a late glommio wake-up (see there).
+/// Warns about each log write or fdatasync that has run longer than `IO_STALL_WARN`, once per
+/// `IO_STALL_WARN` while it lasts: a produce stuck behind a stalled disk then says why. A task
+/// of its own, so upkeep stuck on the same disk does not silence it. It looks once per
+/// `IO_STALL_WARN` but wakes every `IO_WATCH_INTERVAL`: the wake-up itself bounds a late
+/// glommio wake-up (see there).
 async fn io_watch_loop(shard: Rc<Shard>) {
-    let mut warned = Instant::now();
+    let mut looked = Instant::now();
     while !shard.is_shutting_down() {
         glommio::timer::sleep(IO_WATCH_INTERVAL).await;
-        if warned.elapsed() < IO_STALL_WARN {
+        if looked.elapsed() < IO_STALL_WARN {
             continue;
         }
+        looked = Instant::now();
         for replica in shard.replicas() {
             if let Some(io) = replica.log().io_in_flight()
                 && io.age >= IO_STALL_WARN
             {
-                warned = Instant::now();
                 let key = replica.key();
                 tracing::warn!(shard = %shard.id, topic = %key.topic, partition = key.partition,
                     op = io.op, age_ms = io.age.as_millis() as u64, "log I/O still in flight");
