@@ -256,8 +256,10 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
         ),
         Err(error @ ReplError::InDoubt(_)) => {
             // Appended but not confirmed in time: say what the log was still waiting for.
+            // Debug, like every produce failure: a stalled disk times out every pipelined
+            // request at once, and the shard's I/O watch already warns about it once a second.
             let (offsets, io) = (leader.log().offsets(), leader.log().io_in_flight());
-            tracing::warn!(topic = %leader.key.topic, partition = leader.key.partition, %error,
+            tracing::debug!(topic = %leader.key.topic, partition = leader.key.partition, %error,
                 next = offsets.next, written = offsets.written, synced = offsets.synced, ?io,
                 "produce not confirmed in time");
             respond(produce_error_code(&error), 0, offsets.log_start)
