@@ -150,14 +150,28 @@ struct Core<S: Storage> {
     changed: Notify,
 }
 
-/// A write handed to the disk, run by its own task.
+/// A write or fdatasync running in a task of the log's own, and when it was issued.
+struct Issued {
+    task: JoinHandle<()>,
+    at: Instant,
+}
+
+impl Issued {
+    fn new(task: JoinHandle<()>) -> Self {
+        Issued {
+            task,
+            at: Instant::now(),
+        }
+    }
+}
+
+/// A write handed to the disk.
 struct PendingWrite<B> {
     id: u64,
     data: Inflight<B>,
     /// Completed successfully; retired once every earlier write has too.
     done: bool,
-    task: JoinHandle<()>,
-    issued: Instant,
+    io: Issued,
 }
 
 /// The oldest write or fdatasync of a log still in flight (`Log::io_in_flight`).
@@ -177,9 +191,8 @@ struct State<F: StorageFile> {
     inflight: VecDeque<PendingWrite<F::Buffer>>,
     /// Id of the next write handed to the disk.
     write_id_next: u64,
-    /// The task running the fdatasync in flight, if any, and when it was issued.
-    syncing: Option<JoinHandle<()>>,
-    sync_issued: Instant,
+    /// The fdatasync in flight, if any.
+    syncing: Option<Issued>,
     /// The task committing for `commit_soon`, if any, and the offset it commits up to.
     background: Option<JoinHandle<()>>,
     background_upto: u64,
@@ -234,15 +247,13 @@ impl<F: StorageFile> State<F> {
 
     /// Every task of the log still running, or finished and not yet forgotten.
     fn tasks(&self) -> impl Iterator<Item = &JoinHandle<()>> {
-        let writes = self.inflight.iter().map(|w| &w.task);
+        let writes = self.inflight.iter().map(|w| &w.io.task);
+        let sync = self.syncing.as_ref().map(|s| &s.task);
         let spare = match &self.spare {
             Spare::Preparing(task) => Some(task),
             _ => None,
         };
-        writes
-            .chain(&self.syncing)
-            .chain(&self.background)
-            .chain(spare)
+        writes.chain(sync).chain(&self.background).chain(spare)
     }
 
     fn log_start(&self) -> u64 {
@@ -321,7 +332,6 @@ impl<S: Storage> Log<S> {
             inflight: VecDeque::new(),
             write_id_next: 0,
             syncing: None,
-            sync_issued: Instant::now(),
             background: None,
             background_upto: next,
             batch_ends: VecDeque::new(),
@@ -380,11 +390,11 @@ impl<S: Storage> Log<S> {
         let st = self.core.state.borrow();
         let write = st.inflight.iter().find(|w| !w.done).map(|w| IoInFlight {
             op: "write",
-            age: w.issued.elapsed(),
+            age: w.io.at.elapsed(),
         });
-        let sync = st.syncing.as_ref().map(|_| IoInFlight {
+        let sync = st.syncing.as_ref().map(|s| IoInFlight {
             op: "fdatasync",
-            age: st.sync_issued.elapsed(),
+            age: s.at.elapsed(),
         });
         write.into_iter().chain(sync).max_by_key(|io| io.age)
     }
@@ -579,17 +589,18 @@ impl<S: Storage> Log<S> {
             let seen = self.core.changed.epoch();
             let taken = {
                 let mut st = self.core.state.borrow_mut();
-                match std::mem::replace(&mut st.spare, Spare::Absent) {
+                let ready = match st.spare {
+                    Spare::Preparing(_) => None,
                     Spare::Ready => Some(true),
                     Spare::Absent | Spare::Failed => {
                         st.stats.rolls_without_spare += 1;
                         Some(false)
                     }
-                    preparing @ Spare::Preparing(_) => {
-                        st.spare = preparing;
-                        None
-                    }
+                };
+                if ready.is_some() {
+                    st.spare = Spare::Absent;
                 }
+                ready
             };
             match taken {
                 Some(ready) => break ready,
@@ -1213,8 +1224,7 @@ impl<S: Storage> Core<S> {
             id,
             data,
             done: false,
-            task,
-            issued: Instant::now(),
+            io: Issued::new(task),
         });
     }
 
@@ -1263,8 +1273,7 @@ impl<S: Storage> Core<S> {
         let (core, file) = (Rc::clone(self), Rc::clone(&st.active.file));
         // What the sync covers: the writes completed before it is issued.
         let (offset, end) = (st.written_offset, st.written_batch_end);
-        st.sync_issued = Instant::now();
-        st.syncing = Some(spawn_task(async move {
+        st.syncing = Some(Issued::new(spawn_task(async move {
             let synced = file.sync().await;
             let mut st = core.state.borrow_mut();
             st.syncing = None;
@@ -1283,7 +1292,7 @@ impl<S: Storage> Core<S> {
             }
             drop(st);
             core.changed.notify();
-        }));
+        })));
     }
 
     /// The group-commit window: before its first write, a committer waits up to
