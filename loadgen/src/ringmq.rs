@@ -238,9 +238,12 @@ struct Producer {
     routes: Vec<Route>,
     open: Vec<OpenBatch>,
     sticky: usize,
-    /// The next message's key (0 without keys). Drawn when the message before it is taken,
-    /// so a message waiting for room keeps its key and so its partition, as a client's would.
+    keys: KeyDistributor,
+    /// The next message's key (0 without keys) and, with keys, its partition's slot. Drawn
+    /// when the message before it is taken, so a message waiting for room keeps its key and
+    /// so its partition, as a client's would.
     next_key: u64,
+    key_slot: usize,
     sequence: u64,
     rng: rand::rngs::SmallRng,
 }
@@ -248,39 +251,34 @@ struct Producer {
 impl Producer {
     /// The slot in `routes` and `open` the next message goes to: the sticky partition
     /// without keys, else its key's partition.
-    fn next_slot(&self, keyed: bool) -> usize {
-        let partitions = self.routes.len().max(1);
-        if keyed {
-            // Stable, like a client partitioner: crc32c of the key bytes.
-            crc32c::crc32c(&self.next_key.to_le_bytes()) as usize % partitions
-        } else {
-            self.sticky % partitions
+    fn next_slot(&self) -> usize {
+        match self.keys {
+            KeyDistributor::NoKey => self.sticky % self.routes.len().max(1),
+            _ => self.key_slot,
         }
     }
 
-    /// Draws the key after `next_key`.
-    fn draw_key(&mut self, keys: KeyDistributor) {
-        self.next_key = match keys {
-            KeyDistributor::NoKey => 0,
+    /// Draws the key after `next_key`, and its partition.
+    fn draw_key(&mut self) {
+        self.next_key = match self.keys {
+            KeyDistributor::NoKey => return,
             KeyDistributor::KeyRoundRobin => self.next_key + 1,
             KeyDistributor::RandomNano => rand::Rng::random::<u64>(&mut self.rng),
         };
+        // Stable, like a client partitioner: crc32c of the key bytes.
+        let hash = crc32c::crc32c(&self.next_key.to_le_bytes());
+        self.key_slot = hash as usize % self.routes.len().max(1);
     }
-}
 
-/// Whether `producer`'s next message can be taken now: its partition's batch is open and not
-/// full, or that partition's connection has room for another request (`has_room`), so the
-/// batch can be sent once full (a full batch held back for room goes out first).
-fn can_take(
-    producer: &Producer,
-    keyed: bool,
-    records_per_batch: usize,
-    has_room: impl Fn(usize) -> bool,
-) -> bool {
-    let slot = producer.next_slot(keyed);
-    let open = producer.open.get(slot).map_or(0, |b| b.messages.len());
-    (1..records_per_batch).contains(&open)
-        || producer.routes.get(slot).is_some_and(|r| has_room(r.conn))
+    /// Whether the next message can be taken now: its partition's batch is open and not
+    /// full, or that partition's connection has room for another request (`has_room`), so
+    /// the batch can be sent once full (a full batch held back for room goes out first).
+    fn can_take(&self, records_per_batch: usize, has_room: impl Fn(usize) -> bool) -> bool {
+        let slot = self.next_slot();
+        let open = self.open.get(slot).map_or(0, |b| b.messages.len());
+        (1..records_per_batch).contains(&open)
+            || self.routes.get(slot).is_some_and(|r| has_room(r.conn))
+    }
 }
 
 struct Consumer {
@@ -560,11 +558,13 @@ impl<'p> Worker<'p> {
                 open: routes.iter().map(|_| OpenBatch::default()).collect(),
                 routes,
                 sticky: n,
+                keys: workload.keys,
                 next_key: 0,
+                key_slot: 0,
                 sequence: ((worker_index as u64) << 48) | ((*producer as u64) << 32),
                 rng: rand::rngs::SmallRng::seed_from_u64((worker_index * 1000 + n) as u64),
             };
-            producer.draw_key(workload.keys);
+            producer.draw_key();
             producers.push(producer);
         }
         consumer_of_conn.resize(streams.len(), None);
@@ -742,8 +742,6 @@ impl<'p> Worker<'p> {
     /// Takes every due message from each producer's schedule into its open batches, sealing
     /// full batches when their connection has room.
     fn generate(&mut self, now: Nanos, window: &Window) -> anyhow::Result<()> {
-        let keys = self.plan.workload.keys;
-        let keyed = self.key_bytes > 0;
         for index in 0..self.producers.len() {
             let mut taken = 0;
             while taken < MESSAGES_PER_TURN_MAX {
@@ -756,12 +754,10 @@ impl<'p> Worker<'p> {
                 // A message that cannot be taken stops this producer for now: it stays due,
                 // with its key and partition, and its send gap grows, which is what the open
                 // loop reports.
-                if !can_take(producer, keyed, self.records_per_batch, |c| {
-                    self.has_room(c)
-                }) {
+                if !producer.can_take(self.records_per_batch, |c| self.has_room(c)) {
                     break;
                 }
-                let slot = producer.next_slot(keyed);
+                let slot = producer.next_slot();
                 let Some(conn) = producer.routes.get(slot).map(|r| r.conn) else {
                     break;
                 };
@@ -785,7 +781,7 @@ impl<'p> Worker<'p> {
                     sequence: producer.sequence,
                     key: producer.next_key,
                 };
-                producer.draw_key(keys);
+                producer.draw_key();
                 let Some(batch) = producer.open.get_mut(slot) else {
                     break;
                 };
@@ -948,14 +944,11 @@ impl<'p> Worker<'p> {
             wake = wake.min(window.start_ns);
         }
         let linger_ns = self.plan.workload.linger.as_nanos() as Nanos;
-        let keyed = self.key_bytes > 0;
         for producer in &self.producers {
             // Only a message that is left and can be taken sets a deadline.
             if sending
                 && !producer.schedule.exhausted(now, window.end_ns)
-                && can_take(producer, keyed, self.records_per_batch, |c| {
-                    self.has_room(c)
-                })
+                && producer.can_take(self.records_per_batch, |c| self.has_room(c))
             {
                 if producer.schedule.is_open_loop() {
                     // See `take_by`; the end of the window is a deadline too, where the last
@@ -1270,11 +1263,13 @@ mod tests {
                 .collect(),
             open: (0..partitions).map(|_| OpenBatch::default()).collect(),
             sticky: 0,
+            keys,
             next_key: 0,
+            key_slot: 0,
             sequence: 0,
             rng: rand::rngs::SmallRng::seed_from_u64(1),
         };
-        producer.draw_key(keys);
+        producer.draw_key();
         producer
     }
 
@@ -1282,12 +1277,12 @@ mod tests {
     fn only_the_next_messages_partition_decides_whether_it_can_be_taken() {
         for keys in [KeyDistributor::KeyRoundRobin, KeyDistributor::RandomNano] {
             let mut producer = producer(4, keys);
-            let blocked = producer.next_slot(true);
+            let blocked = producer.next_slot();
             let key = producer.next_key;
             // Every other partition's connection has room: the message still waits for its
             // own (a worker that woke for it would spin).
             let room_elsewhere = |conn: usize| conn != blocked;
-            assert!(!can_take(&producer, true, 10, room_elsewhere), "{keys:?}");
+            assert!(!producer.can_take(10, room_elsewhere), "{keys:?}");
             assert_eq!(producer.next_key, key, "a waiting message keeps its key");
             // An open batch with space takes it without room; a full one waits for room.
             let message = Message {
@@ -1296,17 +1291,17 @@ mod tests {
                 key,
             };
             producer.open[blocked].messages = vec![message; 9];
-            assert!(can_take(&producer, true, 10, room_elsewhere), "{keys:?}");
+            assert!(producer.can_take(10, room_elsewhere), "{keys:?}");
             producer.open[blocked].messages.push(message);
-            assert!(!can_take(&producer, true, 10, room_elsewhere), "{keys:?}");
-            assert!(can_take(&producer, true, 10, |_| true), "{keys:?}");
+            assert!(!producer.can_take(10, room_elsewhere), "{keys:?}");
+            assert!(producer.can_take(10, |_| true), "{keys:?}");
         }
         // Without keys: the sticky partition.
         let mut producer = producer(4, KeyDistributor::NoKey);
         producer.sticky = 6;
-        assert_eq!(producer.next_slot(false), 2);
-        assert!(!can_take(&producer, false, 1, |conn| conn != 2));
-        assert!(can_take(&producer, false, 1, |conn| conn == 2));
+        assert_eq!(producer.next_slot(), 2);
+        assert!(!producer.can_take(1, |conn| conn != 2));
+        assert!(producer.can_take(1, |conn| conn == 2));
     }
 
     #[test]
@@ -1314,11 +1309,15 @@ mod tests {
         let mut round_robin = producer(4, KeyDistributor::KeyRoundRobin);
         let mut random = producer(4, KeyDistributor::RandomNano);
         let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(1);
+        // A key's partition: crc32c of its bytes, as a client partitioner takes it.
+        let slot = |key: u64| crc32c::crc32c(&key.to_le_bytes()) as usize % 4;
         for expected in 1..=5 {
             assert_eq!(round_robin.next_key, expected);
-            round_robin.draw_key(KeyDistributor::KeyRoundRobin);
+            assert_eq!(round_robin.next_slot(), slot(expected));
+            assert_eq!(random.next_slot(), slot(random.next_key));
+            round_robin.draw_key();
             assert_eq!(random.next_key, rand::Rng::random::<u64>(&mut rng));
-            random.draw_key(KeyDistributor::RandomNano);
+            random.draw_key();
         }
     }
 
