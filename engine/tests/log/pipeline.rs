@@ -159,6 +159,27 @@ async fn within<T>(max: u32, fut: impl Future<Output = T>) -> Option<T> {
     .await
 }
 
+/// Runs `fut` until `issued` holds (the log handed its I/O to the disk, within `max` turns
+/// of the executor), then drops it, as a produce timeout would: `None`. `Some` with its output
+/// if it finished first.
+async fn drop_once<T>(
+    fut: impl Future<Output = T>,
+    mut issued: impl FnMut() -> bool,
+    max: u32,
+) -> Option<T> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        spin_until(&mut issued, max).await;
+        None
+    })
+    .await
+}
+
+/// `close` returns, and succeeds, within a bounded number of turns.
+async fn assert_closes<S: Storage>(log: &Log<S>) {
+    let closed = within(20_000, log.close()).await;
+    assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+}
+
 fn one_block_value() -> usize {
     let overhead = batch(1, 0, 1, 4000).len() - 4000;
     4096 - overhead
@@ -237,15 +258,12 @@ fn dropped_waiter_mid_write_loses_nothing() {
         let log = Rc::new(log);
         storage.gate.held.borrow_mut().insert(0);
         let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
-        {
-            let fut = log.wait_written(a.next_offset);
-            let timed = futures_lite::future::or(async { Some(fut.await) }, async {
-                // the "produce timeout": give up once the write is issued
-                spin_until(|| storage.gate.started.get() >= 1, 1000).await;
-                None
-            });
-            assert!(timed.await.is_none(), "write should still be held");
-        } // waiter dropped while its write is in flight
+        let waited = drop_once(
+            log.wait_written(a.next_offset),
+            || storage.gate.started.get() >= 1,
+            1000,
+        );
+        assert!(waited.await.is_none(), "write should still be held");
         storage.gate.held.borrow_mut().clear();
         assert!(
             spin_until(|| log.offsets().written == a.next_offset, 20_000).await,
@@ -266,8 +284,7 @@ fn dropped_waiter_mid_write_loses_nothing() {
         };
         assert_eq!(log.offsets().written, next);
         assert_eq!(log.health(), Health::Healthy);
-        let closed = within(20_000, log.close()).await;
-        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+        assert_closes(&log).await;
     });
 }
 
@@ -284,14 +301,12 @@ fn dropped_waiter_mid_sync_loses_nothing() {
         log.wait_written(a.next_offset).await.unwrap();
         storage.gate.hold_syncs.set(true);
         let before = storage.gate.syncs_started.get();
-        let timed = futures_lite::future::or(
-            async { Some(log.wait_synced(a.next_offset).await) },
-            async {
-                spin_until(|| storage.gate.syncs_started.get() > before, 1000).await;
-                None
-            },
+        let waited = drop_once(
+            log.wait_synced(a.next_offset),
+            || storage.gate.syncs_started.get() > before,
+            1000,
         );
-        assert!(timed.await.is_none(), "sync should still be held");
+        assert!(waited.await.is_none(), "sync should still be held");
         storage.gate.hold_syncs.set(false);
         assert!(
             spin_until(|| log.offsets().synced == a.next_offset, 20_000).await,
@@ -311,8 +326,7 @@ fn dropped_waiter_mid_sync_loses_nothing() {
             "a second sync for what the first one covered"
         );
         assert_eq!(log.health(), Health::Healthy);
-        let closed = within(20_000, log.close()).await;
-        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+        assert_closes(&log).await;
     });
 }
 
@@ -478,12 +492,13 @@ fn append_dropped_mid_roll_leaves_the_log_appendable() {
         }
         storage.gate.hold_syncs.set(true);
         let before = storage.gate.syncs_started.get();
-        let rolling =
-            futures_lite::future::or(async { Some(log.append(&big(0), 1).await) }, async {
-                // The roll's commit waits for its fdatasync: drop the append there.
-                spin_until(|| storage.gate.syncs_started.get() > before, 20_000).await;
-                None
-            });
+        // The roll's commit waits for its fdatasync: drop the append there.
+        let rolls = big(0);
+        let rolling = drop_once(
+            log.append(&rolls, 1),
+            || storage.gate.syncs_started.get() > before,
+            20_000,
+        );
         assert!(
             rolling.await.is_none(),
             "the roll should wait for its held sync"
@@ -504,8 +519,7 @@ fn append_dropped_mid_roll_leaves_the_log_appendable() {
         assert_eq!(log.stats().rolls, 1);
         log.wait_synced(appended.next_offset).await.unwrap();
         assert_eq!(read_all(&log, 0).await.len() as u64, fit + 1);
-        let closed = within(20_000, log.close()).await;
-        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+        assert_closes(&log).await;
     });
 }
 
@@ -523,15 +537,13 @@ fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
         let first = storage.gate.started.get();
         storage.gate.held.borrow_mut().insert(first);
         let held = Duration::from_millis(20);
-        let write = futures_lite::future::or(
-            async { Some(log.wait_written(a.next_offset).await) },
-            async {
-                spin_until(|| storage.gate.started.get() > first, 1000).await;
-                glommio::timer::sleep(held).await;
-                None
-            },
+        let write = drop_once(
+            log.wait_written(a.next_offset),
+            || storage.gate.started.get() > first,
+            1000,
         );
         assert!(write.await.is_none(), "the write should still be held");
+        glommio::timer::sleep(held).await;
         let io = log.io_in_flight().expect("the held write");
         assert_eq!(io.op, "write");
         assert!(io.age >= held, "{io:?}");
@@ -541,22 +553,19 @@ fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
 
         storage.gate.hold_syncs.set(true);
         let before = storage.gate.syncs_started.get();
-        let sync = futures_lite::future::or(
-            async { Some(log.wait_synced(a.next_offset).await) },
-            async {
-                spin_until(|| storage.gate.syncs_started.get() > before, 1000).await;
-                glommio::timer::sleep(held).await;
-                None
-            },
+        let sync = drop_once(
+            log.wait_synced(a.next_offset),
+            || storage.gate.syncs_started.get() > before,
+            1000,
         );
         assert!(sync.await.is_none(), "the sync should still be held");
+        glommio::timer::sleep(held).await;
         let io = log.io_in_flight().expect("the held sync");
         assert_eq!(io.op, "fdatasync");
         assert!(io.age >= held, "{io:?}");
         storage.gate.hold_syncs.set(false);
         log.wait_synced(a.next_offset).await.unwrap();
         assert_eq!(log.io_in_flight(), None, "the sync completed");
-        let closed = within(20_000, log.close()).await;
-        assert!(matches!(closed, Some(Ok(()))), "close: {closed:?}");
+        assert_closes(&log).await;
     });
 }
