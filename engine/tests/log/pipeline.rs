@@ -130,6 +130,14 @@ fn dir() -> PathBuf {
     PathBuf::from("/data/pipeline-0")
 }
 
+/// The log in `dir()` on `storage`, opened with `small_config()`.
+async fn open(storage: &Gated) -> Log<Gated> {
+    let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+        .await
+        .unwrap();
+    log
+}
+
 fn gated(seed: u64) -> Gated {
     Gated {
         inner: SimStorage::new(seed),
@@ -251,9 +259,7 @@ fn stuck_write_pins_at_most_writes_in_flight_buffers() {
 fn dropped_waiter_mid_write_loses_nothing() {
     run(|| async {
         let storage = gated(2);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         storage.gate.started.set(0);
         let log = Rc::new(log);
         storage.gate.held.borrow_mut().insert(0);
@@ -294,9 +300,7 @@ fn dropped_waiter_mid_write_loses_nothing() {
 fn dropped_waiter_mid_sync_loses_nothing() {
     run(|| async {
         let storage = gated(4);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
         log.wait_written(a.next_offset).await.unwrap();
         storage.gate.hold_syncs.set(true);
@@ -336,9 +340,7 @@ fn dropped_waiter_mid_sync_loses_nothing() {
 fn write_completing_after_fdatasync_failure_is_not_acked() {
     run(|| async {
         let storage = gated(3);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         storage.gate.started.set(0);
         let log = Rc::new(log);
         let value = one_block_value();
@@ -402,9 +404,7 @@ fn write_completing_after_fdatasync_failure_is_not_acked() {
 fn commit_soon_writes_what_nobody_waits_for_and_calls_back() {
     run(|| async {
         let storage = gated(5);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         storage.gate.started.set(0);
         storage.gate.held.borrow_mut().insert(0);
         let rounds = Rc::new(Cell::new(0u32));
@@ -442,9 +442,7 @@ fn commit_soon_writes_what_nobody_waits_for_and_calls_back() {
 fn dropped_log_never_lets_its_old_write_land_after_reopen() {
     run(|| async {
         let storage = gated(6);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         storage.gate.started.set(0);
         storage.gate.held.borrow_mut().insert(0);
         let old = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
@@ -454,9 +452,7 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
             "commit_soon issued no write"
         );
         drop(log);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         assert_eq!(log.offsets().next, 0, "the held write never completed");
         let new_batch = batch(2, 0, 1, 100);
         let new = log.append(&new_batch, 1).await.unwrap();
@@ -468,9 +464,7 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
         }
         log.close().await.unwrap();
         drop(log);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         assert_eq!(read_all(&log, 0).await, records(&new_batch));
     });
 }
@@ -482,9 +476,7 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
 fn append_dropped_mid_roll_leaves_the_log_appendable() {
     run(|| async {
         let storage = gated(7);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         let big = |seq| batch(1, seq, 1, 60_000);
         let fit = small_config().segment_bytes / big(0).len() as u64;
         for seq in 0..fit as u32 {
@@ -529,9 +521,7 @@ fn append_dropped_mid_roll_leaves_the_log_appendable() {
 fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
     run(|| async {
         let storage = gated(8);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open(&storage).await;
         assert_eq!(log.io_in_flight(), None, "nothing issued yet");
         let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
         let first = storage.gate.started.get();
