@@ -617,7 +617,8 @@ fn a_promoted_leader_claims_no_more_synced_than_it_synced() {
 
 /// Describe's view of a follower (Metadata's `followers`): nothing behind once an
 /// `all+fsync` produce is acknowledged; once it falls silent, the records and the time it is
-/// behind grow, and past the lag time it leaves the in-sync set.
+/// behind grow, past the lag time it leaves the in-sync set, and once its disk fails a
+/// write it shows as failed.
 #[test]
 fn status_reports_how_far_each_follower_is_behind() {
     run(|| async {
@@ -650,6 +651,22 @@ fn status_reports_how_far_each_follower_is_behind() {
         let behind = leader.status();
         settle(&rt, BOUNDS.time_us).await;
         let left = leader.status();
+
+        // Back, but its disk fails the next write: its log fail-stops and it says so.
+        disks[1].inject(Fault {
+            op: Op::Write,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 0,
+            times: 1,
+        });
+        net.up.borrow_mut()[1] = true;
+        leader
+            .produce(&batch("C", 1), Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
+        settle(&rt, BOUNDS.time_us).await;
+        let failed = leader.status();
 
         rt.stop_ticking();
         net.stop.set(true);
@@ -689,6 +706,12 @@ fn status_reports_how_far_each_follower_is_behind() {
         assert_eq!(gone.state, ReplicaState::CatchingUp, "{gone:?}");
         assert!(gone.time_behind_ms > BOUNDS.time_us / 1000, "{gone:?}");
         assert_eq!(left.isr, vec![0]);
+
+        let [broken] = &failed.followers[..] else {
+            panic!("one follower: {:?}", failed.followers)
+        };
+        assert_eq!(broken.state, ReplicaState::Failed, "{broken:?}");
+        assert_eq!(failed.isr, vec![0]);
     });
 }
 
