@@ -122,7 +122,7 @@ struct RunArgs {
 
 #[derive(Args)]
 struct CompareArgs {
-    /// How long each run measures. [default: 10s]
+    /// How long each run measures.
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     duration: String,
     /// Load before each run's measurement starts (not counted).

@@ -290,9 +290,10 @@ where
         if track_interval {
             interval.record(latency);
         }
-        if let Some(w) = plan.window().filter(|w| w.measures(intended)) {
+        let window = plan.window();
+        stats.received_in_window += u64::from(window.is_some_and(|w| w.completes_in(now)));
+        if window.is_some_and(|w| w.measures(intended)) {
             stats.e2e.record(latency);
-            stats.received_in_window += u64::from(now < w.end_ns);
             stats.received += 1;
             stats.received_bytes += payload.len() as u64;
         }
@@ -474,10 +475,10 @@ fn record_ack(
     let latency = now.saturating_sub(intended);
     if let Ok(mut sink) = sink.lock() {
         sink.interval.record(latency);
+        sink.stats.acked_in_window += u64::from(window.is_some_and(|w| w.completes_in(now)));
         if measured {
             sink.stats.ack.record(latency);
             sink.stats.acked += 1;
-            sink.stats.acked_in_window += u64::from(window.is_some_and(|w| now < w.end_ns));
         }
     }
 }

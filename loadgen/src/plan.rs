@@ -38,6 +38,14 @@ impl Window {
         intended_ns >= self.measure_from_ns && intended_ns < self.end_ns
     }
 
+    /// Whether an ack or delivery at `now` counts towards throughput: it arrived while the
+    /// window measured, whatever its message's intended time. A target that falls behind
+    /// then shows the rate it really delivered, neither zero (its backlog outlasting the
+    /// window) nor the catch-up after the window.
+    pub fn completes_in(&self, now: Nanos) -> bool {
+        now >= self.measure_from_ns && now < self.end_ns
+    }
+
     /// Seconds measured.
     pub fn measured_seconds(&self) -> f64 {
         (self.end_ns.saturating_sub(self.measure_from_ns)) as f64 / 1e9
@@ -208,4 +216,25 @@ impl Plan {
 /// Per-topic names used on every target.
 pub fn topic_name(run_id: &str, topic: usize) -> String {
     format!("loadgen-{run_id}-{topic}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Window;
+
+    #[test]
+    fn completions_count_while_the_window_measures_whatever_their_message() {
+        let second = 1_000_000_000;
+        let window = Window {
+            start_ns: 0,
+            measure_from_ns: second,
+            end_ns: 3 * second,
+        };
+        // An ack of a warm-up message that arrives in the window counts; a message intended
+        // in the window but answered after it does not.
+        assert!(!window.measures(second / 2) && window.completes_in(second + 1));
+        assert!(window.measures(2 * second) && !window.completes_in(3 * second));
+        assert!(!window.completes_in(second - 1));
+        assert!(window.completes_in(3 * second - 1));
+    }
 }

@@ -1092,13 +1092,15 @@ fn on_ack(
         return;
     }
     Live::add(&plan.live.acked, count);
+    if window.completes_in(now) {
+        stats.acked_in_window += count;
+    }
     for &intended in intended_ns {
         let latency = now.saturating_sub(intended);
         interval.record(latency);
         if window.measures(intended) {
             stats.ack.record(latency);
             stats.acked += 1;
-            stats.acked_in_window += u64::from(now < window.end_ns);
         }
     }
 }
@@ -1144,15 +1146,17 @@ fn on_fetch(
             if let Some(interval) = interval.as_deref_mut() {
                 interval.record(latency);
             }
-            if let Some(w) = window.filter(|w| w.measures(intended)) {
+            if window.is_some_and(|w| w.measures(intended)) {
                 stats.e2e.record(latency);
-                stats.received_in_window += u64::from(now < w.end_ns);
                 measured += 1;
                 stats.received_bytes += record.value.len() as u64;
             }
         }
     }
     stats.received += measured;
+    if window.is_some_and(|w| w.completes_in(now)) {
+        stats.received_in_window += delivered;
+    }
     plan.add_received(consumer.topic, consumer.subscription, delivered);
     Live::add(&plan.live.received, delivered);
     Ok(())

@@ -145,9 +145,9 @@ pub struct Stats {
     pub acked: u64,
     pub received: u64,
     pub received_bytes: u64,
-    /// Of `acked` and `received`: those that arrived before the window ended. Throughput
-    /// counts these, so a target that falls behind shows it instead of catching up unseen
-    /// while loadgen drains.
+    /// Acks and deliveries that arrived while the window measured (`Window::completes_in`),
+    /// of any message: throughput counts these, so a target that falls behind shows the rate
+    /// it delivered instead of catching up unseen while loadgen drains.
     pub acked_in_window: u64,
     pub received_in_window: u64,
     /// Requests the target answered with an error (each counts its messages).
