@@ -23,8 +23,14 @@ use super::segment::{Segment, index_path, log_path};
 use super::storage::{
     BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor, write_whole,
 };
-use super::tail::{Inflight, Tail, Take};
+use super::tail::{Inflight, Recent, Tail, Take};
 use super::{Durability, Health, LogConfig, LogError, WritePipeline};
+
+/// Written bytes of the active segment kept in memory (`State::recent_bytes`): a tailing
+/// read finds its batches there, and the sparse index entry it starts from (one every
+/// `index_interval_bytes`), even when their blocks have gone to the disk. Between this and
+/// twice it, per partition with writes.
+const RECENT_BYTES: usize = 32 << 10;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +205,8 @@ struct State<F: StorageFile> {
     /// (end position, next offset) of each batch of the active segment that ends after
     /// `written_batch_end`, in order: maps a written position back to whole batches.
     batch_ends: VecDeque<(u64, u64)>,
+    /// The last bytes written to the active segment, kept after their write retires.
+    recent_bytes: Recent,
     /// Bytes of the active segment in the contiguous prefix of completed writes (may end
     /// inside a batch).
     written_end: u64,
@@ -335,6 +343,7 @@ impl<S: Storage> Log<S> {
             background: None,
             background_upto: next,
             batch_ends: VecDeque::new(),
+            recent_bytes: Recent::new(RECENT_BYTES),
             written_end: data_end,
             written_batch_end: data_end,
             synced_end: data_end,
@@ -568,6 +577,7 @@ impl<S: Storage> Log<S> {
             st.sealed.insert(old.base_offset, old);
             // The commit above waited for every write of the old segment.
             assert!(st.inflight.is_empty() && st.batch_ends.is_empty());
+            st.recent_bytes.clear();
             st.tail = Tail::new(tail_buf, 0);
             st.written_end = 0;
             st.written_batch_end = 0;
@@ -864,7 +874,12 @@ impl<S: Storage> Log<S> {
                             .bytes(cur, to.min(w.data.data_end()))
                             .filter(|b| !b.is_empty())
                     });
-                    if let Some(bytes) = in_tail.or(in_flight) {
+                    let recent = || {
+                        st.recent_bytes
+                            .bytes(cur, to.min(st.written_end))
+                            .filter(|b| !b.is_empty())
+                    };
+                    if let Some(bytes) = in_tail.or(in_flight).or_else(recent) {
                         out.extend_from_slice(bytes);
                         cur += bytes.len() as u64;
                         continue;
@@ -1251,6 +1266,10 @@ impl<S: Storage> Core<S> {
         while st.inflight.front().is_some_and(|w| w.done) {
             if let Some(retired) = st.inflight.pop_front() {
                 st.written_end = st.written_end.max(retired.data.data_end());
+                let data = &retired.data;
+                if let Some(bytes) = data.bytes(data.pos, data.data_end()) {
+                    st.recent_bytes.keep(data.pos, bytes);
+                }
             }
         }
         while let Some(&(end, next)) = st.batch_ends.front()

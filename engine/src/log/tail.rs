@@ -1,5 +1,6 @@
 //! The in-memory tail of the active segment: appended batches wait here for the next group
-//! commit, and readers are served from here until the bytes are on disk.
+//! commit, and readers are served from here until the bytes are on disk, and from a copy of
+//! the last bytes written (`Recent`) for a while after.
 
 use std::rc::Rc;
 
@@ -178,6 +179,63 @@ impl<B: IoBuffer> Inflight<B> {
     }
 }
 
+/// A copy of the last bytes written to the active segment, kept after their write retires:
+/// a consumer that tails the log reads what was just written without a trip to the disk.
+///
+/// Owner: the partition log, on one shard.
+/// Invariant: `bytes.len() <= 2 * capacity`, and at least the last `capacity` bytes kept
+/// (or all since the last `clear`); holds exactly the file's bytes at
+/// `[pos, pos + bytes.len())`, since written bytes never change (a padded block is
+/// rewritten only with the same leading bytes).
+pub(crate) struct Recent {
+    pos: u64,
+    bytes: Vec<u8>,
+    capacity: usize,
+}
+
+impl Recent {
+    pub fn new(capacity: usize) -> Recent {
+        Recent {
+            pos: 0,
+            bytes: Vec::new(),
+            capacity,
+        }
+    }
+
+    /// Forgets everything (a new active segment).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.pos = 0;
+    }
+
+    /// Keeps the last `capacity` bytes of the file's data up to `pos + data.len()`, given the
+    /// bytes just written at `pos`. Writes retire in file order, each starting at or before
+    /// the previous one's end (a rewritten partial block).
+    pub fn keep(&mut self, pos: u64, data: &[u8]) {
+        let skip = data.len().saturating_sub(self.capacity);
+        let (pos, data) = (pos + skip as u64, data.get(skip..).unwrap_or_default());
+        let end = self.pos + self.bytes.len() as u64;
+        if !self.bytes.is_empty() && pos >= self.pos && pos <= end {
+            self.bytes.truncate((pos - self.pos) as usize);
+        } else {
+            self.bytes.clear();
+            self.pos = pos;
+        }
+        self.bytes.extend_from_slice(data);
+        // Up to twice the capacity before dropping the front, so each byte moves about once.
+        if self.bytes.len() > 2 * self.capacity {
+            let excess = self.bytes.len() - self.capacity;
+            self.bytes.drain(..excess);
+            self.pos += excess as u64;
+        }
+    }
+
+    /// The bytes at file positions `[from, to)` if all of them are kept.
+    pub fn bytes(&self, from: u64, to: u64) -> Option<&[u8]> {
+        slice_at(&self.bytes, self.pos, self.bytes.len(), from, to)
+    }
+}
+
 fn slice_at(buf: &[u8], pos: u64, len: usize, from: u64, to: u64) -> Option<&[u8]> {
     if from < pos || to > pos + len as u64 || from > to {
         return None;
@@ -228,6 +286,34 @@ mod tests {
         assert_eq!(&next.buf.0[..904], &[1; 904][..]);
         assert_eq!(&next.buf.0[904..1004], &[2; 100][..]);
         assert!(next.buf.0[1004..4096].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn recent_keeps_the_last_written_bytes_across_rewrites_of_the_partial_block() {
+        let mut recent = Recent::new(8192);
+        recent.keep(0, &[1; 5000]);
+        assert_eq!(recent.bytes(0, 5000).unwrap(), &[1; 5000][..]);
+        // The next write starts at the partial block, with the same leading bytes.
+        let mut rewrite = vec![1; 904];
+        rewrite.extend_from_slice(&[2; 3000]);
+        recent.keep(4096, &rewrite);
+        assert_eq!(recent.bytes(4000, 4100).unwrap(), &[1; 100][..]);
+        assert_eq!(recent.bytes(5000, 8000).unwrap(), &[2; 3000][..]);
+        assert!(recent.bytes(5000, 8001).is_none());
+        // Past twice the capacity the front goes; the last `capacity` bytes stay.
+        recent.keep(4096 + 4096, &[3; 12000]);
+        assert!(recent.bytes(0, 1).is_none());
+        let end = 8192 + 12000;
+        assert_eq!(recent.bytes(end - 8192, end).unwrap(), &[3; 8192][..]);
+        // A write that does not continue the kept bytes replaces them.
+        recent.keep(1 << 20, &[4; 100]);
+        assert!(recent.bytes(end - 10, end).is_none());
+        assert_eq!(
+            recent.bytes(1 << 20, (1 << 20) + 100).unwrap(),
+            &[4; 100][..]
+        );
+        recent.clear();
+        assert!(recent.bytes(1 << 20, (1 << 20) + 1).is_none());
     }
 
     #[test]

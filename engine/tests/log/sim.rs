@@ -14,7 +14,7 @@ use engine::log::{Health, Log, LogConfig, LogError, WritePipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{batch, read_all, small_config};
+use crate::common::{batch, read_all, records, small_config};
 
 /// Seeds for the CI-sized runs; `RINGMQ_SEED` picks one to replay, and `RINGMQ_SEEDS_X=<k>`
 /// runs k times as many (a soak: `RINGMQ_SEEDS_X=10 cargo test --release ...`).
@@ -608,6 +608,41 @@ fn read_error_is_reported() {
             Err(LogError::Io { .. })
         ));
         assert_eq!(read_all(&log, 0).await.len(), 20);
+    });
+}
+
+/// A consumer tailing the log reads each new batch from memory, even when the batch, or the
+/// sparse index entry its read starts from, is in a block already written to the disk. A
+/// reader far behind does go to the disk.
+#[test]
+fn tailing_reads_stay_in_memory() {
+    for_each_seed(1, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        let mut disk_reads = 0;
+        // 1 KiB batches: every fourth one crosses into a new block, and the index has an
+        // entry only every 4 KiB.
+        for seq in 0..200u32 {
+            let appended = log.append(&batch(1, seq, 1, 1000), 1).await.unwrap();
+            log.wait_written(appended.next_offset).await.unwrap();
+            let before = storage.stats().reads;
+            let bytes = log
+                .read(appended.base_offset, 64 << 10, u64::MAX)
+                .await
+                .unwrap();
+            disk_reads += storage.stats().reads - before;
+            let served: Vec<u64> = records(&bytes).iter().map(|r| r.0).collect();
+            assert_eq!(served, [appended.base_offset]);
+        }
+        assert_eq!(disk_reads, 0, "tailing reads went to the disk");
+        let before = storage.stats().reads;
+        assert_eq!(read_all(&log, 0).await.len(), 200);
+        assert!(
+            storage.stats().reads > before,
+            "old batches come from the disk"
+        );
     });
 }
 
