@@ -32,6 +32,10 @@ use super::{Durability, Health, LogConfig, LogError, WritePipeline};
 /// twice it, per partition with writes.
 const RECENT_BYTES: usize = 32 << 10;
 
+/// Writes of zeros that prepare a spare segment: short enough that an append's write waiting
+/// behind one is barely delayed, long enough to zero about 1 GB/s on the machines measured.
+const SPARE_ZERO_CHUNK_BYTES: u64 = 256 << 10;
+
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -221,6 +225,10 @@ struct State<F: StorageFile> {
     closed: bool,
     health: Health,
     spare: Spare,
+    /// Data end of the active segment at which the spare's zeroing, waiting in
+    /// `spare_pace`, may go on (`u64::MAX`: nothing waits); an append that reaches it
+    /// wakes it.
+    spare_due: u64,
     checkpoint: Option<Checkpoint>,
     stats: LogStats,
 }
@@ -358,6 +366,7 @@ impl<S: Storage> Log<S> {
             } else {
                 Spare::Absent
             },
+            spare_due: u64::MAX,
             checkpoint: opened.checkpoint,
             stats: LogStats::default(),
         };
@@ -494,6 +503,10 @@ impl<S: Storage> Log<S> {
         if matches!(st.spare, Spare::Absent) && st.active.data_end * 2 >= st.active.capacity_bytes {
             self.core.start_spare(&mut st);
         }
+        if st.active.data_end >= st.spare_due {
+            st.spare_due = u64::MAX;
+            self.core.changed.notify();
+        }
         Ok(AppendStep::Done(Appended {
             base_offset,
             next_offset,
@@ -578,6 +591,7 @@ impl<S: Storage> Log<S> {
             // The commit above waited for every write of the old segment.
             assert!(st.inflight.is_empty() && st.batch_ends.is_empty());
             st.recent_bytes.clear();
+            st.spare_due = u64::MAX;
             st.tail = Tail::new(tail_buf, 0);
             st.written_end = 0;
             st.written_batch_end = 0;
@@ -595,6 +609,8 @@ impl<S: Storage> Log<S> {
     /// `Preallocate::Zero`, while every append of this log waits).
     async fn new_segment_file(&self, base: u64) -> Result<S::File, LogError> {
         let path = log_path(&self.core.dir, base);
+        // A spare still zeroing at the appends' pace sees the roll (`rolling`) and hurries.
+        self.core.changed.notify();
         let spare_ready = loop {
             let seen = self.core.changed.epoch();
             let taken = {
@@ -1146,14 +1162,49 @@ impl<S: Storage> Core<S> {
 
     /// Prepares the next segment file: allocated, zeroed, synced, then renamed to
     /// `spare.ready`. A crash mid-way leaves `spare.tmp`, which `open` removes.
+    ///
+    /// The zeroing goes in small writes, paced by the appends (`spare_pace`): all at once, a
+    /// 128 MiB segment kept the device busy with 2 MiB writes for about 150 ms, and every
+    /// append's 4 KiB write queued behind them (p99 0.5 ms, max 4.5 ms, against 78 µs p90).
     async fn prepare_spare(&self) -> Result<(), LogError> {
         let tmp = self.dir.join(SPARE_TMP);
-        let file = recovery::create_segment_file(&self.storage, &tmp, &self.config).await?;
+        let zeroing = recovery::Zeroing {
+            chunk_bytes: SPARE_ZERO_CHUNK_BYTES,
+            pace: |zeroed| self.spare_pace(zeroed),
+        };
+        let file =
+            recovery::create_segment_file_paced(&self.storage, &tmp, &self.config, zeroing).await?;
         file.close().await.map_err(LogError::io("close spare"))?;
         self.storage
             .rename(&tmp, &self.dir.join(SPARE_READY))
             .await
             .map_err(LogError::io("rename spare"))
+    }
+
+    /// Waits until a spare with `zeroed` bytes done may zero its next chunk: zeroing keeps
+    /// pace with the active segment's second half so that it ends when the segment is three
+    /// quarters full (at that pace, a quarter segment of appends per segment zeroed). A roll
+    /// waiting for the spare, or a log that stopped, lets it run at once.
+    async fn spare_pace(&self, zeroed: u64) {
+        loop {
+            let seen = self.changed.epoch();
+            {
+                let mut st = self.state.borrow_mut();
+                if st.rolling || st.closed || st.health != Health::Healthy {
+                    return;
+                }
+                let capacity = st.active.capacity_bytes;
+                let past_half = u128::from(zeroed) * u128::from(capacity / 4)
+                    / u128::from(self.config.segment_bytes.max(1));
+                let due =
+                    (capacity / 2).saturating_add(u64::try_from(past_half).unwrap_or(u64::MAX));
+                if st.active.data_end >= due {
+                    return;
+                }
+                st.spare_due = due;
+            }
+            self.changed.changed(seen).await;
+        }
     }
 
     /// The tail is full: hand what it holds to the disk (a fresh buffer takes its place at

@@ -264,6 +264,33 @@ pub(crate) async fn create_segment_file<S: Storage>(
     path: &Path,
     config: &LogConfig,
 ) -> Result<S::File, LogError> {
+    let unpaced = Zeroing {
+        chunk_bytes: config.write_buffer_bytes,
+        pace: |_| std::future::ready(()),
+    };
+    create_segment_file_paced(storage, path, config, unpaced).await
+}
+
+/// How a new segment is zeroed: in writes of `chunk_bytes`, each after `pace(bytes zeroed so
+/// far)` resolves.
+pub(crate) struct Zeroing<P> {
+    pub chunk_bytes: u64,
+    pub pace: P,
+}
+
+/// `create_segment_file`, zeroing as `zeroing` says (a spare prepared in the background
+/// zeroes in small, paced writes, so the appends' own writes never queue behind long ones).
+pub(crate) async fn create_segment_file_paced<S, P, Fut>(
+    storage: &S,
+    path: &Path,
+    config: &LogConfig,
+    zeroing: Zeroing<P>,
+) -> Result<S::File, LogError>
+where
+    S: Storage,
+    P: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let flags = OpenFlags {
         create: true,
         dsync: config.durability == Durability::Dsync,
@@ -272,7 +299,7 @@ pub(crate) async fn create_segment_file<S: Storage>(
         .open(path, flags)
         .await
         .map_err(LogError::io("create segment"))?;
-    let prepared = prepare(&file, config).await;
+    let prepared = prepare(&file, config, zeroing).await;
     if let Err(error) = prepared {
         let _ = file.close().await;
         let _ = storage.remove(path).await;
@@ -281,24 +308,47 @@ pub(crate) async fn create_segment_file<S: Storage>(
     Ok(file)
 }
 
-async fn prepare<F: StorageFile>(file: &F, config: &LogConfig) -> Result<(), LogError> {
+async fn prepare<F, P, Fut>(
+    file: &F,
+    config: &LogConfig,
+    mut zeroing: Zeroing<P>,
+) -> Result<(), LogError>
+where
+    F: StorageFile,
+    P: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     file.allocate(config.segment_bytes)
         .await
         .map_err(LogError::io("allocate segment"))?;
     if config.preallocate == Preallocate::Zero {
-        let chunk = config.write_buffer_bytes;
+        // One buffer of zeros serves every chunk: each write completes before the next.
+        let chunk = zeroing
+            .chunk_bytes
+            .clamp(BLOCK_BYTES as u64, config.segment_bytes);
+        let zeros = Rc::new(zeroed_buffer(file, chunk as usize));
         let mut at = 0;
         while at < config.segment_bytes {
-            let len = chunk.min(config.segment_bytes - at) as usize;
-            let mut buf = file.alloc_buffer(len);
-            buf.as_mut().fill(0);
-            write_whole(file, Rc::new(buf), at)
+            (zeroing.pace)(at).await;
+            let len = chunk.min(config.segment_bytes - at);
+            let buf = if len == chunk {
+                Rc::clone(&zeros)
+            } else {
+                Rc::new(zeroed_buffer(file, len as usize))
+            };
+            write_whole(file, buf, at)
                 .await
                 .map_err(LogError::io("zero segment"))?;
-            at += len as u64;
+            at += len;
         }
     }
     file.sync().await.map_err(LogError::io("sync new segment"))
+}
+
+fn zeroed_buffer<F: StorageFile>(file: &F, len: usize) -> F::Buffer {
+    let mut buf = file.alloc_buffer(len);
+    buf.as_mut().fill(0);
+    buf
 }
 
 async fn read_whole<F: StorageFile>(file: &F) -> Result<Vec<u8>, LogError> {

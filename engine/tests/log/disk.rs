@@ -255,8 +255,18 @@ fn the_log_prepares_the_next_segment_at_half_full_and_the_roll_uses_it() {
             "a segment under half full needs no spare yet"
         );
         assert_eq!(log.stats().spares_prepared, 0);
-        // Past half: the log prepares it by itself (no maintain).
+        // Past half: the log starts preparing it by itself (no maintain), zeroing at the
+        // appends' pace, so that it is done by three quarters full and not before.
         for i in 300..400u32 {
+            log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
+        }
+        log.wait_synced(400).await.unwrap();
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !spare_ready() && dir.join("spare.tmp").exists(),
+            "the spare is begun at half full and paced by the appends"
+        );
+        for i in 400..560u32 {
             log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
         }
         for _ in 0..500 {
@@ -265,10 +275,10 @@ fn the_log_prepares_the_next_segment_at_half_full_and_the_roll_uses_it() {
             }
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
-        assert!(spare_ready(), "no spare 5 s after passing half");
+        assert!(spare_ready(), "no spare 5 s after passing three quarters");
         assert_eq!(log.stats().spares_prepared, 1);
         // The roll takes it, whether ready or still being prepared, and makes none itself.
-        for i in 400..800u32 {
+        for i in 560..800u32 {
             log.append(&batch(6, i, 1, 3000), 1).await.unwrap();
         }
         log.wait_synced(800).await.unwrap();
