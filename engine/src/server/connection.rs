@@ -164,15 +164,46 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     shard.connections.set(shard.connections.get() - 1);
 }
 
+/// Queued responses that leave in one write while they fit in this many bytes: those that
+/// complete together (a group commit acknowledges many produces at once) cost one syscall.
+const COALESCE_BYTES: usize = 64 << 10;
+
+impl Conn {
+    /// Appends to `joined` the frames queued behind `first` while all fit in
+    /// `COALESCE_BYTES`, after `first` itself; false (and `joined` untouched) when none fits.
+    fn join_queued(&self, first: &[u8], joined: &mut Vec<u8>) -> bool {
+        let mut outbox = self.outbox.borrow_mut();
+        let mut len = first.len();
+        if !outbox
+            .front()
+            .is_some_and(|next| len + next.len() <= COALESCE_BYTES)
+        {
+            return false;
+        }
+        joined.clear();
+        joined.extend_from_slice(first);
+        while let Some(next) = outbox.pop_front_if(|next| len + next.len() <= COALESCE_BYTES) {
+            len += next.len();
+            joined.extend_from_slice(&next);
+        }
+        true
+    }
+}
+
 async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<TcpStream>) {
+    let mut joined = Vec::new();
     loop {
         let seen = conn.changed.epoch();
         let next = conn.outbox.borrow_mut().pop_front();
         match next {
             Some(frame) => {
-                let written = writer.write_all(&frame).await;
+                let (written, len) = if conn.join_queued(&frame, &mut joined) {
+                    (writer.write_all(&joined).await, joined.len())
+                } else {
+                    (writer.write_all(&frame).await, frame.len())
+                };
                 conn.pending_output_bytes
-                    .set(conn.pending_output_bytes.get() - frame.len());
+                    .set(conn.pending_output_bytes.get() - len);
                 conn.changed.notify();
                 if written.is_err() {
                     conn.closed.set(true);
@@ -399,4 +430,40 @@ fn accept_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: FrameBuf) -> Result<(
         task.detach();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize, byte: u8) -> FrameBuf {
+        let mut frame = FrameBuf::with_capacity(len);
+        frame.resize(len, byte);
+        frame
+    }
+
+    #[test]
+    fn queued_frames_join_while_they_fit_and_in_order() {
+        let conn = Conn {
+            outbox: RefCell::new(VecDeque::new()),
+            pending_output_bytes: Cell::new(0),
+            requests_in_flight: Cell::new(0),
+            closed: Cell::new(false),
+            changed: Notify::default(),
+        };
+        for (len, byte) in [(100, 1), (200, 2), (COALESCE_BYTES, 3), (50, 4)] {
+            conn.push(frame(len, byte));
+        }
+        let mut joined = Vec::new();
+        let first = conn.outbox.borrow_mut().pop_front().unwrap();
+        assert!(conn.join_queued(&first, &mut joined));
+        assert_eq!(joined.len(), 300);
+        assert!(joined[..100].iter().all(|&b| b == 1) && joined[100..].iter().all(|&b| b == 2));
+        // The large frame leaves on its own, and so does the last one, with nothing behind it.
+        let large = conn.outbox.borrow_mut().pop_front().unwrap();
+        assert!(!conn.join_queued(&large, &mut joined));
+        assert_eq!(joined.len(), 300, "untouched when nothing joins");
+        let last = conn.outbox.borrow_mut().pop_front().unwrap();
+        assert!(!conn.join_queued(&last, &mut joined));
+    }
 }
