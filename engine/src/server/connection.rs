@@ -174,17 +174,20 @@ impl Conn {
     fn join_queued(&self, first: &[u8], joined: &mut Vec<u8>) -> bool {
         let mut outbox = self.outbox.borrow_mut();
         let mut len = first.len();
-        if !outbox
+        if outbox
             .front()
-            .is_some_and(|next| len + next.len() <= COALESCE_BYTES)
+            .is_none_or(|next| len + next.len() > COALESCE_BYTES)
         {
             return false;
         }
         joined.clear();
         joined.extend_from_slice(first);
-        while let Some(next) = outbox.pop_front_if(|next| len + next.len() <= COALESCE_BYTES) {
+        while let Some(next) = outbox.front()
+            && len + next.len() <= COALESCE_BYTES
+        {
             len += next.len();
-            joined.extend_from_slice(&next);
+            joined.extend_from_slice(next);
+            outbox.pop_front();
         }
         true
     }
