@@ -1168,12 +1168,9 @@ impl<S: Storage> Core<S> {
     /// append's 4 KiB write queued behind them (p99 0.5 ms, max 4.5 ms, against 78 µs p90).
     async fn prepare_spare(&self) -> Result<(), LogError> {
         let tmp = self.dir.join(SPARE_TMP);
-        let zeroing = recovery::Zeroing {
-            chunk_bytes: SPARE_ZERO_CHUNK_BYTES,
-            pace: |zeroed| self.spare_pace(zeroed),
-        };
+        let pace = |zeroed| self.spare_pace(zeroed);
         let file =
-            recovery::create_segment_file_paced(&self.storage, &tmp, &self.config, zeroing).await?;
+            recovery::create_segment_file_paced(&self.storage, &tmp, &self.config, pace).await?;
         file.close().await.map_err(LogError::io("close spare"))?;
         self.storage
             .rename(&tmp, &self.dir.join(SPARE_READY))
@@ -1181,27 +1178,35 @@ impl<S: Storage> Core<S> {
             .map_err(LogError::io("rename spare"))
     }
 
-    /// Waits until a spare with `zeroed` bytes done may zero its next chunk: zeroing keeps
-    /// pace with the active segment's second half so that it ends when the segment is three
-    /// quarters full (at that pace, a quarter segment of appends per segment zeroed). A roll
-    /// waiting for the spare, or a log that stopped, lets it run at once.
-    async fn spare_pace(&self, zeroed: u64) {
+    /// Waits until a spare with `zeroed` bytes done may zero its next chunk, and says how
+    /// long that chunk is. Zeroing keeps pace with the active segment's second half so that
+    /// it ends when the segment is three quarters full: a quarter segment of appends per
+    /// segment zeroed. On schedule it writes `SPARE_ZERO_CHUNK_BYTES` at a time; when the
+    /// appends are a whole tail buffer ahead (a fast producer), or a roll waits for the
+    /// spare, or the log stopped, it writes whole tail buffers at once, since small writes
+    /// would only make the roll wait longer.
+    async fn spare_pace(&self, zeroed: u64) -> u64 {
+        let large = self.config.write_buffer_bytes.max(SPARE_ZERO_CHUNK_BYTES);
         loop {
             let seen = self.changed.epoch();
             {
                 let mut st = self.state.borrow_mut();
                 if st.rolling || st.closed || st.health != Health::Healthy {
-                    return;
+                    return large;
                 }
                 let capacity = st.active.capacity_bytes;
-                let past_half = u128::from(zeroed) * u128::from(capacity / 4)
-                    / u128::from(self.config.segment_bytes.max(1));
-                let due =
-                    (capacity / 2).saturating_add(u64::try_from(past_half).unwrap_or(u64::MAX));
-                if st.active.data_end >= due {
-                    return;
+                let due = |zeroed: u64| {
+                    let past_half = u128::from(zeroed) * u128::from(capacity / 4)
+                        / u128::from(self.config.segment_bytes.max(1));
+                    (capacity / 2).saturating_add(u64::try_from(past_half).unwrap_or(u64::MAX))
+                };
+                if st.active.data_end >= due(zeroed + large) {
+                    return large;
                 }
-                st.spare_due = due;
+                if st.active.data_end >= due(zeroed) {
+                    return SPARE_ZERO_CHUNK_BYTES;
+                }
+                st.spare_due = due(zeroed);
             }
             self.changed.changed(seen).await;
         }

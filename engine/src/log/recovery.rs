@@ -264,32 +264,23 @@ pub(crate) async fn create_segment_file<S: Storage>(
     path: &Path,
     config: &LogConfig,
 ) -> Result<S::File, LogError> {
-    let unpaced = Zeroing {
-        chunk_bytes: config.write_buffer_bytes,
-        pace: |_| std::future::ready(()),
-    };
-    create_segment_file_paced(storage, path, config, unpaced).await
+    let whole_chunks = |_| std::future::ready(config.write_buffer_bytes);
+    create_segment_file_paced(storage, path, config, whole_chunks).await
 }
 
-/// How a new segment is zeroed: in writes of `chunk_bytes`, each after `pace(bytes zeroed so
-/// far)` resolves.
-pub(crate) struct Zeroing<P> {
-    pub chunk_bytes: u64,
-    pub pace: P,
-}
-
-/// `create_segment_file`, zeroing as `zeroing` says (a spare prepared in the background
-/// zeroes in small, paced writes, so the appends' own writes never queue behind long ones).
+/// `create_segment_file`, zeroing in writes whose length `pace(bytes zeroed so far)` gives
+/// when it resolves: a spare prepared in the background zeroes in small writes at the
+/// appends' pace, so their own writes do not queue behind long ones.
 pub(crate) async fn create_segment_file_paced<S, P, Fut>(
     storage: &S,
     path: &Path,
     config: &LogConfig,
-    zeroing: Zeroing<P>,
+    pace: P,
 ) -> Result<S::File, LogError>
 where
     S: Storage,
     P: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = u64>,
 {
     let flags = OpenFlags {
         create: true,
@@ -299,7 +290,7 @@ where
         .open(path, flags)
         .await
         .map_err(LogError::io("create segment"))?;
-    let prepared = prepare(&file, config, zeroing).await;
+    let prepared = prepare(&file, config, pace).await;
     if let Err(error) = prepared {
         let _ = file.close().await;
         let _ = storage.remove(path).await;
@@ -308,37 +299,31 @@ where
     Ok(file)
 }
 
-async fn prepare<F, P, Fut>(
-    file: &F,
-    config: &LogConfig,
-    mut zeroing: Zeroing<P>,
-) -> Result<(), LogError>
+async fn prepare<F, P, Fut>(file: &F, config: &LogConfig, mut pace: P) -> Result<(), LogError>
 where
     F: StorageFile,
     P: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = u64>,
 {
     file.allocate(config.segment_bytes)
         .await
         .map_err(LogError::io("allocate segment"))?;
     if config.preallocate == Preallocate::Zero {
-        // One buffer of zeros serves every chunk: each write completes before the next.
-        let chunk = zeroing
-            .chunk_bytes
-            .clamp(BLOCK_BYTES as u64, config.segment_bytes);
-        let zeros = Rc::new(zeroed_buffer(file, chunk as usize));
+        // A buffer of zeros serves every chunk of its length: each write completes before
+        // the next.
+        let mut zeros: Option<Rc<F::Buffer>> = None;
         let mut at = 0;
         while at < config.segment_bytes {
-            (zeroing.pace)(at).await;
+            let chunk = block_ceil(pace(at).await.max(1));
             let len = chunk.min(config.segment_bytes - at);
-            let buf = if len == chunk {
-                Rc::clone(&zeros)
-            } else {
-                Rc::new(zeroed_buffer(file, len as usize))
+            let buf = match zeros.take() {
+                Some(buf) if (*buf).as_ref().len() as u64 == len => buf,
+                _ => Rc::new(zeroed_buffer(file, len as usize)),
             };
-            write_whole(file, buf, at)
+            write_whole(file, Rc::clone(&buf), at)
                 .await
                 .map_err(LogError::io("zero segment"))?;
+            zeros = Some(buf);
             at += len;
         }
     }
