@@ -113,6 +113,8 @@ pub struct LogCaseResult {
     pub spares_prepared: u64,
     /// Rolls that found no spare ready and made their segment while appends waited.
     pub rolls_without_spare: u64,
+    /// Microseconds the log spent rolling (every append waits meanwhile).
+    pub roll_us: u64,
     pub cpu: CpuUse,
     /// CPU contention the shard thread suffered in the window.
     pub shard_sched: SchedDelay,
@@ -492,6 +494,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         writes_overlapped: stats.writes_overlapped,
         spares_prepared: stats.spares_prepared,
         rolls_without_spare: stats.rolls_without_spare,
+        roll_us: stats.roll_us,
         cpu: sampled.cpu,
         shard_sched: sampled.shard_sched,
         device_written_mb: sampled.device_written_mb,
@@ -581,6 +584,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
         writes_overlapped: 0,
         spares_prepared: 0,
         rolls_without_spare: 0,
+        roll_us: 0,
         cpu: sampled.cpu,
         shard_sched: sampled.shard_sched,
         device_written_mb: sampled.device_written_mb,

@@ -878,6 +878,12 @@ fn metrics(id: &str) -> Vec<Metric> {
             m("rolls without a spare ready", "count", |r| {
                 log_result(r).map(|l| l.rolls_without_spare as f64)
             }),
+            m("time spent rolling (appends wait)", "share", |r| {
+                log_result(r).map(|l| l.roll_us as f64 / (l.elapsed_s * 1e6))
+            }),
+            m("mean roll", "ms", |r| {
+                log_result(r).map(|l| l.roll_us as f64 / 1e3 / l.rolls.max(1) as f64)
+            }),
         ],
         _ => vec![
             m("durable appends", "ops/s", |r| {

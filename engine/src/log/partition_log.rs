@@ -73,6 +73,9 @@ pub struct LogStats {
     pub segments_deleted: u64,
     /// Writes issued while another write of this log was in flight (pipelining at work).
     pub writes_overlapped: u64,
+    /// Microseconds spent in rolls: from the append that found the segment full until the
+    /// next segment took appends. Every append of the log waits meanwhile.
+    pub roll_us: u64,
 }
 
 impl LogStats {
@@ -88,6 +91,7 @@ impl LogStats {
             spares_prepared: self.spares_prepared - earlier.spares_prepared,
             segments_deleted: self.segments_deleted - earlier.segments_deleted,
             writes_overlapped: self.writes_overlapped - earlier.writes_overlapped,
+            roll_us: self.roll_us - earlier.roll_us,
         }
     }
 }
@@ -562,6 +566,7 @@ impl<S: Storage> Log<S> {
 
     /// Seals the active segment and starts the next one at `next_offset`.
     async fn roll(&self) -> Result<(), LogError> {
+        let started = Instant::now();
         let upto = self.core.state.borrow().next_offset;
         // Everything in the old segment is durable before a newer segment exists, so recovery
         // may treat any invalid batch in a sealed segment as corruption.
@@ -597,6 +602,7 @@ impl<S: Storage> Log<S> {
             st.written_batch_end = 0;
             st.synced_end = 0;
             st.stats.rolls += 1;
+            st.stats.roll_us += started.elapsed().as_micros() as u64;
             st.check_invariants();
         }
         // Best effort: a stale checkpoint only weakens damage detection.
