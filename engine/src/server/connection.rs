@@ -201,7 +201,13 @@ async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<TcpStream>) {
         match next {
             Some(frame) => {
                 let (written, len) = if conn.join_queued(&frame, &mut joined) {
-                    (writer.write_all(&joined).await, joined.len())
+                    let written = writer.write_all(&joined).await;
+                    let len = joined.len();
+                    // An idle connection keeps no join buffer (up to COALESCE_BYTES).
+                    if conn.outbox.borrow().is_empty() {
+                        joined = Vec::new();
+                    }
+                    (written, len)
                 } else {
                     (writer.write_all(&frame).await, frame.len())
                 };
