@@ -602,11 +602,12 @@ impl<S: Storage> Log<S> {
             st.written_batch_end = 0;
             st.synced_end = 0;
             st.stats.rolls += 1;
-            st.stats.roll_us += started.elapsed().as_micros() as u64;
             st.check_invariants();
         }
         // Best effort: a stale checkpoint only weakens damage detection.
         let _ = self.write_checkpoint().await;
+        // Appends wait until the roll returns (`Rolling`), checkpoint included.
+        self.core.state.borrow_mut().stats.roll_us += started.elapsed().as_micros() as u64;
         Ok(())
     }
 
