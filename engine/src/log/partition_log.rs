@@ -36,6 +36,9 @@ const RECENT_BYTES: usize = 32 << 10;
 /// behind one is barely delayed, long enough to zero about 1 GB/s on the machines measured.
 const SPARE_ZERO_CHUNK_BYTES: u64 = 256 << 10;
 
+/// How long a paced spare waits for appends before it zeroes its next chunk anyway.
+const SPARE_IDLE_PACE: Duration = Duration::from_secs(1);
+
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -1215,7 +1218,23 @@ impl<S: Storage> Core<S> {
                 }
                 st.spare_due = due(zeroed);
             }
-            self.changed.changed(seen).await;
+            // A log that goes quiet between half and three quarters full still finishes its
+            // spare, a small write per idle second, instead of holding the task and the file
+            // open for as long as it stays quiet.
+            let quiet = futures_lite::future::or(
+                async {
+                    self.changed.changed(seen).await;
+                    false
+                },
+                async {
+                    self.storage.sleep(SPARE_IDLE_PACE).await;
+                    true
+                },
+            )
+            .await;
+            if quiet {
+                return SPARE_ZERO_CHUNK_BYTES;
+            }
         }
     }
 

@@ -646,6 +646,30 @@ fn tailing_reads_stay_in_memory() {
     });
 }
 
+/// A log that goes quiet between half and three quarters full still finishes its spare: the
+/// zeroing, paced by the appends, does not wait for them forever (holding its task and file).
+#[test]
+fn a_log_that_goes_quiet_still_finishes_its_spare() {
+    for_each_seed(1, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        // Just past half of the 2 MiB segment, then nothing more.
+        for seq in 0..360u32 {
+            log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
+        }
+        log.wait_synced(360).await.unwrap();
+        for _ in 0..100_000 {
+            if log.stats().spares_prepared == 1 {
+                break;
+            }
+            futures_lite::future::yield_now().await;
+        }
+        assert_eq!(log.stats().spares_prepared, 1, "the spare waits forever");
+    });
+}
+
 /// A crash while a segment roll is half done (new file created, directory not yet synced)
 /// loses nothing that was synced, and the log opens at the right offset.
 #[test]
