@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use glommio::{Latency, Shares, TaskQueueHandle};
@@ -18,7 +18,7 @@ use protocol::api::ShardAddress;
 
 use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
-use crate::limits::{IO_STALL_WARN, IO_WATCH_INTERVAL, MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
+use crate::limits::{IO_STALL_WARN, MAINTENANCE_INTERVAL, SHARD_WAKE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::Log;
 use crate::log::notify::Notify;
 use crate::log::storage::DmaStorage;
@@ -370,6 +370,7 @@ pub async fn run(init: ShardInit) {
     }
     let maintenance = glommio::spawn_local_into(maintain_loop(Rc::clone(&shard)), background).ok();
     let io_watch = glommio::spawn_local_into(io_watch_loop(Rc::clone(&shard)), background).ok();
+    let wake = glommio::spawn_local_into(wake_loop(Rc::clone(&shard)), background).ok();
     let _ = ready.send(Ok(()));
     tracing::info!(shard = %shard.id, core = shard.config.core, port = shard.config.port, "shard serving");
 
@@ -379,24 +380,25 @@ pub async fn run(init: ShardInit) {
     }
     tracing::info!(shard = %shard.id, "shard stopping");
     shard.drain_and_close().await;
-    for task in [maintenance, io_watch].into_iter().flatten() {
+    for task in [maintenance, io_watch, wake].into_iter().flatten() {
         task.cancel().await;
+    }
+}
+
+/// Wakes the shard's executor every `SHARD_WAKE_INTERVAL` and does nothing else: a timer due
+/// soon bounds a glommio 0.9 wake-up that comes late (see `SHARD_WAKE_INTERVAL`).
+async fn wake_loop(shard: Rc<Shard>) {
+    while !shard.is_shutting_down() {
+        glommio::timer::sleep(SHARD_WAKE_INTERVAL).await;
     }
 }
 
 /// Warns about each log write or fdatasync that has run longer than `IO_STALL_WARN`, once per
 /// `IO_STALL_WARN` while it lasts: a produce stuck behind a stalled disk then says why. A task
-/// of its own, so upkeep stuck on the same disk does not silence it. It looks once per
-/// `IO_STALL_WARN` but wakes every `IO_WATCH_INTERVAL`: the wake-up itself bounds a late
-/// glommio wake-up (see there).
+/// of its own, so upkeep stuck on the same disk does not silence it.
 async fn io_watch_loop(shard: Rc<Shard>) {
-    let mut looked = Instant::now();
     while !shard.is_shutting_down() {
-        glommio::timer::sleep(IO_WATCH_INTERVAL).await;
-        if looked.elapsed() < IO_STALL_WARN {
-            continue;
-        }
-        looked = Instant::now();
+        glommio::timer::sleep(IO_STALL_WARN).await;
         for replica in shard.replicas() {
             if let Some(io) = replica.log().io_in_flight()
                 && io.age >= IO_STALL_WARN
