@@ -1,8 +1,10 @@
 //! Helpers shared by the log tests.
 
 use std::future::Future;
+use std::path::Path;
 
-use engine::log::{Durability, LogConfig, Preallocate, Retention};
+use engine::log::storage::Storage;
+use engine::log::{Durability, Log, LogConfig, Preallocate, Retention};
 use glommio::{LocalExecutorBuilder, Placement};
 use protocol::{BatchBuilder, Batches};
 
@@ -33,6 +35,14 @@ pub fn small_config() -> LogConfig {
         group_commit_window_us: 0,
         group_commit_bytes: 64 << 10,
     }
+}
+
+/// The log in `dir` on `storage`, opened with `small_config()`.
+pub async fn open_small<S: Storage + Clone>(storage: &S, dir: &Path) -> Log<S> {
+    let (log, _) = Log::open(storage.clone(), dir, small_config())
+        .await
+        .unwrap();
+    log
 }
 
 /// A batch of `count` records whose values say `(producer, seq)` and carry filler.

@@ -15,7 +15,7 @@ use engine::log::storage::{OpenFlags, Storage, StorageFile};
 use engine::log::{Health, Log, LogError, WritePipeline};
 use futures_lite::future::yield_now;
 
-use crate::common::{batch, read_all, records, run, small_config};
+use crate::common::{batch, open_small, read_all, records, run, small_config};
 
 #[derive(Default)]
 struct Gate {
@@ -128,14 +128,6 @@ impl Storage for Gated {
 
 fn dir() -> PathBuf {
     PathBuf::from("/data/pipeline-0")
-}
-
-/// The log in `dir()` on `storage`, opened with `small_config()`.
-async fn open(storage: &Gated) -> Log<Gated> {
-    let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-        .await
-        .unwrap();
-    log
 }
 
 fn gated(seed: u64) -> Gated {
@@ -259,7 +251,7 @@ fn stuck_write_pins_at_most_writes_in_flight_buffers() {
 fn dropped_waiter_mid_write_loses_nothing() {
     run(|| async {
         let storage = gated(2);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         storage.gate.started.set(0);
         let log = Rc::new(log);
         storage.gate.held.borrow_mut().insert(0);
@@ -300,7 +292,7 @@ fn dropped_waiter_mid_write_loses_nothing() {
 fn dropped_waiter_mid_sync_loses_nothing() {
     run(|| async {
         let storage = gated(4);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
         log.wait_written(a.next_offset).await.unwrap();
         storage.gate.hold_syncs.set(true);
@@ -340,7 +332,7 @@ fn dropped_waiter_mid_sync_loses_nothing() {
 fn write_completing_after_fdatasync_failure_is_not_acked() {
     run(|| async {
         let storage = gated(3);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         storage.gate.started.set(0);
         let log = Rc::new(log);
         let value = one_block_value();
@@ -404,7 +396,7 @@ fn write_completing_after_fdatasync_failure_is_not_acked() {
 fn commit_soon_writes_what_nobody_waits_for_and_calls_back() {
     run(|| async {
         let storage = gated(5);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         storage.gate.started.set(0);
         storage.gate.held.borrow_mut().insert(0);
         let rounds = Rc::new(Cell::new(0u32));
@@ -442,7 +434,7 @@ fn commit_soon_writes_what_nobody_waits_for_and_calls_back() {
 fn dropped_log_never_lets_its_old_write_land_after_reopen() {
     run(|| async {
         let storage = gated(6);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         storage.gate.started.set(0);
         storage.gate.held.borrow_mut().insert(0);
         let old = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
@@ -452,7 +444,7 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
             "commit_soon issued no write"
         );
         drop(log);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         assert_eq!(log.offsets().next, 0, "the held write never completed");
         let new_batch = batch(2, 0, 1, 100);
         let new = log.append(&new_batch, 1).await.unwrap();
@@ -464,7 +456,7 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
         }
         log.close().await.unwrap();
         drop(log);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         assert_eq!(read_all(&log, 0).await, records(&new_batch));
     });
 }
@@ -476,7 +468,7 @@ fn dropped_log_never_lets_its_old_write_land_after_reopen() {
 fn append_dropped_mid_roll_leaves_the_log_appendable() {
     run(|| async {
         let storage = gated(7);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         let big = |seq| batch(1, seq, 1, 60_000);
         let fit = small_config().segment_bytes / big(0).len() as u64;
         for seq in 0..fit as u32 {
@@ -521,7 +513,7 @@ fn append_dropped_mid_roll_leaves_the_log_appendable() {
 fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
     run(|| async {
         let storage = gated(8);
-        let log = open(&storage).await;
+        let log = open_small(&storage, &dir()).await;
         assert_eq!(log.io_in_flight(), None, "nothing issued yet");
         let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
         let first = storage.gate.started.get();

@@ -14,7 +14,7 @@ use engine::log::{Health, Log, LogConfig, LogError, WritePipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{batch, read_all, records, small_config};
+use crate::common::{batch, open_small, read_all, records, small_config};
 
 /// Seeds for the CI-sized runs; `RINGMQ_SEED` picks one to replay, and `RINGMQ_SEEDS_X=<k>`
 /// runs k times as many (a soak: `RINGMQ_SEEDS_X=10 cargo test --release ...`).
@@ -283,9 +283,7 @@ fn torn_rewrite_of_the_tail_block_keeps_synced_batches() {
     for_each_seed(300, |seed| async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         // A few synced batches that end mid-block, then unsynced batches in the same block.
         let mut synced = Vec::new();
         let mut next = 0;
@@ -302,9 +300,7 @@ fn torn_rewrite_of_the_tail_block_keeps_synced_batches() {
         }
         drop(log);
         storage.crash(CrashMode::Torn);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         assert!(
             log.offsets().next >= next,
             "seed {seed}: synced batches destroyed"
@@ -325,9 +321,7 @@ fn torn_rewrite_of_the_tail_block_keeps_synced_batches() {
 fn failed_fsync_stops_every_later_ack() {
     for_each_seed(40, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         let log = Rc::new(log);
         let syncs_before_fault = seed % 5;
         storage.inject(Fault {
@@ -417,9 +411,7 @@ fn failed_fsync_stops_every_later_ack() {
 fn failed_write_stops_the_log() {
     for_each_seed(20, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         storage.inject(Fault {
             op: Op::Write,
             path_contains: Some(".log".into()),
@@ -502,9 +494,7 @@ fn segment(base: u64) -> PathBuf {
 fn corruption_of_synced_data_marks_the_log_damaged() {
     for_each_seed(1, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         for seq in 0..40u32 {
             let appended = log.append(&batch(1, seq, 1, 1000), 1).await.unwrap();
             log.wait_synced(appended.next_offset).await.unwrap();
@@ -544,9 +534,7 @@ fn corruption_of_synced_data_marks_the_log_damaged() {
 fn corrupt_batch_in_a_sealed_segment_is_never_served() {
     for_each_seed(1, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         for seq in 0..1000u32 {
             log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
         }
@@ -584,18 +572,14 @@ fn corrupt_batch_in_a_sealed_segment_is_never_served() {
 fn read_error_is_reported() {
     for_each_seed(1, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         // 60 KiB: more than the tail block kept in memory, so the read goes to the device.
         for seq in 0..20u32 {
             log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
         }
         log.wait_synced(20).await.unwrap();
         drop(log);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         storage.inject(Fault {
             op: Op::Read,
             path_contains: None,
@@ -618,9 +602,7 @@ fn read_error_is_reported() {
 fn tailing_reads_stay_in_memory() {
     for_each_seed(1, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         let mut disk_reads = 0;
         // 1 KiB batches: every fourth one crosses into a new block, and the index has an
         // entry only every 4 KiB.
@@ -652,9 +634,7 @@ fn tailing_reads_stay_in_memory() {
 fn a_log_that_goes_quiet_still_finishes_its_spare() {
     for_each_seed(1, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         // Just past half of the 2 MiB segment, then nothing more.
         for seq in 0..360u32 {
             log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
@@ -828,9 +808,7 @@ fn remains_after_a_hole_never_come_back_as_data() {
     for_each_seed(300, move |seed| async move {
         let mut rng = StdRng::seed_from_u64(seed);
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         let first_life = rng.random_range(4..16u32);
         for seq in 0..first_life {
             let appended = log.append(&batch(1, seq, 1, value_bytes), 1).await.unwrap();
@@ -949,9 +927,7 @@ fn failed_write_among_writes_in_flight_stops_written_at_the_failure() {
         // What was acknowledged written survives a process crash (a completed O_DIRECT write
         // survives the process) and a reopen.
         drop(log);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         assert!(log.offsets().next >= highest_ack, "seed {seed}");
         read_all(&log, 0).await;
     });
@@ -971,9 +947,7 @@ fn failed_write_among_writes_in_flight_stops_written_at_the_failure() {
 fn clean_close_marker_is_removed_before_the_next_life_writes() {
     for_each_seed(1, |seed| async move {
         let storage = SimStorage::new(seed);
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         let appended = log.append(&batch(1, 0, 3, 500), 1).await.unwrap();
         log.wait_written(appended.next_offset).await.unwrap();
         log.close().await.unwrap();
@@ -988,9 +962,7 @@ fn clean_close_marker_is_removed_before_the_next_life_writes() {
         drop(log);
         storage.crash(CrashMode::DropPending);
         assert!(!storage.exists(dir().join("clean")));
-        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
-            .await
-            .unwrap();
+        let log = open_small(&storage, &dir()).await;
         assert_eq!(read_all(&log, 0).await.len(), 3);
     });
 }
