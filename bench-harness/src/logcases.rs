@@ -4,7 +4,10 @@
 //!
 //! Every case opens a fresh log in its own directory with the production segment size and
 //! tail buffer, runs `Log::maintain` in a background task so the next segment is prepared
-//! ahead (as a shard does), and bounds the disk it uses with byte retention.
+//! ahead (as a shard does), and bounds the disk it uses with byte retention. A case may
+//! prefill its log before the warm-up, so that the window sees the steady state of a log
+//! whose retention already lets go of segments (recycled as the next ones, when the case
+//! recycles segments).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -52,9 +55,15 @@ pub struct LogCase {
     pub measure: Duration,
     /// Pause between two `maintain` passes of the background task.
     pub maintain_interval: Duration,
-    /// Byte retention: sealed segments beyond this are deleted by `maintain`, which bounds
-    /// the disk a case uses.
+    /// Byte retention: sealed segments beyond this are let go of (by `maintain`, and by the
+    /// log as it prepares its next segment), which bounds the disk a case uses.
     pub retention_bytes: u64,
+    /// `LogConfig::recycle_segments`: a segment retention lets go of becomes the next
+    /// segment file instead of being deleted. Off: every segment is a fresh file.
+    pub recycle_segments: bool,
+    /// Bytes of the case's batch appended before the warm-up (not measured), with a
+    /// `maintain` pass after each segment's worth; 0: the window starts on an empty log.
+    pub prefill_bytes: u64,
     /// Block device under `dir` (`vda`), to count every write to it during the window.
     pub device: String,
     /// `LogConfig::group_commit_window_us` and `group_commit_bytes`.
@@ -106,7 +115,10 @@ pub struct LogCaseResult {
     pub write_bytes: u64,
     pub syncs: u64,
     pub rolls: u64,
+    /// Sealed segments retention let go of (deleted or recycled).
     pub segments_deleted: u64,
+    /// Of those, the ones recycled as the next segment file.
+    pub segments_recycled: u64,
     /// Writes issued while another write of the log was in flight.
     pub writes_overlapped: u64,
     /// Spare segments the log prepared during the window.
@@ -419,12 +431,18 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         },
         group_commit_window_us: case.group_commit_window_us,
         group_commit_bytes: case.group_commit_bytes,
+        recycle_segments: case.recycle_segments,
         ..LogConfig::default()
     };
     let (log, _recovery) = Log::open_with(DmaStorage, &case.dir, config, case.pipeline)
         .await
         .with_context(|| format!("opening the log in {}", case.dir.display()))?;
     let log = Rc::new(log);
+    if case.prefill_bytes > 0 {
+        prefill(&log, &case.batch, case.prefill_bytes, config.segment_bytes)
+            .await
+            .context("prefill")?;
+    }
     let window = Window::new()?;
     // Upkeep as a shard runs it (retention bounds the disk the case uses); the log prepares
     // its next segment itself.
@@ -491,6 +509,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         syncs: stats.syncs,
         rolls: stats.rolls,
         segments_deleted: stats.segments_deleted,
+        segments_recycled: stats.segments_recycled,
         writes_overlapped: stats.writes_overlapped,
         spares_prepared: stats.spares_prepared,
         rolls_without_spare: stats.rolls_without_spare,
@@ -500,6 +519,32 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         device_written_mb: sampled.device_written_mb,
         own_written_mb: own_written_mb(&stats, &config),
     })
+}
+
+/// Appends `batch` until `bytes` have been appended, with a `maintain` pass after each
+/// `segment_bytes` (retention lets go of segments as a shard's upkeep would), then waits
+/// until all of it is written. One task appending without waiting: the log hands its tail
+/// to the disk as it fills, and `append` waits only for tail space or a roll.
+async fn prefill(
+    log: &Log<DmaStorage>,
+    batch: &[u8],
+    bytes: u64,
+    segment_bytes: u64,
+) -> Result<(), engine::log::LogError> {
+    let mut appended = 0u64;
+    let mut next_maintain = segment_bytes;
+    let mut next_offset = 0;
+    while appended < bytes {
+        next_offset = log.append(batch, 1).await?.next_offset;
+        appended += batch.len() as u64;
+        if appended >= next_maintain {
+            log.maintain(now_ms()).await?;
+            next_maintain += segment_bytes;
+        }
+    }
+    log.wait_written(next_offset).await?;
+    log.maintain(now_ms()).await?;
+    Ok(())
 }
 
 async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
@@ -581,6 +626,7 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
         syncs: 0,
         rolls: 0,
         segments_deleted: 0,
+        segments_recycled: 0,
         writes_overlapped: 0,
         spares_prepared: 0,
         rolls_without_spare: 0,
@@ -593,8 +639,12 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
 }
 
 fn own_written_mb(stats: &LogStats, config: &LogConfig) -> f64 {
+    // A recycled spare is renamed, not zeroed.
     let zeroed = if config.preallocate == Preallocate::Zero {
-        stats.spares_prepared * config.segment_bytes
+        stats
+            .spares_prepared
+            .saturating_sub(stats.segments_recycled)
+            * config.segment_bytes
     } else {
         0
     };

@@ -296,6 +296,10 @@ pub struct LogSection {
     pub write_buffer_bytes: u64,
     /// How a new segment gets its blocks before the first append.
     pub preallocate: Preallocate,
+    /// A closed segment that retention lets go of becomes the next segment file instead of
+    /// being deleted. Absent: true.
+    #[serde(default = "recycle_segments_default")]
+    pub recycle_segments: bool,
     /// Topic default: delete a closed segment once its newest record is this old. Absent: keep.
     #[serde(default)]
     pub retention_ms: Option<u64>,
@@ -303,6 +307,10 @@ pub struct LogSection {
     /// Absent: unbounded.
     #[serde(default)]
     pub retention_bytes: Option<u64>,
+}
+
+fn recycle_segments_default() -> bool {
+    true
 }
 
 impl LogSection {
@@ -315,6 +323,7 @@ impl LogSection {
             write_buffer_bytes: self.write_buffer_bytes,
             durability: shard.durability,
             preallocate: self.preallocate,
+            recycle_segments: self.recycle_segments,
             retention: Retention {
                 ms: retention.ms.or(self.retention_ms),
                 bytes: retention.bytes.or(self.retention_bytes),

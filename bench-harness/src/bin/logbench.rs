@@ -40,7 +40,8 @@ usage: logbench [options]
   --group N            appender tasks of the group-commit cases (default 16)
   --maintain-ms MS     pause between background maintain passes (retention, checkpoint;
                        default 10)
-  --retain-mib MIB     byte retention of every log case (default 1024): bounds disk use
+  --retain-mib MIB     byte retention of every log case but log-tput-recycled (default
+                       1024): bounds disk use
   --group-commit-window-us US
                        LogConfig::group_commit_window_us (default: LogConfig's, 0)
   --group-commit-bytes B
@@ -53,7 +54,14 @@ usage: logbench [options]
   --spin-us US         glommio spin_before_park of the executor (default 0: sleep at once)
   --yield-before-wait  diagnostic: appenders yield once between append and wait, so a
                        commit's woken appenders all append before the next commit starts
-  --cases LIST         comma-separated subset of case ids (default: all); ids:
+  --cases LIST         comma-separated subset of case ids (default: all). The three
+                       throughput cases differ in the segment files the appends go to:
+                       log-tput-fallocate and log-tput-zero write fresh segments
+                       (fallocated, or pre-zeroed by the log ahead of each roll; retention
+                       deletes, nothing is recycled); log-tput-recycled writes segments
+                       that retention recycled (retention 2 segments, 4 segments appended
+                       before the warm-up): the steady state of a log with retention.
+                       ids:
                        ";
 
 /// Appenders of the throughput cases: 64 x 66 KiB batches outstanding is about the 4 MiB
@@ -179,6 +187,7 @@ const DMA_1M_QD4: &str = "glommio-write-1m-qd4";
 const DMA_256K_QD1: &str = "glommio-write-256k-qd1";
 const TPUT_FALLOCATE: &str = "log-tput-fallocate";
 const TPUT_ZERO: &str = "log-tput-zero";
+const TPUT_RECYCLED: &str = "log-tput-recycled";
 const DURABLE_4K_FDATASYNC: &str = "log-4k-fdatasync";
 const DURABLE_4K_DSYNC: &str = "log-4k-dsync";
 const DURABLE_1K_FDATASYNC: &str = "log-1k-fdatasync";
@@ -187,13 +196,14 @@ const DURABLE_1K_DSYNC: &str = "log-1k-dsync";
 const GROUP_1K_DSYNC: &str = "log-1k-group-dsync";
 
 /// Every case, in the order each run executes them.
-const CASE_IDS: [&str; 12] = [
+const CASE_IDS: [&str; 13] = [
     FIO_SEQ,
     FIO_SYNC,
     DMA_1M_QD4,
     DMA_256K_QD1,
     TPUT_FALLOCATE,
     TPUT_ZERO,
+    TPUT_RECYCLED,
     DURABLE_4K_FDATASYNC,
     DURABLE_4K_DSYNC,
     DURABLE_1K_FDATASYNC,
@@ -336,7 +346,7 @@ impl Plan {
             ),
             TPUT_FALLOCATE => (
                 format!(
-                    "log append, {} appenders, segments fallocated",
+                    "log append, {} appenders, fresh segments fallocated (not recycled)",
                     self.args.appenders
                 ),
                 "none (wait_written, no fsync)".to_owned(),
@@ -345,8 +355,19 @@ impl Plan {
             ),
             TPUT_ZERO => (
                 format!(
-                    "log append, {} appenders, segments pre-zeroed by the log ahead of each roll (zeroing bandwidth included)",
+                    "log append, {} appenders, fresh segments pre-zeroed by the log ahead of each roll (zeroing bandwidth included; not recycled)",
                     self.args.appenders
+                ),
+                "none (wait_written, no fsync)".to_owned(),
+                kib,
+                tput,
+            ),
+            TPUT_RECYCLED => (
+                format!(
+                    "log append, {} appenders, segments recycled by retention (steady state of a log with retention: retention {} MiB, {} MiB appended before the warm-up)",
+                    self.args.appenders,
+                    recycled_retention_bytes() >> 20,
+                    recycled_prefill_bytes() >> 20
                 ),
                 "none (wait_written, no fsync)".to_owned(),
                 kib,
@@ -419,7 +440,7 @@ impl Plan {
     fn log_case(&self, id: &str, run: usize) -> LogCase {
         let measure = Duration::from_secs(self.args.seconds);
         let (appenders, wait, durability, preallocate, batch, records) = match id {
-            TPUT_FALLOCATE | TPUT_ZERO => (
+            TPUT_FALLOCATE | TPUT_ZERO | TPUT_RECYCLED => (
                 self.args.appenders,
                 Wait::Written,
                 Durability::Fdatasync,
@@ -456,6 +477,13 @@ impl Plan {
                 1,
             ),
         };
+        // The fresh-segment cases delete what retention lets go of; the recycled case starts
+        // its window on a log whose every next segment is a recycled file.
+        let (recycle_segments, retention_bytes, prefill_bytes) = if id == TPUT_RECYCLED {
+            (true, recycled_retention_bytes(), recycled_prefill_bytes())
+        } else {
+            (false, self.args.retain_mib << 20, 0)
+        };
         LogCase {
             dir: self.work.join(format!("{id}-run{run}")),
             appenders,
@@ -467,7 +495,9 @@ impl Plan {
             warmup: (measure / 10).min(Duration::from_secs(1)),
             measure,
             maintain_interval: Duration::from_millis(self.args.maintain_ms),
-            retention_bytes: self.args.retain_mib << 20,
+            retention_bytes,
+            recycle_segments,
+            prefill_bytes,
             device: self.device.clone(),
             yield_before_wait: self.args.yield_before_wait,
             group_commit_window_us: self.args.group_commit_window_us,
@@ -478,6 +508,18 @@ impl Plan {
             },
         }
     }
+}
+
+/// Byte retention of `log-tput-recycled`: two segments.
+fn recycled_retention_bytes() -> u64 {
+    2 * LogConfig::default().segment_bytes
+}
+
+/// What `log-tput-recycled` appends before its warm-up: retention plus two segments, so
+/// that retention has let go of segments and every segment the window writes (the active
+/// one included) is a recycled file.
+fn recycled_prefill_bytes() -> u64 {
+    recycled_retention_bytes() + 2 * LogConfig::default().segment_bytes
 }
 
 fn sync_mode(id: &str) -> Durability {
@@ -679,12 +721,15 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
         out,
         "- {} s measured per case and run, {} runs, cases interleaved per run; log cases: \
          128 MiB segments, 2 MiB tail buffer (LogConfig defaults), maintain every {} ms, \
-         retention {} MiB, warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}, \
+         retention {} MiB ({TPUT_RECYCLED}: {} MiB, recycling, {} MiB appended before the \
+         warm-up; the other cases do not recycle), warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}, \
          writes_in_flight {}, write_bytes_max {}; executor io_memory {} MiB, spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
         plan.args.seconds,
         plan.args.runs,
         plan.args.maintain_ms,
         plan.args.retain_mib,
+        recycled_retention_bytes() >> 20,
+        recycled_prefill_bytes() >> 20,
         (Duration::from_secs(plan.args.seconds) / 10)
             .min(Duration::from_secs(1))
             .as_millis(),
@@ -856,7 +901,7 @@ fn metrics(id: &str) -> Vec<Metric> {
                 log_result(r).map(|l| us(l.latency.p99_ns))
             }),
         ],
-        TPUT_FALLOCATE | TPUT_ZERO => vec![
+        TPUT_FALLOCATE | TPUT_ZERO | TPUT_RECYCLED => vec![
             m("throughput", "MB/s", |r| {
                 log_result(r).map(|l| l.bytes_per_s() / 1e6)
             }),
@@ -877,6 +922,9 @@ fn metrics(id: &str) -> Vec<Metric> {
             }),
             m("rolls without a spare ready", "count", |r| {
                 log_result(r).map(|l| l.rolls_without_spare as f64)
+            }),
+            m("segments recycled", "count", |r| {
+                log_result(r).map(|l| l.segments_recycled as f64)
             }),
             m("time spent rolling (appends wait)", "share", |r| {
                 log_result(r).map(|l| l.roll_us as f64 / (l.elapsed_s * 1e6))
@@ -986,8 +1034,9 @@ fn targets(plan: &Plan, results: &BTreeMap<&'static str, Vec<CaseRun>>) -> Vec<T
         fio_seq(r).map(|f| f.bytes_per_s / 1e6)
     });
     for (id, how) in [
-        (TPUT_FALLOCATE, "fallocated segments"),
-        (TPUT_ZERO, "pre-zeroed segments, zeroing included"),
+        (TPUT_RECYCLED, "segments recycled by retention"),
+        (TPUT_FALLOCATE, "fresh fallocated segments"),
+        (TPUT_ZERO, "fresh pre-zeroed segments, zeroing included"),
     ] {
         let log_bw = series(results, id, |r| {
             log_result(r).map(|l| l.bytes_per_s() / 1e6)

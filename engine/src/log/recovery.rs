@@ -2,19 +2,22 @@
 //!
 //! Sealed segments were synced before their index was written, so a sealed segment with a
 //! valid index file is trusted without reading its data (every read checks crcs anyway).
-//! A sealed segment without one is scanned in full and its index rebuilt. The last segment
-//! is walked from its last index entry to the first all-zero header (segments are
-//! pre-zeroed), checking every batch's length, crc32c and offset.
+//! A sealed segment without one is scanned from its start up to the next segment's base
+//! offset and its index rebuilt. The last segment is walked from its last index entry,
+//! checking every batch's length, crc32c and offset, up to the first bytes that are not the
+//! next batch: zeros (pre-zeroed or fallocated space), a torn write, or an old batch of a
+//! recycled file. Old batches never pass for the next one: retention recycles a segment only
+//! once the log start has passed all its offsets, and every base offset it can get is above.
 //!
 //! Writes complete out of order (several are in flight at once, and a device cache may persist
 //! a later write and lose an earlier one), so after a crash valid-looking bytes can follow a
-//! hole of zeros. The scan stops at the hole; unless the log was closed cleanly, the rest of
-//! the last segment is then checked for such remains, which are treated like a torn tail:
-//! left in place they could later line up with new batches and be read back as data.
+//! hole. Left in place, they could later line up with new batches and be read back as data.
+//! So unless the log was closed cleanly at exactly the end found, any bytes after the end
+//! retire the segment: it is sealed at its data (or, when empty, replaced) and a new segment
+//! takes the appends. Nothing is rewritten, so a recycled segment costs nothing extra here.
 //!
 //! An invalid batch in the last segment at or above the durable point (see `checkpoint`) is
-//! the remains of a write that did not complete: the log is cut there and the rest of the
-//! file is zeroed, so no remnant of the torn write can ever be mistaken for data. Below the
+//! the remains of a write that did not complete: the log ends before it, as above. Below the
 //! durable point, or in a sealed segment, an invalid batch is corruption: the log opens
 //! `Damaged`, readable up to it and refusing writes, and nothing is truncated.
 
@@ -78,7 +81,8 @@ pub(crate) struct Opened<F> {
 /// How a scan ended.
 #[derive(Debug)]
 enum ScanEnd {
-    /// An all-zero header or the end of the file: the data ends here.
+    /// An all-zero header, the end of the file, or the offset the next segment starts at:
+    /// the data ends here.
     Clean,
     /// Bytes that are not the next batch.
     Invalid { reason: String },
@@ -143,10 +147,15 @@ async fn scan<F: StorageFile>(
     mut offset: u64,
     index: &mut Index,
     chunk_bytes: u64,
+    stop_at: u64,
 ) -> Result<Scan, LogError> {
     let mut reader = ChunkReader::new(file, file_size, chunk_bytes);
     let start = position;
     let end = loop {
+        if offset >= stop_at {
+            // The next segment starts here: what follows in this file is not data.
+            break ScanEnd::Clean;
+        }
         let head = reader.get(position, BATCH_HEADER_BYTES as u64).await?;
         if head.iter().all(|&b| b == 0) {
             // Pre-zeroed space (or the end of the file): the data ends here.
@@ -218,43 +227,6 @@ async fn first_nonzero_after<F: StorageFile>(
         at += len as u64;
     }
     Ok(None)
-}
-
-/// Zeroes every byte of the file from `position` on, so that nothing a torn write left
-/// behind can be read as data later, then syncs. Returns the bytes that were not zero.
-async fn scrub_after<F: StorageFile>(
-    file: &F,
-    position: u64,
-    file_size: u64,
-    chunk_bytes: u64,
-) -> Result<u64, LogError> {
-    let mut at = block_floor(position);
-    let mut nonzero = 0;
-    while at < file_size {
-        let len = chunk_bytes.min(block_ceil(file_size) - at) as usize;
-        let data = file
-            .read_at(at, len)
-            .await
-            .map_err(LogError::io("scrub read"))?;
-        let keep = position.saturating_sub(at) as usize;
-        let stale = data.get(keep..).unwrap_or_default();
-        let stale_bytes = stale.iter().filter(|&&b| b != 0).count() as u64;
-        if stale_bytes > 0 {
-            nonzero += stale_bytes;
-            let mut buf = file.alloc_buffer(len);
-            let out = buf.as_mut();
-            out.fill(0);
-            if let (Some(dst), Some(src)) = (out.get_mut(..keep), data.get(..keep)) {
-                dst.copy_from_slice(src);
-            }
-            write_whole(file, Rc::new(buf), at)
-                .await
-                .map_err(LogError::io("scrub write"))?;
-        }
-        at += len as u64;
-    }
-    file.sync().await.map_err(LogError::io("scrub sync"))?;
-    Ok(nonzero)
 }
 
 /// Creates a segment file at `path`: allocated to `segment_bytes`, zeroed if configured,
@@ -520,7 +492,14 @@ pub(crate) async fn open<S: Storage>(
             },
             _ => {
                 let mut index = Index::new(base, config.index_interval_bytes);
-                let scan = scan(&file, size, 0, base, &mut index, chunk_bytes).await?;
+                // A sealed segment ends where the next one starts; past that it may hold a
+                // recycled file's old batches, or what an unclean stop left after its data.
+                let stop_at = bases
+                    .iter()
+                    .find(|&&b| b > base)
+                    .copied()
+                    .unwrap_or(u64::MAX);
+                let scan = scan(&file, size, 0, base, &mut index, chunk_bytes, stop_at).await?;
                 recovery.scanned_bytes += scan.scanned_bytes;
                 recovery.indexes_rebuilt += 1;
                 let segment = Segment {
@@ -582,8 +561,8 @@ pub(crate) async fn open<S: Storage>(
     let mut size = file.size().await.map_err(LogError::io("stat segment"))?;
     if size < config.segment_bytes {
         // Its allocation did not survive (created, then a crash before the size was synced).
-        // Zeroing from position 0 would be wrong if it holds data, so allocate only the rest
-        // and scrub it below as part of the tail.
+        // Zeroing from position 0 would be wrong if it holds data, so allocate only the rest,
+        // which then reads as zeros.
         file.allocate(config.segment_bytes)
             .await
             .map_err(LogError::io("allocate segment"))?;
@@ -601,47 +580,78 @@ pub(crate) async fn open<S: Storage>(
     }
     let mut index = Index::new(last_base, config.index_interval_bytes);
     let mut start = (0, last_base);
-    if let Some((loaded, _)) = load_index(storage, dir, last_base, config).await
+    let mut closed_at = None;
+    if let Some((loaded, summary)) = load_index(storage, dir, last_base, config).await
         && let Some(last) = loaded.entries().last().copied()
         && entry_holds_batch(&file, last.position, last.offset).await
     {
         index = loaded;
         index.truncate(last.position);
         start = (last.position, last.offset);
+        closed_at = Some((summary.data_end, summary.next_offset));
         recovery.resumed_from_index = true;
     }
-    let scan = scan(&file, size, start.0, start.1, &mut index, chunk_bytes).await?;
+    let scan = scan(
+        &file,
+        size,
+        start.0,
+        start.1,
+        &mut index,
+        chunk_bytes,
+        u64::MAX,
+    )
+    .await?;
     recovery.scanned_bytes += scan.scanned_bytes;
-    let mut invalid = match scan.end {
-        ScanEnd::Invalid { reason } => Some(reason),
-        ScanEnd::Clean => None,
+    // A clean close completed and synced every write, and wrote the index of the data's
+    // end: whatever follows that end is a recycled file's old batches, never remains.
+    let ends_where_closed = closed_cleanly && closed_at == Some((scan.data_end, scan.next_offset));
+    let mut leftover = match scan.end {
+        ScanEnd::Invalid { reason } if !ends_where_closed => Some(reason),
+        _ => None,
     };
-    if invalid.is_none()
+    if leftover.is_none()
         && !closed_cleanly
         && let Some(at) = first_nonzero_after(&file, scan.data_end, size, chunk_bytes).await?
     {
-        invalid = Some(format!(
-            "bytes at {at} after the end of the data: remains of writes that completed \
-             after an earlier one was lost"
+        leftover = Some(format!(
+            "bytes at {at} after the end of the data: a recycled segment's old batches, or \
+             the remains of writes that completed after an earlier one was lost"
         ));
     }
-    if let Some(reason) = invalid {
-        let durable = checkpoint.is_some_and(|c| c.covers(last_base, scan.data_end));
-        if durable {
+    let mut segment = Segment {
+        base_offset: last_base,
+        file: Rc::new(file),
+        data_end: scan.data_end,
+        capacity_bytes: size,
+        next_offset: scan.next_offset,
+        index,
+    };
+    let mut spare_ready = spare_ready;
+    if let Some(reason) = leftover {
+        if checkpoint.is_some_and(|c| c.covers(last_base, scan.data_end)) {
             health = damaged(last_base, scan.data_end, scan.next_offset, reason);
         } else {
-            scrub_after(&file, scan.data_end, size, chunk_bytes).await?;
             recovery.truncated = Some(Truncation {
                 segment_base: last_base,
                 position: scan.data_end,
                 offset: scan.next_offset,
                 reason,
             });
+            // Appends must never land before bytes that could later line up with them and
+            // be read back as data: the segment ends here, and a new one takes the appends.
+            let (active, retired) = start_after(storage, dir, config, spare_ready, segment).await?;
+            segment = active;
+            spare_ready = false;
+            if let Some(retired) = retired {
+                sealed.insert(retired.base_offset, retired);
+            }
         }
     }
     // What survived is on the device; one sync makes it durable against power loss too, so
     // everything recovered counts as synced.
-    file.sync()
+    segment
+        .file
+        .sync()
         .await
         .map_err(LogError::io("sync recovered segment"))?;
     if closed_cleanly {
@@ -655,25 +665,88 @@ pub(crate) async fn open<S: Storage>(
             .await
             .map_err(LogError::io("sync log directory"))?;
     }
-    let active = Segment {
-        base_offset: last_base,
-        file: Rc::new(file),
-        data_end: scan.data_end,
-        capacity_bytes: size,
-        next_offset: scan.next_offset,
-        index,
-    };
     recovery.segments = sealed.len() + 1;
     Ok((
         Opened {
             sealed,
-            active,
+            active: segment,
             checkpoint,
             spare_ready,
             health,
         },
         recovery,
     ))
+}
+
+/// Ends `old`, whose bytes after its data recovery cannot trust, and makes the segment that
+/// takes the appends from its next offset: the ready spare if there is one, else a new file.
+/// An `old` with data is sealed first (synced, its index written), so it is whole before a
+/// newer segment exists; an empty one is replaced under its own name, atomically, so a
+/// crash finds one or the other.
+async fn start_after<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    config: &LogConfig,
+    spare_ready: bool,
+    old: Segment<S::File>,
+) -> Result<(Segment<S::File>, Option<Segment<S::File>>), LogError> {
+    let base = old.next_offset;
+    let path = log_path(dir, base);
+    let sealed = if old.data_end > 0 {
+        old.file
+            .sync()
+            .await
+            .map_err(LogError::io("sync recovered segment"))?;
+        let summary = super::index::SegmentSummary {
+            data_end: old.data_end,
+            next_offset: old.next_offset,
+            max_timestamp_ms: old.max_timestamp_ms(),
+        };
+        let image = old.index.encode(summary, BLOCK_BYTES);
+        // Best effort: a lost index is rebuilt, up to the next segment's base.
+        let _ = write_small_file(storage, &index_path(dir, old.base_offset), &image).await;
+        Some(old)
+    } else {
+        if let Ok(file) = Rc::try_unwrap(old.file) {
+            let _ = file.close().await;
+        }
+        None
+    };
+    let flags = OpenFlags {
+        create: false,
+        dsync: config.durability == Durability::Dsync,
+    };
+    let spare = dir.join(SPARE_READY);
+    if !(spare_ready && storage.rename(&spare, &path).await.is_ok()) {
+        let tmp = dir.join(SPARE_TMP);
+        let file = create_segment_file(storage, &tmp, config).await?;
+        file.close()
+            .await
+            .map_err(LogError::io("close new segment"))?;
+        storage
+            .rename(&tmp, &path)
+            .await
+            .map_err(LogError::io("rename new segment"))?;
+    }
+    // Opened by its final name: glommio looks a file's size up by the name it opened.
+    let file = storage
+        .open(&path, flags)
+        .await
+        .map_err(LogError::io("open segment"))?;
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(LogError::io("sync log directory"))?;
+    let capacity_bytes = file.size().await.map_err(LogError::io("stat segment"))?;
+    let active = Segment {
+        base_offset: base,
+        file: Rc::new(file),
+        data_end: 0,
+        capacity_bytes,
+        next_offset: base,
+        index: Index::new(base, config.index_interval_bytes),
+    };
+    Ok((active, sealed))
 }
 
 fn damaged(segment_base: u64, position: u64, offset: u64, reason: String) -> Health {

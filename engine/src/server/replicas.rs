@@ -162,7 +162,7 @@ impl Shard {
         if let Some(cut) = &recovery.truncated {
             tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
                 position = cut.position, offset = cut.offset, reason = %cut.reason,
-                "recovery cut a torn tail");
+                "recovery ended the log before bytes it cannot trust; a new segment takes the appends");
         }
         Ok(Rc::new(log))
     }

@@ -31,6 +31,7 @@ pub fn small_config() -> LogConfig {
         write_buffer_bytes: (1 << 20) + 8192,
         durability: Durability::Fdatasync,
         preallocate: Preallocate::Zero,
+        recycle_segments: true,
         retention: Retention::default(),
         group_commit_window_us: 0,
         group_commit_bytes: 64 << 10,
