@@ -1,8 +1,9 @@
 //! The durable point of a log: a position below which every byte was synced.
 //!
 //! Recovery uses it to tell a torn tail from corruption: an invalid batch at or above the
-//! durable point can be the remains of a write that never completed, and is truncated; an
-//! invalid batch below it is corruption of data that was synced, and marks the log damaged.
+//! durable point can be the remains of a write that never completed, and the log ends before
+//! it (see `recovery`); an invalid batch below it is corruption of data that was synced, and
+//! marks the log damaged.
 //! A stale checkpoint (one older than the last sync) only weakens that check; it never makes
 //! recovery unsafe. A torn checkpoint fails its crc and counts as absent.
 //!

@@ -1,20 +1,27 @@
-//! Opening a log: load segments and indexes, walk the tail, cut a torn tail, spot damage.
+//! Opening a log: load segments and indexes, walk the tail, end the log before a torn tail,
+//! spot damage.
 //!
 //! Sealed segments were synced before their index was written, so a sealed segment with a
-//! valid index file is trusted without reading its data (every read checks crcs anyway).
-//! A sealed segment without one is scanned from its start up to the next segment's base
-//! offset and its index rebuilt. The last segment is walked from its last index entry,
-//! checking every batch's length, crc32c and offset, up to the first bytes that are not the
-//! next batch: zeros (pre-zeroed or fallocated space), a torn write, or an old batch of a
-//! recycled file. Old batches never pass for the next one: retention recycles a segment only
-//! once the log start has passed all its offsets, and every base offset it can get is above.
+//! valid index file, one that ends where the next segment starts, is trusted without reading
+//! its data (every read checks crcs anyway). A sealed segment without one is scanned from its
+//! start up to the next segment's base offset and its index rebuilt. The last segment is
+//! walked from its last index entry, checking every batch's length, crc32c and offset, up to
+//! the first bytes that are not the next batch: zeros (pre-zeroed or fallocated space), a
+//! torn write, or an old batch of a recycled file.
+//!
+//! Old batches never pass for the next one. Retention recycles a segment only once the log
+//! start has passed it, and a sealed segment holds nothing after its data that could carry
+//! a later offset (below), so every old batch in a recycled file holds offsets below every
+//! base offset the file can get.
 //!
 //! Writes complete out of order (several are in flight at once, and a device cache may persist
 //! a later write and lose an earlier one), so after a crash valid-looking bytes can follow a
 //! hole. Left in place, they could later line up with new batches and be read back as data.
 //! So unless the log was closed cleanly at exactly the end found, any bytes after the end
-//! retire the segment: it is sealed at its data (or, when empty, replaced) and a new segment
-//! takes the appends. Nothing is rewritten, so a recycled segment costs nothing extra here.
+//! retire the segment: it is sealed at its data (the file cut to the block holding the end,
+//! that block zeroed after the data) or, when empty, replaced, and a new segment takes the
+//! appends. Only one block is rewritten, so a recycled segment, whose old batches always
+//! follow its data, costs little here.
 //!
 //! An invalid batch in the last segment at or above the durable point (see `checkpoint`) is
 //! the remains of a write that did not complete: the log ends before it, as above. Below the
@@ -38,7 +45,8 @@ use super::{Durability, Health, LogConfig, LogError, Preallocate};
 
 /// Name of a segment file being prepared ahead of the next roll.
 pub(crate) const SPARE_TMP: &str = "spare.tmp";
-/// Name of a prepared (allocated, zeroed, synced) segment file waiting for the next roll.
+/// Name of a prepared segment file waiting for the next roll: a new one (allocated, zeroed
+/// if configured, synced), or a segment retention let go of, with its old batches.
 pub(crate) const SPARE_READY: &str = "spare.ready";
 /// Present while the log is closed cleanly: every write completed and was synced, so no lost
 /// write can have left bytes after the end of the data. `open` removes it (durably) before
@@ -481,24 +489,28 @@ pub(crate) async fn open<S: Storage>(
             );
             break;
         }
+        // The segment after this one starts at the offset this one ends with: an index whose
+        // summary says otherwise is stale (written at an earlier close, say) and is rebuilt.
+        let next_base = bases.iter().find(|&&b| b > base).copied();
         let segment = match load_index(storage, dir, base, config).await {
-            Some((index, summary)) if summary.data_end <= size => Segment {
-                base_offset: base,
-                file: Rc::new(file),
-                data_end: summary.data_end,
-                capacity_bytes: size,
-                next_offset: summary.next_offset,
-                index,
-            },
+            Some((index, summary))
+                if summary.data_end <= size
+                    && next_base.is_none_or(|next| next == summary.next_offset) =>
+            {
+                Segment {
+                    base_offset: base,
+                    file: Rc::new(file),
+                    data_end: summary.data_end,
+                    capacity_bytes: size,
+                    next_offset: summary.next_offset,
+                    index,
+                }
+            }
             _ => {
                 let mut index = Index::new(base, config.index_interval_bytes);
                 // A sealed segment ends where the next one starts; past that it may hold a
                 // recycled file's old batches, or what an unclean stop left after its data.
-                let stop_at = bases
-                    .iter()
-                    .find(|&&b| b > base)
-                    .copied()
-                    .unwrap_or(u64::MAX);
+                let stop_at = next_base.unwrap_or(u64::MAX);
                 let scan = scan(&file, size, 0, base, &mut index, chunk_bytes, stop_at).await?;
                 recovery.scanned_bytes += scan.scanned_bytes;
                 recovery.indexes_rebuilt += 1;
@@ -580,15 +592,17 @@ pub(crate) async fn open<S: Storage>(
     }
     let mut index = Index::new(last_base, config.index_interval_bytes);
     let mut start = (0, last_base);
-    let mut closed_at = None;
-    if let Some((loaded, summary)) = load_index(storage, dir, last_base, config).await
+    let loaded = load_index(storage, dir, last_base, config).await;
+    let closed_at = loaded
+        .as_ref()
+        .map(|(_, summary)| (summary.data_end, summary.next_offset));
+    if let Some((loaded, _)) = loaded
         && let Some(last) = loaded.entries().last().copied()
         && entry_holds_batch(&file, last.position, last.offset).await
     {
         index = loaded;
         index.truncate(last.position);
         start = (last.position, last.offset);
-        closed_at = Some((summary.data_end, summary.next_offset));
         recovery.resumed_from_index = true;
     }
     let scan = scan(
@@ -627,7 +641,9 @@ pub(crate) async fn open<S: Storage>(
         index,
     };
     let mut spare_ready = spare_ready;
-    if let Some(reason) = leftover {
+    if let Some(reason) = leftover
+        && health == Health::Healthy
+    {
         if checkpoint.is_some_and(|c| c.covers(last_base, scan.data_end)) {
             health = damaged(last_base, scan.data_end, scan.next_offset, reason);
         } else {
@@ -680,9 +696,10 @@ pub(crate) async fn open<S: Storage>(
 
 /// Ends `old`, whose bytes after its data recovery cannot trust, and makes the segment that
 /// takes the appends from its next offset: the ready spare if there is one, else a new file.
-/// An `old` with data is sealed first (synced, its index written), so it is whole before a
-/// newer segment exists; an empty one is replaced under its own name, atomically, so a
-/// crash finds one or the other.
+/// An `old` with data is sealed first (cut to the block holding its end, that block zeroed
+/// after the data, synced, its index written), so it is whole before a newer segment exists
+/// and holds nothing after its data; an empty one is replaced under its own name,
+/// atomically, so a crash finds one or the other.
 async fn start_after<S: Storage>(
     storage: &S,
     dir: &Path,
@@ -693,6 +710,32 @@ async fn start_after<S: Storage>(
     let base = old.next_offset;
     let path = log_path(dir, base);
     let sealed = if old.data_end > 0 {
+        // Nothing may follow the data in a sealed segment: such bytes could hold offsets the
+        // log reuses, and a recycled file must hold none above its old end. So the block
+        // holding the end is rewritten with zeros after the data (a torn rewrite keeps the
+        // leading bytes, the same in both), and the file ends with that block.
+        let tail = block_floor(old.data_end);
+        if tail < old.data_end {
+            let block = old
+                .file
+                .read_at(tail, BLOCK_BYTES)
+                .await
+                .map_err(LogError::io("read tail block"))?;
+            let keep = (old.data_end - tail) as usize;
+            let mut buf = old.file.alloc_buffer(BLOCK_BYTES);
+            let out = buf.as_mut();
+            out.fill(0);
+            if let (Some(dst), Some(src)) = (out.get_mut(..keep), block.get(..keep)) {
+                dst.copy_from_slice(src);
+            }
+            write_whole(old.file.as_ref(), Rc::new(buf), tail)
+                .await
+                .map_err(LogError::io("rewrite tail block"))?;
+        }
+        old.file
+            .truncate(block_ceil(old.data_end))
+            .await
+            .map_err(LogError::io("truncate sealed segment"))?;
         old.file
             .sync()
             .await
@@ -703,9 +746,13 @@ async fn start_after<S: Storage>(
             max_timestamp_ms: old.max_timestamp_ms(),
         };
         let image = old.index.encode(summary, BLOCK_BYTES);
-        // Best effort: a lost index is rebuilt, up to the next segment's base.
+        // Best effort: a lost or stale index is rebuilt, up to the next segment's base.
         let _ = write_small_file(storage, &index_path(dir, old.base_offset), &image).await;
-        Some(old)
+        let capacity_bytes = block_ceil(old.data_end);
+        Some(Segment {
+            capacity_bytes,
+            ..old
+        })
     } else {
         if let Ok(file) = Rc::try_unwrap(old.file) {
             let _ = file.close().await;
@@ -718,8 +765,14 @@ async fn start_after<S: Storage>(
     };
     let spare = dir.join(SPARE_READY);
     if !(spare_ready && storage.rename(&spare, &path).await.is_ok()) {
+        // Fallocated only, whatever `preallocate` says: a log opening after a crash does not
+        // wait for a whole segment of zeros (the first writes into it convert extents).
         let tmp = dir.join(SPARE_TMP);
-        let file = create_segment_file(storage, &tmp, config).await?;
+        let fallocated = LogConfig {
+            preallocate: Preallocate::Fallocate,
+            ..*config
+        };
+        let file = create_segment_file(storage, &tmp, &fallocated).await?;
         file.close()
             .await
             .map_err(LogError::io("close new segment"))?;

@@ -99,6 +99,7 @@ pub enum Op {
     Read,
     Sync,
     Allocate,
+    Truncate,
     SyncDir,
     /// Matches when either the source or the target path contains `path_contains`.
     Rename,
@@ -472,6 +473,16 @@ impl StorageFile for SimFile {
         disk.allocate(self.ino, len)
     }
 
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        let ticket = self.begin(Some(Op::Truncate))?;
+        ticket.latency().await;
+        let mut disk = self.disk.borrow_mut();
+        disk.finish(&ticket, libc::EBADF)?;
+        let len = usize::try_from(len).map_err(|_| errno(libc::EFBIG))?;
+        disk.file_mut(self.ino)?.truncate(len);
+        Ok(())
+    }
+
     async fn size(&self) -> io::Result<u64> {
         let ticket = self.begin(None)?;
         ticket.latency().await;
@@ -630,6 +641,16 @@ impl FileNode {
     }
 
     /// fdatasync: everything in the current image becomes durable.
+    /// Shrinks the current image; pending writes lose what lies past `len`. The durable
+    /// image keeps its size (and bytes) until `sync`, as an unsynced ftruncate may be lost.
+    fn truncate(&mut self, len: usize) {
+        self.current.truncate(len);
+        for write in &mut self.pending {
+            write.bytes.truncate(len.saturating_sub(write.pos));
+        }
+        self.pending.retain(|write| !write.bytes.is_empty());
+    }
+
     fn sync(&mut self) {
         self.durable.resize(self.current.len(), 0);
         for write in self.pending.drain(..) {

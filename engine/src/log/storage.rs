@@ -68,6 +68,9 @@ pub trait StorageFile: 'static {
 
     async fn size(&self) -> io::Result<u64>;
 
+    /// Shrinks the file to `len` bytes (ftruncate); like a size change, durable after `sync`.
+    async fn truncate(&self, len: u64) -> io::Result<()>;
+
     async fn close(self) -> io::Result<()>;
 }
 
@@ -171,6 +174,10 @@ impl StorageFile for glommio::io::DmaFile {
 
     async fn size(&self) -> io::Result<u64> {
         Ok(self.file_size().await?)
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        Ok(glommio::io::DmaFile::truncate(self, len).await?)
     }
 
     async fn close(self) -> io::Result<()> {

@@ -8,8 +8,10 @@
 //!    back: the log is then simply not truncated yet.
 //! 2. Zero the cut segment from the cut position to its old data end (the partial block is
 //!    rewritten with its leading bytes), then fdatasync. A crash in between leaves the old
-//!    batches or zeros past the cut; with no checkpoint, recovery cuts there either way, and
-//!    the caller truncates again after the restart (the divergence is computed again).
+//!    batches or zeros past the cut; with no checkpoint, recovery either walks the old
+//!    batches again (the caller then truncates again after the restart: the divergence is
+//!    computed again) or finds bytes it cannot trust after the data and seals the segment
+//!    there, cut to its last block, so no old batch is left behind in it.
 
 use std::path::Path;
 use std::rc::Rc;

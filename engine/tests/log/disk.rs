@@ -77,10 +77,11 @@ fn torn_tail_on_disk_is_cut_at_the_first_invalid_batch() {
         assert_eq!(cut.position, 9 * batch_bytes);
         assert_eq!(cut.offset, 27);
         assert_eq!(log.offsets().next, 27);
-        // The segment ends at the cut, garbage and all, and a new segment takes the appends,
-        // so none can line up with the garbage.
+        // The segment is sealed at the cut: cut to the block holding it, with the garbage
+        // gone, and a new segment takes the appends.
         let raw = std::fs::read(&segment).unwrap();
-        assert!(raw[(9 * batch_bytes) as usize..].contains(&0xab));
+        assert_eq!(raw.len() as u64, (9 * batch_bytes).div_ceil(4096) * 4096);
+        assert!(raw[(9 * batch_bytes) as usize..].iter().all(|&b| b == 0));
         assert!(dir.join("00000000000000000027.log").exists());
         let appended = log.append(&batch(3, 0, 2, 100), 2).await.unwrap();
         assert_eq!(appended.base_offset, 27);

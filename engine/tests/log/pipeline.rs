@@ -90,6 +90,9 @@ impl StorageFile for GatedFile {
     async fn size(&self) -> io::Result<u64> {
         self.inner.size().await
     }
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len).await
+    }
     async fn close(self) -> io::Result<()> {
         self.inner.close().await
     }
