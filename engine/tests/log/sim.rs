@@ -188,6 +188,15 @@ async fn cut_power(
     drop(log);
 }
 
+/// Each crash mode in turn: drop pending writes, persist some, tear some at 512 B.
+fn crash_mode(seed: u64) -> CrashMode {
+    [
+        CrashMode::DropPending,
+        CrashMode::PersistSome,
+        CrashMode::Torn,
+    ][seed as usize % 3]
+}
+
 /// Crashes that hit an idle log (every task done): the test is only strong when few do.
 static IDLE_CRASHES: AtomicU64 = AtomicU64::new(0);
 /// Durable acknowledgements checked across all seeds.
@@ -203,11 +212,7 @@ fn power_loss_keeps_every_synced_batch() {
         let mut rng = StdRng::seed_from_u64(seed);
         let storage = SimStorage::new(seed);
         let model = Rc::new(RefCell::new(Model::default()));
-        let mode = [
-            CrashMode::DropPending,
-            CrashMode::PersistSome,
-            CrashMode::Torn,
-        ][seed as usize % 3];
+        let mode = crash_mode(seed);
         let mut log = Log::open(storage.clone(), &dir(), small_config())
             .await
             .unwrap()
@@ -337,11 +342,7 @@ fn power_loss_with_recycled_segments_keeps_every_synced_batch() {
         let mut rng = StdRng::seed_from_u64(seed);
         let storage = SimStorage::new(seed);
         let model = Rc::new(RefCell::new(Model::default()));
-        let mode = [
-            CrashMode::DropPending,
-            CrashMode::PersistSome,
-            CrashMode::Torn,
-        ][seed as usize % 3];
+        let mode = crash_mode(seed);
         let config = recycling_config();
         let mut log = Log::open(storage.clone(), &dir(), config).await.unwrap().0;
         let mut prefill = BTreeMap::new();
