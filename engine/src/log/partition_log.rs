@@ -16,13 +16,11 @@ use protocol::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use protocol::{BatchHeader, BatchView};
 
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
-use super::index::{Index, SegmentSummary};
+use super::index::Index;
 use super::notify::Notify;
 use super::recovery::{self, CLEAN_FILE, Recovery, SPARE_READY, SPARE_TMP};
 use super::segment::{Segment, index_path, log_path};
-use super::storage::{
-    BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor, write_whole,
-};
+use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::tail::{Inflight, Recent, Tail, Take};
 use super::{Durability, Health, LogConfig, LogError, Retention, WritePipeline};
 
@@ -543,7 +541,11 @@ impl<S: Storage> Log<S> {
         if matches!(st.spare, Spare::Absent) && st.active.data_end * 2 >= st.active.capacity_bytes {
             // Byte retention only (no clock here): age retention hands its segments over in
             // `maintain`.
-            let past = st.past_retention(self.core.config.retention, i64::MIN);
+            let by_size = Retention {
+                ms: None,
+                ..self.core.config.retention
+            };
+            let past = st.past_retention(by_size, 0);
             let retired = self.core.take_retired(&mut st, past);
             self.core.start_spare(&mut st, retired);
         }
@@ -680,22 +682,9 @@ impl<S: Storage> Log<S> {
                 None => self.core.changed.changed(seen).await,
             }
         };
-        if spare_ready {
-            let spare = self.core.dir.join(SPARE_READY);
-            let renamed = self.core.storage.rename(&spare, &path).await;
-            if renamed.is_ok() {
-                let dsync = self.core.config.durability == Durability::Dsync;
-                let flags = OpenFlags {
-                    create: false,
-                    dsync,
-                };
-                return self
-                    .core
-                    .storage
-                    .open(&path, flags)
-                    .await
-                    .map_err(LogError::io("open segment"));
-            }
+        let (storage, dir, config) = (&self.core.storage, &self.core.dir, &self.core.config);
+        if spare_ready && let Some(file) = recovery::take_spare(storage, dir, &path, config).await {
+            return Ok(file);
         }
         recovery::create_segment_file(&self.core.storage, &path, &self.core.config).await
     }
@@ -705,15 +694,8 @@ impl<S: Storage> Log<S> {
     async fn write_active_index(&self) {
         let (path, image) = {
             let st = self.core.state.borrow();
-            let summary = SegmentSummary {
-                data_end: st.active.data_end,
-                next_offset: st.active.next_offset,
-                max_timestamp_ms: st.active.max_timestamp_ms(),
-            };
-            (
-                index_path(&self.core.dir, st.active.base_offset),
-                st.active.index.encode(summary, BLOCK_BYTES),
-            )
+            let path = index_path(&self.core.dir, st.active.base_offset);
+            (path, st.active.index_image())
         };
         if let Err(error) = recovery::write_small_file(&self.core.storage, &path, &image).await {
             tracing::warn!(path = %path.display(), %error, "index not written; rebuilt on next open");

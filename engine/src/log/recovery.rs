@@ -38,9 +38,8 @@ use protocol::{BatchHeader, BatchView};
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use super::index::Index;
 use super::segment::{Segment, index_path, log_path, parse_log_name};
-use super::storage::{
-    BLOCK_BYTES, OpenFlags, Storage, StorageFile, block_ceil, block_floor, write_whole,
-};
+use super::storage::{OpenFlags, Storage, StorageFile, block_ceil, block_floor, write_whole};
+use super::truncate::zero_from;
 use super::{Durability, Health, LogConfig, LogError, Preallocate};
 
 /// Name of a segment file being prepared ahead of the next roll.
@@ -237,6 +236,26 @@ async fn first_nonzero_after<F: StorageFile>(
     Ok(None)
 }
 
+/// How segment files open: O_DSYNC when the log's durability says so.
+pub(crate) fn segment_flags(config: &LogConfig, create: bool) -> OpenFlags {
+    OpenFlags {
+        create,
+        dsync: config.durability == Durability::Dsync,
+    }
+}
+
+/// The ready spare (`spare.ready`), renamed to `path` and opened there; `None` when that
+/// fails (the caller makes a new file instead).
+pub(crate) async fn take_spare<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    path: &Path,
+    config: &LogConfig,
+) -> Option<S::File> {
+    storage.rename(&dir.join(SPARE_READY), path).await.ok()?;
+    storage.open(path, segment_flags(config, false)).await.ok()
+}
+
 /// Creates a segment file at `path`: allocated to `segment_bytes`, zeroed if configured,
 /// synced. The caller syncs the directory. On error the partial file is removed.
 pub(crate) async fn create_segment_file<S: Storage>(
@@ -262,12 +281,8 @@ where
     P: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
-    let flags = OpenFlags {
-        create: true,
-        dsync: config.durability == Durability::Dsync,
-    };
     let file = storage
-        .open(path, flags)
+        .open(path, segment_flags(config, true))
         .await
         .map_err(LogError::io("create segment"))?;
     let prepared = prepare(&file, config, pace).await;
@@ -437,10 +452,7 @@ pub(crate) async fn open<S: Storage>(
 
     let mut recovery = Recovery::default();
     let mut health = Health::Healthy;
-    let flags = OpenFlags {
-        create: false,
-        dsync: config.durability == Durability::Dsync,
-    };
+    let flags = segment_flags(config, false);
     let chunk_bytes = config.write_buffer_bytes;
 
     let Some((&last_base, sealed_bases)) = bases.split_last() else {
@@ -528,13 +540,8 @@ pub(crate) async fn open<S: Storage>(
                     sealed.insert(base, segment);
                     break;
                 }
-                let summary = super::index::SegmentSummary {
-                    data_end: segment.data_end,
-                    next_offset: segment.next_offset,
-                    max_timestamp_ms: segment.max_timestamp_ms(),
-                };
-                let image = segment.index.encode(summary, BLOCK_BYTES);
                 // Best effort: a lost index is rebuilt again next time.
+                let image = segment.index_image();
                 let _ = write_small_file(storage, &index_path(dir, base), &image).await;
                 segment
             }
@@ -714,41 +721,15 @@ async fn start_after<S: Storage>(
         // log reuses, and a recycled file must hold none above its old end. So the block
         // holding the end is rewritten with zeros after the data (a torn rewrite keeps the
         // leading bytes, the same in both), and the file ends with that block.
-        let tail = block_floor(old.data_end);
-        if tail < old.data_end {
-            let block = old
-                .file
-                .read_at(tail, BLOCK_BYTES)
-                .await
-                .map_err(LogError::io("read tail block"))?;
-            let keep = (old.data_end - tail) as usize;
-            let mut buf = old.file.alloc_buffer(BLOCK_BYTES);
-            let out = buf.as_mut();
-            out.fill(0);
-            if let (Some(dst), Some(src)) = (out.get_mut(..keep), block.get(..keep)) {
-                dst.copy_from_slice(src);
-            }
-            write_whole(old.file.as_ref(), Rc::new(buf), tail)
-                .await
-                .map_err(LogError::io("rewrite tail block"))?;
-        }
+        let capacity_bytes = block_ceil(old.data_end);
         old.file
-            .truncate(block_ceil(old.data_end))
+            .truncate(capacity_bytes)
             .await
             .map_err(LogError::io("truncate sealed segment"))?;
-        old.file
-            .sync()
-            .await
-            .map_err(LogError::io("sync recovered segment"))?;
-        let summary = super::index::SegmentSummary {
-            data_end: old.data_end,
-            next_offset: old.next_offset,
-            max_timestamp_ms: old.max_timestamp_ms(),
-        };
-        let image = old.index.encode(summary, BLOCK_BYTES);
+        zero_from(old.file.as_ref(), old.data_end, capacity_bytes, config).await?;
         // Best effort: a lost or stale index is rebuilt, up to the next segment's base.
+        let image = old.index_image();
         let _ = write_small_file(storage, &index_path(dir, old.base_offset), &image).await;
-        let capacity_bytes = block_ceil(old.data_end);
         Some(Segment {
             capacity_bytes,
             ..old
@@ -759,33 +740,37 @@ async fn start_after<S: Storage>(
         }
         None
     };
-    let flags = OpenFlags {
-        create: false,
-        dsync: config.durability == Durability::Dsync,
+    let spare = if spare_ready {
+        take_spare(storage, dir, &path, config).await
+    } else {
+        None
     };
-    let spare = dir.join(SPARE_READY);
-    if !(spare_ready && storage.rename(&spare, &path).await.is_ok()) {
-        // Fallocated only, whatever `preallocate` says: a log opening after a crash does not
-        // wait for a whole segment of zeros (the first writes into it convert extents).
-        let tmp = dir.join(SPARE_TMP);
-        let fallocated = LogConfig {
-            preallocate: Preallocate::Fallocate,
-            ..*config
-        };
-        let file = create_segment_file(storage, &tmp, &fallocated).await?;
-        file.close()
-            .await
-            .map_err(LogError::io("close new segment"))?;
-        storage
-            .rename(&tmp, &path)
-            .await
-            .map_err(LogError::io("rename new segment"))?;
-    }
-    // Opened by its final name: glommio looks a file's size up by the name it opened.
-    let file = storage
-        .open(&path, flags)
-        .await
-        .map_err(LogError::io("open segment"))?;
+    let file = match spare {
+        Some(file) => file,
+        None => {
+            // Made under a temporary name, then renamed over `path` (which an empty `old`
+            // holds). Fallocated only, whatever `preallocate` says: a log opening after a
+            // crash does not wait for a whole segment of zeros.
+            let tmp = dir.join(SPARE_TMP);
+            let fallocated = LogConfig {
+                preallocate: Preallocate::Fallocate,
+                ..*config
+            };
+            let file = create_segment_file(storage, &tmp, &fallocated).await?;
+            file.close()
+                .await
+                .map_err(LogError::io("close new segment"))?;
+            storage
+                .rename(&tmp, &path)
+                .await
+                .map_err(LogError::io("rename new segment"))?;
+            // Opened by its final name: glommio looks a file's size up by the name it opened.
+            storage
+                .open(&path, segment_flags(config, false))
+                .await
+                .map_err(LogError::io("open segment"))?
+        }
+    };
     storage
         .sync_dir(dir)
         .await

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::index::Index;
+use super::index::{Index, SegmentSummary};
+use super::storage::BLOCK_BYTES;
 
 /// Digits of the zero-padded base offset in segment file names, so names sort by offset.
 const NAME_DIGITS: usize = 20;
@@ -45,6 +46,16 @@ pub(crate) struct Segment<F> {
 impl<F> Segment<F> {
     pub fn max_timestamp_ms(&self) -> i64 {
         self.index.max_timestamp_ms()
+    }
+
+    /// The `<base>.idx` file's contents: the index and where the data ends.
+    pub fn index_image(&self) -> Vec<u8> {
+        let summary = SegmentSummary {
+            data_end: self.data_end,
+            next_offset: self.next_offset,
+            max_timestamp_ms: self.max_timestamp_ms(),
+        };
+        self.index.encode(summary, BLOCK_BYTES)
     }
 
     pub fn check_invariants(&self) {

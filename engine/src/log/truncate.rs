@@ -144,8 +144,8 @@ async fn find_cut<F: StorageFile>(
 }
 
 /// Overwrites `[from, to)` of the file with zeros (keeping the bytes before `from` in its
-/// block) and syncs.
-async fn zero_from<F: StorageFile>(
+/// block: a torn rewrite keeps them too, the same in both) and syncs.
+pub(crate) async fn zero_from<F: StorageFile>(
     file: &F,
     from: u64,
     to: u64,
