@@ -18,8 +18,8 @@ use engine::control::catalog::Catalog;
 use engine::log::epochs::EpochCache;
 use engine::log::sim::{Fault, Op, SimStorage};
 use engine::replication::{
-    Follower, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, Runtime,
-    Transport,
+    Follower, FollowerStatus, Leader, LeaderInit, LocalFuture, REOPEN_BACKOFF_MIN, ReplError,
+    ReplMessage, Runtime, Transport,
 };
 use protocol::api::{CreateTopicRequest, ReplicaLag, ReplicaState};
 use protocol::{Acks, BatchBuilder};
@@ -393,7 +393,7 @@ fn failover_candidates_are_only_followers_that_joined_this_term() {
 
 /// F2, leader side: the stale `Ready(next=4)` reaches the epoch-2 leader (whose log ends at
 /// 2) as the answer to its probe: "follower ahead of the leader after a probe" marks the
-/// healthy follower failed for the rest of the term (until a broker restart).
+/// healthy follower failed (until its next probe answer).
 #[test]
 fn a_stale_report_does_not_fail_a_healthy_follower() {
     run(|| async {
@@ -617,8 +617,8 @@ fn a_promoted_leader_claims_no_more_synced_than_it_synced() {
 
 /// Describe's view of a follower (Metadata's `followers`): nothing behind once an
 /// `all+fsync` produce is acknowledged; once it falls silent, the records and the time it is
-/// behind grow, past the lag time it leaves the in-sync set, and once its disk fails a
-/// write it shows as failed.
+/// behind grow, past the lag time it leaves the in-sync set, once its disk fails a write it
+/// shows as failed, and once it reopened its log it is back in sync.
 #[test]
 fn status_reports_how_far_each_follower_is_behind() {
     run(|| async {
@@ -668,6 +668,12 @@ fn status_reports_how_far_each_follower_is_behind() {
         settle(&rt, BOUNDS.time_us).await;
         let failed = leader.status();
 
+        // The disk works again (the fault fired once): at a probe a backoff later, the
+        // follower reopens its log, catches up and is back in the set.
+        settle(&rt, 3 * REOPEN_BACKOFF_MIN.as_micros() as u64).await;
+        let rejoined = leader.status();
+        let reopens = follower.reopens();
+
         rt.stop_ticking();
         net.stop.set(true);
         leader.stop();
@@ -712,6 +718,16 @@ fn status_reports_how_far_each_follower_is_behind() {
         };
         assert_eq!(broken.state, ReplicaState::Failed, "{broken:?}");
         assert_eq!(failed.isr, vec![0]);
+
+        assert_eq!(reopens, 1);
+        let [back] = &rejoined.followers[..] else {
+            panic!("one follower: {:?}", rejoined.followers)
+        };
+        assert_eq!(
+            (back.state, back.records_behind, rejoined.isr.as_slice()),
+            (ReplicaState::InSync, 0, &[0, 1][..]),
+            "{rejoined:?}"
+        );
     });
 }
 

@@ -5,6 +5,8 @@
 //!
 //! Scenarios (each over several seeds, printed on failure; `RINGMQ_SEED=<seed>` replays one):
 //! - the follower's disk fails mid-stream;
+//! - the follower's disk fails mid-stream and then works again: the follower reopens its
+//!   log at the leader's next probe, catches up and rejoins the in-sync set;
 //! - the leader's disk fails mid-stream (failover to the in-sync follower, epoch 2);
 //! - a whole-process crash at a random point: kill -9 (completed writes survive) and power
 //!   loss (`SimStorage::crash`) on both disks at once, then restart in the next epoch,
@@ -129,6 +131,8 @@ async fn pump(net: Rc<Net>) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     FollowerDiskFails,
+    /// The follower's disk fails mid-stream, and works again once its log has failed.
+    FollowerDiskHeals,
     LeaderDiskFails,
     Kill,
     PowerLoss,
@@ -432,7 +436,10 @@ async fn run(seed: u64, scenario: Scenario) -> String {
     glommio::spawn_local(pump(Rc::clone(&net))).detach();
 
     // With min_insync 2, a failed follower must turn `all` into NotEnoughReplicas.
-    let min_insync = if scenario == Scenario::FollowerDiskFails {
+    let min_insync = if matches!(
+        scenario,
+        Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals
+    ) {
         2
     } else {
         1
@@ -443,11 +450,14 @@ async fn run(seed: u64, scenario: Scenario) -> String {
     let stop = Rc::new(Cell::new(false));
 
     match scenario {
-        Scenario::FollowerDiskFails => disks[1].inject(Fault {
+        // Both fail the follower's writes from a random one on; the disk that heals works
+        // again once the follower's log has failed.
+        // Group commit makes few writes: the follower's first few carry all its records.
+        Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals => disks[1].inject(Fault {
             op: Op::Write,
             path_contains: Some("t-0".into()),
             errno: libc::EIO,
-            skip: rng.borrow_mut().random_range(3..40),
+            skip: rng.borrow_mut().random_range(1..6),
             times: u32::MAX,
         }),
         Scenario::LeaderDiskFails => disks[0].inject(Fault {
@@ -560,9 +570,47 @@ async fn run(seed: u64, scenario: Scenario) -> String {
             rt.stop_ticking();
             report
         }
-        Scenario::FollowerDiskFails | Scenario::LeaderDiskFails => {
+        Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals | Scenario::LeaderDiskFails => {
             for producer in producers {
                 producer.await;
+            }
+            if matches!(
+                scenario,
+                Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals
+            ) {
+                // More produces until the follower's log has failed: the workload may end
+                // before it joins and writes into the failing range.
+                let follower = cluster.follower.borrow().clone().expect("a follower");
+                let failed = || {
+                    follower.log().health() != engine::log::Health::Healthy
+                        || follower.reopens() > 0
+                };
+                for round in 0..20 {
+                    if failed() {
+                        break;
+                    }
+                    let work = producer(
+                        Rc::clone(&cluster),
+                        Rc::clone(&model),
+                        Rc::clone(&stop),
+                        Rc::clone(&rng),
+                        20 + round,
+                        20,
+                    );
+                    work.await;
+                    cluster.rt.sleep(Duration::from_millis(10)).await;
+                }
+                assert!(
+                    failed(),
+                    "the follower's log never failed: {:?} {:?} {:?} {:?}",
+                    follower.log().offsets(),
+                    follower.log().health(),
+                    disks[1].stats(),
+                    cluster.leader().status()
+                );
+                if scenario == Scenario::FollowerDiskHeals {
+                    disks[1].clear_faults();
+                }
             }
             if scenario == Scenario::LeaderDiskFails && cluster.leader_failed.get() && !failed_over
             {
@@ -579,6 +627,31 @@ async fn run(seed: u64, scenario: Scenario) -> String {
                     matches!(all, Err(ReplError::NotEnoughReplicas { .. })),
                     "acks=all with the follower out of sync and min_insync 2: {all:?}"
                 );
+            }
+            if scenario == Scenario::FollowerDiskHeals {
+                let follower = cluster.follower.borrow().clone().expect("a follower");
+                let leader = cluster.leader();
+                let rejoined = settle(&cluster.rt, 10_000_000, || {
+                    follower.reopens() >= 1 && leader.status().isr.len() == 2
+                })
+                .await;
+                assert!(
+                    rejoined,
+                    "the follower did not reopen its log and rejoin: reopens {} isr {:?}",
+                    follower.reopens(),
+                    leader.status().isr
+                );
+                let value = batch(9, 0, 1);
+                let all = leader
+                    .produce(&value, Acks::All, Duration::from_secs(1))
+                    .await;
+                let appended = all.expect("acks=all with the follower back in sync");
+                check_ack(&cluster, &leader, Acks::All, appended.next_offset);
+                model.borrow_mut().acked.push((
+                    Acks::All,
+                    appended.base_offset,
+                    records(&value)[0].1.clone(),
+                ));
             }
             let report = verify(&cluster, &model, scenario).await;
             cluster.stop();
@@ -629,7 +702,13 @@ async fn fail_over(cluster: &Cluster) {
 async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -> String {
     let leader = cluster.leader();
     let follower = cluster.follower.borrow().clone();
-    let follower_healthy = follower
+    // A follower on a disk that keeps failing (the follower's in FollowerDiskFails, the old
+    // leader's after a failover) may have reopened its log, since reads work, but it cannot
+    // catch up.
+    let follower_healthy = !matches!(
+        scenario,
+        Scenario::FollowerDiskFails | Scenario::LeaderDiskFails
+    ) && follower
         .as_ref()
         .is_some_and(|f| f.log().health() == engine::log::Health::Healthy);
     // Catch-up: the follower reaches the leader's end, and the watermark the end.
@@ -663,7 +742,9 @@ async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -
     }
     let model = model.borrow();
     let covered = |acks: Acks| match scenario {
-        Scenario::FollowerDiskFails | Scenario::Kill => acks != Acks::None,
+        Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals | Scenario::Kill => {
+            acks != Acks::None
+        }
         Scenario::LeaderDiskFails => matches!(acks, Acks::All | Acks::AllFsync),
         Scenario::PowerLoss => acks.needs_fsync(),
     };
@@ -707,10 +788,12 @@ async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -
         "the workload acknowledged nothing"
     );
     let truncations = follower.as_ref().map_or(0, |f| f.truncations());
+    let reopens = follower.as_ref().map_or(0, |f| f.reopens());
     format!(
         "acked={} checked={checked} lost={lost} served={} served_above_hw={served_uncommitted} \
          hw={hw} end={end} replicas_identical={identical} follower_healthy={follower_healthy} \
-         follower_truncations={truncations} not_enough_replicas={} in_doubt={}",
+         follower_truncations={truncations} follower_reopens={reopens} not_enough_replicas={} \
+         in_doubt={}",
         model.acked.len(),
         model.served.len(),
         model.not_enough_replicas,
@@ -721,6 +804,11 @@ async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -
 #[test]
 fn follower_disk_fails_mid_stream() {
     for_each_seed(6, Scenario::FollowerDiskFails);
+}
+
+#[test]
+fn a_follower_whose_disk_recovers_reopens_its_log_and_rejoins() {
+    for_each_seed(6, Scenario::FollowerDiskHeals);
 }
 
 #[test]

@@ -179,7 +179,8 @@ pub enum ReplicaState {
     /// Out of the set (behind past a lag bound, or not yet joined in this leader's term);
     /// it joins once it holds everything below the watermarks.
     CatchingUp = 1,
-    /// Its log failed; it stays out of the set until the broker restarts.
+    /// Its log failed; it stays out of the set until it reopens its log (about a second
+    /// later, then backing off while the disk keeps failing) and catches up.
     Failed = 2,
 }
 

@@ -48,6 +48,14 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 /// How often the leader checks followers' lag and its own log's health.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the leader probes a follower that answered `Failed`.
+pub const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// A follower whose log failed reopens it (recovery, as at a restart) at the first probe
+/// this long after the failure. The wait doubles with each reopen, up to
+/// [`REOPEN_BACKOFF_MAX`], until a reopened log has written again, so a disk that keeps
+/// failing is not reopened once a second forever.
+pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 // A follower one `Append` behind is not lagging, whatever the profile says.
 const _: () = assert!(APPEND_BYTES_MAX as u64 <= crate::config::LAG_BYTES_MIN);
@@ -65,7 +73,8 @@ pub struct ReplicaKey {
 pub enum FollowerStatus {
     /// Following: the offsets are its log's.
     Ready,
-    /// Its log failed (fail-stop): it cannot follow until the broker restarts.
+    /// Its log failed (fail-stop) and reopening it failed too: it cannot follow now. The
+    /// follower tries to reopen its log again at a later probe (see [`REOPEN_BACKOFF_MIN`]).
     Failed,
     /// No replica here yet (the shard is still opening it): probe again later.
     NotReady,
@@ -793,7 +802,7 @@ impl<S: Storage + 'static> Leader<S> {
                     return Some(next);
                 }
                 Some((FollowerStatus::Failed, _)) => {
-                    self.rt.sleep(PROBE_RETRY * 10).await;
+                    self.rt.sleep(FAILED_PROBE_INTERVAL).await;
                     return None;
                 }
                 Some(_) => {
@@ -920,6 +929,12 @@ pub struct Follower<S: Storage> {
     probe: Cell<u64>,
     known_hw: Cell<u64>,
     truncations: Cell<u64>,
+    /// Times the failed log was reopened and the replica followed again.
+    reopens: Cell<u64>,
+    /// When the failed log may be reopened (runtime µs; 0: no reopen is due yet), and the
+    /// wait before the next one.
+    reopen_at_us: Cell<u64>,
+    reopen_backoff: Cell<Duration>,
     inbox: RefCell<VecDeque<ReplMessage>>,
     inbox_changed: Notify,
     stopped: Cell<bool>,
@@ -974,6 +989,9 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             probe: Cell::new(0),
             known_hw: Cell::new(known_hw),
             truncations: Cell::new(0),
+            reopens: Cell::new(0),
+            reopen_at_us: Cell::new(0),
+            reopen_backoff: Cell::new(REOPEN_BACKOFF_MIN),
             inbox: RefCell::new(VecDeque::new()),
             inbox_changed: Notify::default(),
             stopped: Cell::new(false),
@@ -997,6 +1015,11 @@ impl<S: Storage + Clone + 'static> Follower<S> {
     /// Divergent tails this replica truncated since it started.
     pub fn truncations(&self) -> u64 {
         self.truncations.get()
+    }
+
+    /// Times this replica's failed log was reopened (recovered) so it could follow again.
+    pub fn reopens(&self) -> u64 {
+        self.reopens.get()
     }
 
     /// The highest leader epoch this replica has followed.
@@ -1099,7 +1122,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 self.epoch.set(epoch);
                 self.leader.set(from);
                 self.probe.set(probe);
-                if self.log().health() != Health::Healthy {
+                if self.log().health() != Health::Healthy && !self.reopen().await {
                     return self.answer(FollowerStatus::Failed).await;
                 }
                 let Some(leader_epochs) = EpochCache::from_entries(leader_epochs) else {
@@ -1214,11 +1237,66 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             return;
         }
         match done {
-            Ok(()) => self.answer_with(session, &log, FollowerStatus::Ready).await,
+            Ok(()) => {
+                // The log (reopened or not) writes: a later failure starts the backoff anew.
+                self.reopen_backoff.set(REOPEN_BACKOFF_MIN);
+                self.answer_with(session, &log, FollowerStatus::Ready).await
+            }
             Err(LogError::Closed) => {}
             Err(_) => {
                 self.answer_with(session, &log, FollowerStatus::Failed)
                     .await
+            }
+        }
+    }
+
+    /// Closes the failed log and opens it again, which recovers it as a restart would: it ends
+    /// at its last whole batch, and the probe this answers truncates whatever diverges and
+    /// has the leader stream the rest. Returns whether the replica has a healthy log now.
+    /// The first probe after a failure only sets the time of the reopen, one backoff later.
+    async fn reopen(&self) -> bool {
+        let now = self.rt.now_us();
+        let backoff = self.reopen_backoff.get();
+        let due = self.reopen_at_us.get();
+        if due == 0 {
+            self.reopen_at_us
+                .set(now.saturating_add(backoff.as_micros() as u64).max(1));
+            return false;
+        }
+        if now < due {
+            return false;
+        }
+        self.reopen_backoff
+            .set((backoff * 2).min(REOPEN_BACKOFF_MAX));
+        let old = self.log();
+        // A failed log's close only releases it; its error says again why it failed.
+        let _ = old.close().await;
+        let reopened = async {
+            let (log, _) = Log::open(self.storage.clone(), &self.dir, self.config).await?;
+            let mut epochs = self.epochs.borrow().clone();
+            if epochs.clamp(log.offsets().next) {
+                epochs.persist(&self.storage, &self.dir).await?;
+            }
+            Ok::<_, LogError>((log, epochs))
+        }
+        .await;
+        match reopened {
+            Ok((log, epochs)) => {
+                tracing::warn!(topic = %self.key.topic, partition = self.key.partition,
+                    next = log.offsets().next, "failed follower log reopened; following again");
+                *self.epochs.borrow_mut() = epochs;
+                *self.log.borrow_mut() = Rc::new(log);
+                self.reopens.set(self.reopens.get() + 1);
+                self.reopen_at_us.set(0);
+                true
+            }
+            Err(error) => {
+                let retry = self.reopen_backoff.get();
+                tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error,
+                    retry_in = ?retry, "reopening the failed follower log failed");
+                self.reopen_at_us
+                    .set(now.saturating_add(retry.as_micros() as u64));
+                false
             }
         }
     }

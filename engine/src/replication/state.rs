@@ -48,7 +48,8 @@ pub struct FollowerView {
     /// Answered a probe of this term holding everything below the high watermarks: it
     /// counts toward `min_insync` and may take over. Only then is it in the in-sync set.
     pub joined: bool,
-    /// Its log failed (fail-stop): out of the in-sync set until the broker restarts.
+    /// Its log failed (fail-stop): out of the in-sync set, its reports ignored, until it
+    /// answers a probe `Ready` again (it reopened its log).
     pub failed: bool,
     /// Last time (µs) its written offset reached the leader's end as of its previous report.
     pub caught_up_at_us: u64,
@@ -246,9 +247,9 @@ impl LeaderState {
         now_us: u64,
     ) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        if follower.failed {
-            return None;
-        }
+        // Ready to a probe of this term: a follower that had failed reopened its log and
+        // follows again, from the offsets it gives here; it rejoins once caught up.
+        follower.failed = false;
         follower.next = next.max(written);
         follower.written = written;
         follower.synced = synced.min(written);
@@ -305,7 +306,8 @@ impl LeaderState {
         change
     }
 
-    /// A follower's log failed or it refused to follow: it leaves for good (until restart).
+    /// A follower's log failed or it refused to follow: it leaves the in-sync set and counts
+    /// as failed until it answers a probe `Ready` (it reopened its log).
     pub fn on_failed(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
         let was = follower.in_isr();
@@ -504,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_follower_leaves_for_good_and_hw_never_goes_back() {
+    fn a_failed_follower_leaves_until_it_answers_a_probe_and_hw_never_goes_back() {
         let mut state = LeaderState::new(1, 1, BOUNDS, &[1], 0, 0);
         let l = leader(10, 10, 10);
         state.on_probe_answer(1, 7, 7, 7, &l, 1);
@@ -519,6 +521,16 @@ mod tests {
         };
         assert!(!state.acked(Acks::All, 10, &failed_leader));
         assert_eq!(state.isr(&l, 0), vec![0]);
+        // It reopened its log and answers the next probe from where its log ends: it counts
+        // again and rejoins once it holds everything below the watermarks.
+        assert_eq!(state.on_probe_answer(1, 8, 8, 8, &l, 3), None);
+        assert!(!state.followers()[0].failed);
+        assert_eq!(state.hw(), 10, "a rejoining follower never moves hw back");
+        assert_eq!(
+            state.on_progress(1, 10, 10, 10, &l, 4),
+            Some(IsrChange::Joined(1))
+        );
+        assert_eq!(state.isr(&l, 0), vec![0, 1]);
     }
 
     #[test]
