@@ -31,7 +31,8 @@ use std::time::Duration;
 use engine::log::Log;
 use engine::log::sim::{CrashMode, Fault, Op, SimStorage};
 use engine::replication::{
-    Follower, Leader, LeaderInit, LocalFuture, ReplError, ReplMessage, Runtime, Transport,
+    Follower, Leader, LeaderInit, LocalFuture, REOPEN_BACKOFF_MAX, ReplError, ReplMessage, Runtime,
+    Transport,
 };
 use protocol::{Acks, BatchBuilder, Batches};
 use rand::rngs::StdRng;
@@ -450,11 +451,16 @@ async fn run(seed: u64, scenario: Scenario) -> String {
     let stop = Rc::new(Cell::new(false));
 
     match scenario {
-        // Both fail the follower's writes from a random one on; the disk that heals works
-        // again once the follower's log has failed.
-        // Group commit makes few writes: the follower's first few carry all its records.
+        // Both fail the follower's writes (the disk that heals: writes or fdatasyncs) from a
+        // random one of the first few on, since group commit makes few writes. The disk
+        // that heals works again once the follower's log has failed; after a failed sync,
+        // its reopened log must not count what that sync covered as durable.
         Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals => disks[1].inject(Fault {
-            op: Op::Write,
+            op: if scenario == Scenario::FollowerDiskHeals && rng.borrow_mut().random_bool(0.5) {
+                Op::Sync
+            } else {
+                Op::Write
+            },
             path_contains: Some("t-0".into()),
             errno: libc::EIO,
             skip: rng.borrow_mut().random_range(1..6),
@@ -631,7 +637,10 @@ async fn run(seed: u64, scenario: Scenario) -> String {
             if scenario == Scenario::FollowerDiskHeals {
                 let follower = cluster.follower.borrow().clone().expect("a follower");
                 let leader = cluster.leader();
-                let rejoined = settle(&cluster.rt, 10_000_000, || {
+                // However many reopens failed while the disk did, the next comes within the
+                // longest backoff.
+                let limit = 2 * REOPEN_BACKOFF_MAX.as_micros() as u64;
+                let rejoined = settle(&cluster.rt, limit, || {
                     follower.reopens() >= 1 && leader.status().isr.len() == 2
                 })
                 .await;
@@ -705,12 +714,12 @@ async fn verify(cluster: &Cluster, model: &RefCell<Model>, scenario: Scenario) -
     // A follower on a disk that keeps failing (the follower's in FollowerDiskFails, the old
     // leader's after a failover) may have reopened its log, since reads work, but it cannot
     // catch up.
-    let follower_healthy = !matches!(
-        scenario,
-        Scenario::FollowerDiskFails | Scenario::LeaderDiskFails
-    ) && follower
-        .as_ref()
-        .is_some_and(|f| f.log().health() == engine::log::Health::Healthy);
+    let follower_disk_fails =
+        scenario == Scenario::FollowerDiskFails || cluster.leader_failed.get();
+    let follower_healthy = !follower_disk_fails
+        && follower
+            .as_ref()
+            .is_some_and(|f| f.log().health() == engine::log::Health::Healthy);
     // Catch-up: the follower reaches the leader's end, and the watermark the end.
     if follower_healthy {
         let caught_up = settle(&cluster.rt, 5_000_000, || {

@@ -217,6 +217,8 @@ struct State<F: StorageFile> {
     /// (each starts at or after the previous one's last full block). A completed write stays
     /// here, readable, until every write before it has completed too.
     inflight: VecDeque<PendingWrite<F::Buffer>>,
+    /// Write and fdatasync tasks handed to the disk and not yet returned, failed ones too.
+    io_running: usize,
     /// Id of the next write handed to the disk.
     write_id_next: u64,
     /// The fdatasync in flight, if any.
@@ -384,6 +386,7 @@ impl<S: Storage> Log<S> {
             active,
             tail,
             inflight: VecDeque::new(),
+            io_running: 0,
             write_id_next: 0,
             syncing: None,
             background: None,
@@ -442,6 +445,13 @@ impl<S: Storage> Log<S> {
 
     /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
     /// that stops completing I/O shows here (the shard's upkeep warns about it).
+    /// Writes and fdatasyncs of this log the disk has not returned yet, including any that
+    /// will fail. A failed log's files may be reopened only once this is 0: the kernel
+    /// performs a write it has even when its task is cancelled.
+    pub fn io_running(&self) -> usize {
+        self.core.state.borrow().io_running
+    }
+
     pub fn io_in_flight(&self) -> Option<IoInFlight> {
         let st = self.core.state.borrow();
         let write = st.inflight.iter().find(|w| !w.done).map(|w| IoInFlight {
@@ -1383,9 +1393,11 @@ impl<S: Storage> Core<S> {
             data.pos,
         );
         let len = (*buf).as_ref().len();
+        st.io_running += 1;
         let task = spawn_task(async move {
             let written = write_whole(&*file, buf, pos).await;
             let mut st = core.state.borrow_mut();
+            st.io_running -= 1;
             match written {
                 Ok(()) => core.complete_write(&mut st, id, len),
                 Err(error) => core.fail(&mut st, "write", &error),
@@ -1450,9 +1462,11 @@ impl<S: Storage> Core<S> {
         let (core, file) = (Rc::clone(self), Rc::clone(&st.active.file));
         // What the sync covers: the writes completed before it is issued.
         let (offset, end) = (st.written_offset, st.written_batch_end);
+        st.io_running += 1;
         st.syncing = Some(Issued::new(spawn_task(async move {
             let synced = file.sync().await;
             let mut st = core.state.borrow_mut();
+            st.io_running -= 1;
             st.syncing = None;
             match synced {
                 // Fail-stop: after a failure (of a write, meanwhile) nothing more is reported.

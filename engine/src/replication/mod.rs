@@ -51,9 +51,9 @@ pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the leader probes a follower that answered `Failed`.
 pub const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A follower whose log failed reopens it (recovery, as at a restart) at the first probe
-/// this long after the failure. The wait doubles with each reopen, up to
-/// [`REOPEN_BACKOFF_MAX`], until a reopened log has written again, so a disk that keeps
-/// failing is not reopened once a second forever.
+/// at least this long after the first probe that found it failed. The wait doubles with
+/// each reopen, up to [`REOPEN_BACKOFF_MAX`], until a reopened log has stayed healthy for a
+/// whole wait, so a disk that keeps failing is not reopened once a second forever.
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
@@ -73,8 +73,8 @@ pub struct ReplicaKey {
 pub enum FollowerStatus {
     /// Following: the offsets are its log's.
     Ready,
-    /// Its log failed (fail-stop) and reopening it failed too: it cannot follow now. The
-    /// follower tries to reopen its log again at a later probe (see [`REOPEN_BACKOFF_MIN`]).
+    /// Its log failed (fail-stop), or it could not take an `Append`: it cannot follow now.
+    /// A follower whose log failed reopens it at a later probe (see [`REOPEN_BACKOFF_MIN`]).
     Failed,
     /// No replica here yet (the shard is still opening it): probe again later.
     NotReady,
@@ -794,7 +794,7 @@ impl<S: Storage + 'static> Leader<S> {
                         // lineage); treat it as a follower that cannot follow.
                         tracing::error!(topic = %self.key.topic, partition = self.key.partition, follower, next, "follower ahead of the leader after a probe");
                         let lo = self.leader_offsets();
-                        let change = self.state.borrow_mut().on_failed(follower, &lo);
+                        let change = self.state.borrow_mut().on_refused(follower, &lo);
                         self.note(change);
                         self.rt.sleep(PROBE_RETRY).await;
                         return None;
@@ -848,7 +848,7 @@ impl<S: Storage + 'static> Leader<S> {
                     if let LogError::OffsetOutOfRange { .. } = error {
                         // Behind the log start (retention): it cannot catch up from us.
                         let lo = self.leader_offsets();
-                        let change = self.state.borrow_mut().on_failed(follower, &lo);
+                        let change = self.state.borrow_mut().on_refused(follower, &lo);
                         self.note(change);
                     }
                     self.refresh();
@@ -931,9 +931,10 @@ pub struct Follower<S: Storage> {
     truncations: Cell<u64>,
     /// Times the failed log was reopened and the replica followed again.
     reopens: Cell<u64>,
-    /// When the failed log may be reopened (runtime µs; 0: no reopen is due yet), and the
-    /// wait before the next one.
+    /// When the failed log may be reopened (runtime µs; 0: no reopen is due yet), the wait
+    /// before the next one, and when the last reopen was.
     reopen_at_us: Cell<u64>,
+    reopened_at_us: Cell<u64>,
     reopen_backoff: Cell<Duration>,
     inbox: RefCell<VecDeque<ReplMessage>>,
     inbox_changed: Notify,
@@ -991,6 +992,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             truncations: Cell::new(0),
             reopens: Cell::new(0),
             reopen_at_us: Cell::new(0),
+            reopened_at_us: Cell::new(0),
             reopen_backoff: Cell::new(REOPEN_BACKOFF_MIN),
             inbox: RefCell::new(VecDeque::new()),
             inbox_changed: Notify::default(),
@@ -1238,8 +1240,12 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
         match done {
             Ok(()) => {
-                // The log (reopened or not) writes: a later failure starts the backoff anew.
-                self.reopen_backoff.set(REOPEN_BACKOFF_MIN);
+                // A reopened log that has stayed healthy a whole backoff: a later failure
+                // starts the backoff anew.
+                let since = self.rt.now_us().saturating_sub(self.reopened_at_us.get());
+                if since >= self.reopen_backoff.get().as_micros() as u64 {
+                    self.reopen_backoff.set(REOPEN_BACKOFF_MIN);
+                }
                 self.answer_with(session, &log, FollowerStatus::Ready).await
             }
             Err(LogError::Closed) => {}
@@ -1250,11 +1256,22 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
     }
 
-    /// Closes the failed log and opens it again, which recovers it as a restart would: it ends
-    /// at its last whole batch, and the probe this answers truncates whatever diverges and
-    /// has the leader stream the rest. Returns whether the replica has a healthy log now.
-    /// The first probe after a failure only sets the time of the reopen, one backoff later.
+    /// Closes the failed log and opens it again, which recovers it as a restart would, cut
+    /// back to what it had synced before the failure: whatever a failed fdatasync covered
+    /// is dropped, never reported durable by a second sync, and the leader streams it again.
+    /// The probe this answers then truncates whatever diverges. Returns whether the replica
+    /// has a healthy log now.
+    ///
+    /// The first probe after a failure only sets the time of the reopen, one backoff later;
+    /// the backoff doubles with each reopen until a reopened log has stayed healthy that
+    /// long. A damaged log (a durable batch is invalid) is never reopened: damage is
+    /// reported, not repaired. Nor is one whose writes the disk has not returned yet: one
+    /// landing late would overwrite the reopened log's blocks.
     async fn reopen(&self) -> bool {
+        let old = self.log();
+        if matches!(old.health(), Health::Damaged { .. }) {
+            return false;
+        }
         let now = self.rt.now_us();
         let backoff = self.reopen_backoff.get();
         let due = self.reopen_at_us.get();
@@ -1263,18 +1280,26 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 .set(now.saturating_add(backoff.as_micros() as u64).max(1));
             return false;
         }
-        if now < due {
+        if now < due || old.io_running() > 0 {
             return false;
         }
         self.reopen_backoff
             .set((backoff * 2).min(REOPEN_BACKOFF_MAX));
-        let old = self.log();
+        let synced = old.offsets().synced;
         // A failed log's close only releases it; its error says again why it failed.
         let _ = old.close().await;
+        if self.stopped.get() {
+            return false; // the replica is being removed or the broker stops
+        }
         let reopened = async {
+            let truncated = truncate_to(&self.storage, &self.dir, &self.config, synced).await?;
             let (log, _) = Log::open(self.storage.clone(), &self.dir, self.config).await?;
+            if let Some(error) = log.health().error() {
+                let _ = log.close().await;
+                return Err(error);
+            }
             let mut epochs = self.epochs.borrow().clone();
-            if epochs.clamp(log.offsets().next) {
+            if epochs.clamp(truncated.new_end.min(log.offsets().next)) {
                 epochs.persist(&self.storage, &self.dir).await?;
             }
             Ok::<_, LogError>((log, epochs))
@@ -1287,6 +1312,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 *self.epochs.borrow_mut() = epochs;
                 *self.log.borrow_mut() = Rc::new(log);
                 self.reopens.set(self.reopens.get() + 1);
+                self.reopened_at_us.set(now);
                 self.reopen_at_us.set(0);
                 true
             }

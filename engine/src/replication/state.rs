@@ -49,8 +49,12 @@ pub struct FollowerView {
     /// counts toward `min_insync` and may take over. Only then is it in the in-sync set.
     pub joined: bool,
     /// Its log failed (fail-stop): out of the in-sync set, its reports ignored, until it
-    /// answers a probe `Ready` again (it reopened its log).
+    /// answers a probe `Ready` again (it reopened its log). For good in this term when the
+    /// leader refused it (`refused`).
     pub failed: bool,
+    /// The leader refused it for this term: ahead of the leader after a probe, or behind
+    /// the leader's log start. A `Ready` answer does not change that.
+    refused: bool,
     /// Last time (µs) its written offset reached the leader's end as of its previous report.
     pub caught_up_at_us: u64,
     /// The leader's end when the previous report arrived: the mark the next report must reach.
@@ -123,6 +127,7 @@ impl LeaderState {
                     answered: false,
                     joined: false,
                     failed: false,
+                    refused: false,
                     caught_up_at_us: now_us,
                     target: 0,
                 })
@@ -247,7 +252,10 @@ impl LeaderState {
         now_us: u64,
     ) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        // Ready to a probe of this term: a follower that had failed reopened its log and
+        if follower.refused {
+            return None;
+        }
+        // Ready to a probe of this term: a follower whose log had failed reopened it and
         // follows again, from the offsets it gives here; it rejoins once caught up.
         follower.failed = false;
         follower.next = next.max(written);
@@ -306,8 +314,17 @@ impl LeaderState {
         change
     }
 
-    /// A follower's log failed or it refused to follow: it leaves the in-sync set and counts
-    /// as failed until it answers a probe `Ready` (it reopened its log).
+    /// The leader cannot stream to a follower in this term (see `refused`): it leaves the
+    /// in-sync set and stays failed until the next term.
+    pub fn on_refused(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
+        if let Some(follower) = self.followers.iter_mut().find(|f| f.shard == shard) {
+            follower.refused = true;
+        }
+        self.on_failed(shard, leader)
+    }
+
+    /// A follower's log failed or it could not take an `Append`: it leaves the in-sync set
+    /// and counts as failed until it answers a probe `Ready` (it reopened its log).
     pub fn on_failed(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
         let was = follower.in_isr();
@@ -531,6 +548,17 @@ mod tests {
             Some(IsrChange::Joined(1))
         );
         assert_eq!(state.isr(&l, 0), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_follower_the_leader_refused_stays_failed_for_the_term() {
+        let mut state = LeaderState::new(1, 1, BOUNDS, &[1], 0, 0);
+        let l = leader(10, 10, 10);
+        state.on_probe_answer(1, 10, 10, 10, &l, 1);
+        assert_eq!(state.on_refused(1, &l), Some(IsrChange::LeftFailed(1)));
+        assert_eq!(state.on_probe_answer(1, 10, 10, 10, &l, 2), None);
+        assert!(state.followers()[0].failed);
+        assert_eq!(state.isr(&l, 0), vec![0]);
     }
 
     #[test]

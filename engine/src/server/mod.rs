@@ -136,10 +136,12 @@ impl Replica {
         }
     }
 
-    fn stop(&self) {
+    /// Stops the replica and returns once none of its tasks touches the log any more (a
+    /// follower may be truncating or reopening it): only then is `log()` final.
+    async fn stop_and_join(&self) {
         match self {
-            Replica::Leader(leader) => leader.stop(),
-            Replica::Follower(follower) => follower.stop(),
+            Replica::Leader(leader) => leader.stop_and_join().await,
+            Replica::Follower(follower) => follower.stop_and_join().await,
         }
     }
 }
@@ -235,9 +237,9 @@ impl Shard {
                         .remove(&key.topic, key.partition);
                 }
             }
-            replica.stop();
         }
         for replica in doomed {
+            replica.stop_and_join().await;
             let log = replica.log();
             let _ = log.close().await;
             let dir = log.dir();
@@ -273,7 +275,7 @@ impl Shard {
             .await;
         }
         for replica in self.replicas() {
-            replica.stop();
+            replica.stop_and_join().await;
             if let Err(error) = replica.log().close().await {
                 let key = replica.key();
                 tracing::error!(shard = %self.id, topic = %key.topic, partition = key.partition, %error, "close failed");
