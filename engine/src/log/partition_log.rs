@@ -16,7 +16,6 @@ use protocol::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use protocol::{BatchHeader, BatchView};
 
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
-use super::index::Index;
 use super::notify::Notify;
 use super::recovery::{self, CLEAN_FILE, Recovery, SPARE_READY, SPARE_TMP};
 use super::segment::{Segment, index_path, log_path};
@@ -142,11 +141,11 @@ impl<S: Storage> Drop for Rolling<'_, S> {
 /// The next segment file, prepared ahead of the roll by a task of the log's own.
 enum Spare {
     Absent,
-    /// The task preparing a new file (`spare.tmp`, renamed to `spare.ready` when done).
+    /// The task preparing it: a new file (`spare.tmp`, renamed to `spare.ready` when done),
+    /// or a segment retention let go of, renamed to `spare.ready`. `close` awaits it, never
+    /// cancels it: glommio runs a rename on a thread of its own, which a cancel would not
+    /// stop. A new file being zeroed is abandoned (removed) once the log is closed.
     Preparing(JoinHandle<()>),
-    /// The task renaming a segment retention let go of to `spare.ready`. Never cancelled:
-    /// glommio runs the rename on a thread of its own, which a cancel would not stop.
-    Recycling(JoinHandle<()>),
     Ready,
     /// Preparing it failed; the roll makes its segment itself (and reports why, if it fails
     /// again), and the next segment tries anew.
@@ -197,7 +196,8 @@ impl Issued {
 struct PendingWrite<B> {
     id: u64,
     data: Inflight<B>,
-    /// Completed successfully; retired once every earlier write has too.
+    /// The disk returned it. Retired once every earlier write has returned too, unless the
+    /// log failed: a write that failed is done but never retired.
     done: bool,
     io: Issued,
 }
@@ -217,8 +217,6 @@ struct State<F: StorageFile> {
     /// (each starts at or after the previous one's last full block). A completed write stays
     /// here, readable, until every write before it has completed too.
     inflight: VecDeque<PendingWrite<F::Buffer>>,
-    /// Write and fdatasync tasks handed to the disk and not yet returned, failed ones too.
-    io_running: usize,
     /// Id of the next write handed to the disk.
     write_id_next: u64,
     /// The fdatasync in flight, if any.
@@ -286,7 +284,7 @@ impl<F: StorageFile> State<F> {
         let writes = self.inflight.iter().map(|w| &w.io.task);
         let sync = self.syncing.as_ref().map(|s| &s.task);
         let spare = match &self.spare {
-            Spare::Preparing(task) | Spare::Recycling(task) => Some(task),
+            Spare::Preparing(task) => Some(task),
             _ => None,
         };
         writes.chain(sync).chain(&self.background).chain(spare)
@@ -386,7 +384,6 @@ impl<S: Storage> Log<S> {
             active,
             tail,
             inflight: VecDeque::new(),
-            io_running: 0,
             write_id_next: 0,
             syncing: None,
             background: None,
@@ -443,15 +440,16 @@ impl<S: Storage> Log<S> {
         self.core.state.borrow().health.clone()
     }
 
-    /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
-    /// that stops completing I/O shows here (the shard's upkeep warns about it).
     /// Writes and fdatasyncs of this log the disk has not returned yet, including any that
     /// will fail. A failed log's files may be reopened only once this is 0: the kernel
     /// performs a write it has even when its task is cancelled.
     pub fn io_running(&self) -> usize {
-        self.core.state.borrow().io_running
+        let st = self.core.state.borrow();
+        st.inflight.iter().filter(|w| !w.done).count() + usize::from(st.syncing.is_some())
     }
 
+    /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
+    /// that stops completing I/O shows here (the shard's upkeep warns about it).
     pub fn io_in_flight(&self) -> Option<IoInFlight> {
         let st = self.core.state.borrow();
         let write = st.inflight.iter().find(|w| !w.done).map(|w| IoInFlight {
@@ -635,14 +633,8 @@ impl<S: Storage> Log<S> {
         let capacity_bytes = file.size().await.map_err(LogError::io("stat segment"))?;
         {
             let mut st = self.core.state.borrow_mut();
-            let segment = Segment {
-                base_offset: base,
-                file: Rc::new(file),
-                data_end: 0,
-                capacity_bytes,
-                next_offset: base,
-                index: Index::new(base, self.core.config.index_interval_bytes),
-            };
+            let interval = self.core.config.index_interval_bytes;
+            let segment = Segment::empty(base, file, capacity_bytes, interval);
             let old = std::mem::replace(&mut st.active, segment);
             st.sealed.insert(old.base_offset, old);
             // The commit above waited for every write of the old segment.
@@ -675,7 +667,7 @@ impl<S: Storage> Log<S> {
             let taken = {
                 let mut st = self.core.state.borrow_mut();
                 let ready = match st.spare {
-                    Spare::Preparing(_) | Spare::Recycling(_) => None,
+                    Spare::Preparing(_) => None,
                     Spare::Ready => Some(true),
                     Spare::Absent | Spare::Failed => {
                         st.stats.rolls_without_spare += 1;
@@ -693,7 +685,10 @@ impl<S: Storage> Log<S> {
             }
         };
         let (storage, dir, config) = (&self.core.storage, &self.core.dir, &self.core.config);
-        if spare_ready && let Some(file) = recovery::take_spare(storage, dir, &path, config).await {
+        if spare_ready
+            && let Ok(file) =
+                recovery::take_segment_file(storage, &dir.join(SPARE_READY), &path, config).await
+        {
             return Ok(file);
         }
         recovery::create_segment_file(&self.core.storage, &path, &self.core.config).await
@@ -1016,37 +1011,32 @@ impl<S: Storage> Log<S> {
             self.write_active_index().await;
             self.write_checkpoint().await?;
         }
-        // A new spare being prepared is abandoned (`open` removes `spare.tmp`), and a
-        // recycled one finishes its rename: nothing of this log may touch its directory after
-        // close, when it may be opened again, or removed with its topic.
-        let spare = {
+        let (quiet, spare) = {
             let mut st = self.core.state.borrow_mut();
-            match std::mem::replace(&mut st.spare, Spare::Absent) {
-                Spare::Preparing(task) => Some((task, true)),
-                Spare::Recycling(task) => Some((task, false)),
+            // From here no append is taken, so no new spare starts.
+            st.closed = true;
+            // Nothing appended after the commit above and nothing in flight: every write is
+            // complete and synced, so no lost write can have left remains past the data.
+            let quiet = healthy
+                && st.inflight.is_empty()
+                && st.synced_end == st.active.data_end
+                && st.synced_offset == st.next_offset;
+            let spare = match std::mem::replace(&mut st.spare, Spare::Absent) {
+                Spare::Preparing(task) => Some(task),
                 other => {
                     st.spare = other;
                     None
                 }
-            }
-        };
-        if let Some((task, cancel)) = spare {
-            if cancel {
-                task.cancel();
-            }
-            let _ = task.await;
-        }
-        let quiet = {
-            let mut st = self.core.state.borrow_mut();
-            st.closed = true;
-            // Nothing appended after the commit above and nothing in flight: every write is
-            // complete and synced, so no lost write can have left remains past the data.
-            healthy
-                && st.inflight.is_empty()
-                && st.synced_end == st.active.data_end
-                && st.synced_offset == st.next_offset
+            };
+            (quiet, spare)
         };
         self.core.changed.notify();
+        // Nothing of this log may touch its directory after close, when it may be opened
+        // again or removed with its topic: a spare being zeroed sees `closed` and removes its
+        // file; a rename finishes.
+        if let Some(task) = spare {
+            let _ = task.await;
+        }
         if quiet {
             // Best effort: without the marker the next open checks the rest of the segment.
             let marked = recovery::write_small_file(
@@ -1180,18 +1170,19 @@ impl<S: Storage> Core<S> {
     /// becomes the spare as it is; otherwise a new file is made.
     fn start_spare(self: &Rc<Self>, st: &mut State<S::File>, retired: Option<(u64, Rc<S::File>)>) {
         let core = Rc::clone(self);
-        let recycling = retired.is_some();
-        let task = spawn_task(async move {
+        st.spare = Spare::Preparing(spawn_task(async move {
             let prepared = match retired {
                 Some((base, file)) => core.recycle_spare(base, file).await,
                 None => core.prepare_spare().await,
             };
             let mut st = core.state.borrow_mut();
             st.spare = match prepared {
-                Ok(()) => {
+                Ok(recycled) => {
                     st.stats.spares_prepared += 1;
+                    st.stats.segments_recycled += u64::from(recycled);
                     Spare::Ready
                 }
+                Err(LogError::Closed) => Spare::Failed,
                 Err(error) => {
                     tracing::warn!(dir = %core.dir.display(), %error, "next segment not prepared; the roll makes it");
                     Spare::Failed
@@ -1199,12 +1190,7 @@ impl<S: Storage> Core<S> {
             };
             drop(st);
             core.changed.notify();
-        });
-        st.spare = if recycling {
-            Spare::Recycling(task)
-        } else {
-            Spare::Preparing(task)
-        };
+        }));
     }
 
     /// The oldest sealed segment, taken out of the log to become the next segment file,
@@ -1229,14 +1215,13 @@ impl<S: Storage> Core<S> {
         }
         let segment = st.sealed.remove(&base)?;
         st.stats.segments_deleted += 1;
-        st.stats.segments_recycled += 1;
         Some((base, segment.file))
     }
 
     /// Turns a segment retention let go of into `spare.ready`: its index goes, then its
     /// name. A crash in between leaves the segment without an index (rebuilt at the next
     /// open, then let go of again); a crash after leaves a ready spare.
-    async fn recycle_spare(&self, base: u64, file: Rc<S::File>) -> Result<(), LogError> {
+    async fn recycle_spare(&self, base: u64, file: Rc<S::File>) -> Result<bool, LogError> {
         tracing::info!(dir = %self.dir.display(), base, "retention: recycling segment as the next one");
         if let Ok(file) = Rc::try_unwrap(file) {
             file.close()
@@ -1253,7 +1238,9 @@ impl<S: Storage> Core<S> {
             // Not left behind outside the log: retention let go of it either way.
             let _ = self.storage.remove(&path).await;
         }
-        renamed.map_err(LogError::io("rename recycled segment"))
+        renamed
+            .map(|()| true)
+            .map_err(LogError::io("rename recycled segment"))
     }
 
     /// Prepares the next segment file: allocated, zeroed, synced, then renamed to
@@ -1262,7 +1249,7 @@ impl<S: Storage> Core<S> {
     /// The zeroing goes in small writes, paced by the appends (`spare_pace`): all at once, a
     /// 128 MiB segment kept the device busy with 2 MiB writes for about 150 ms, and every
     /// append's 4 KiB write queued behind them (p99 0.5 ms, max 4.5 ms, against 78 µs p90).
-    async fn prepare_spare(&self) -> Result<(), LogError> {
+    async fn prepare_spare(&self) -> Result<bool, LogError> {
         let tmp = self.dir.join(SPARE_TMP);
         let pace = |zeroed| self.spare_pace(zeroed);
         let file =
@@ -1271,6 +1258,7 @@ impl<S: Storage> Core<S> {
         self.storage
             .rename(&tmp, &self.dir.join(SPARE_READY))
             .await
+            .map(|()| false)
             .map_err(LogError::io("rename spare"))
     }
 
@@ -1279,15 +1267,23 @@ impl<S: Storage> Core<S> {
     /// it ends when the segment is three quarters full: a quarter segment of appends per
     /// segment zeroed. On schedule it writes `SPARE_ZERO_CHUNK_BYTES` at a time; when the
     /// appends are a whole tail buffer ahead (a fast producer), or a roll waits for the
-    /// spare, or the log stopped, it writes whole tail buffers at once, since small writes
-    /// would only make the roll wait longer.
+    /// spare, it writes whole tail buffers at once, since small writes would only make the
+    /// roll wait longer. 0 once the log is closed or failed: the spare is abandoned.
+    ///
+    /// A log that goes quiet between half and three quarters full still finishes its spare,
+    /// a chunk per idle second, instead of holding the task and the file open for as long as
+    /// it stays quiet.
     async fn spare_pace(&self, zeroed: u64) -> u64 {
         let large = self.config.write_buffer_bytes.max(SPARE_ZERO_CHUNK_BYTES);
+        let mut idle = std::pin::pin!(self.storage.sleep(SPARE_IDLE_PACE));
         loop {
             let seen = self.changed.epoch();
             {
                 let mut st = self.state.borrow_mut();
-                if st.rolling || st.closed || st.health != Health::Healthy {
+                if st.closed || st.health != Health::Healthy {
+                    return 0;
+                }
+                if st.rolling {
                     return large;
                 }
                 let capacity = st.active.capacity_bytes;
@@ -1304,16 +1300,13 @@ impl<S: Storage> Core<S> {
                 }
                 st.spare_due = due(zeroed);
             }
-            // A log that goes quiet between half and three quarters full still finishes its
-            // spare, a small write per idle second, instead of holding the task and the file
-            // open for as long as it stays quiet.
             let quiet = futures_lite::future::or(
                 async {
                     self.changed.changed(seen).await;
                     false
                 },
                 async {
-                    self.storage.sleep(SPARE_IDLE_PACE).await;
+                    (&mut idle).await;
                     true
                 },
             )
@@ -1393,14 +1386,18 @@ impl<S: Storage> Core<S> {
             data.pos,
         );
         let len = (*buf).as_ref().len();
-        st.io_running += 1;
         let task = spawn_task(async move {
             let written = write_whole(&*file, buf, pos).await;
             let mut st = core.state.borrow_mut();
-            st.io_running -= 1;
             match written {
                 Ok(()) => core.complete_write(&mut st, id, len),
-                Err(error) => core.fail(&mut st, "write", &error),
+                Err(error) => {
+                    // Returned, not written: the log fails, so it is never retired.
+                    if let Some(write) = st.inflight.iter_mut().find(|w| w.id == id) {
+                        write.done = true;
+                    }
+                    core.fail(&mut st, "write", &error);
+                }
             }
             drop(st);
             core.changed.notify();
@@ -1462,11 +1459,9 @@ impl<S: Storage> Core<S> {
         let (core, file) = (Rc::clone(self), Rc::clone(&st.active.file));
         // What the sync covers: the writes completed before it is issued.
         let (offset, end) = (st.written_offset, st.written_batch_end);
-        st.io_running += 1;
         st.syncing = Some(Issued::new(spawn_task(async move {
             let synced = file.sync().await;
             let mut st = core.state.borrow_mut();
-            st.io_running -= 1;
             st.syncing = None;
             match synced {
                 // Fail-stop: after a failure (of a write, meanwhile) nothing more is reported.

@@ -60,7 +60,8 @@ pub struct Recovery {
     pub scanned_bytes: u64,
     /// Indexes rebuilt from their segments (missing or invalid index files).
     pub indexes_rebuilt: usize,
-    /// A torn tail that was cut.
+    /// Where the log was ended before bytes recovery cannot trust: a torn tail, remains of
+    /// writes after a lost one, or (after an unclean stop) a recycled file's old batches.
     pub truncated: Option<Truncation>,
     /// True when the last segment's scan started from an index entry (clean shutdown).
     pub resumed_from_index: bool,
@@ -244,16 +245,22 @@ pub(crate) fn segment_flags(config: &LogConfig, create: bool) -> OpenFlags {
     }
 }
 
-/// The ready spare (`spare.ready`), renamed to `path` and opened there; `None` when that
-/// fails (the caller makes a new file instead).
-pub(crate) async fn take_spare<S: Storage>(
+/// The segment file at `from` (a spare), renamed to `path` and opened by that name: glommio
+/// looks a file's size up by the name it opened.
+pub(crate) async fn take_segment_file<S: Storage>(
     storage: &S,
-    dir: &Path,
+    from: &Path,
     path: &Path,
     config: &LogConfig,
-) -> Option<S::File> {
-    storage.rename(&dir.join(SPARE_READY), path).await.ok()?;
-    storage.open(path, segment_flags(config, false)).await.ok()
+) -> Result<S::File, LogError> {
+    storage
+        .rename(from, path)
+        .await
+        .map_err(LogError::io("rename segment"))?;
+    storage
+        .open(path, segment_flags(config, false))
+        .await
+        .map_err(LogError::io("open segment"))
 }
 
 /// Creates a segment file at `path`: allocated to `segment_bytes`, zeroed if configured,
@@ -269,7 +276,8 @@ pub(crate) async fn create_segment_file<S: Storage>(
 
 /// `create_segment_file`, zeroing in writes whose length `pace(bytes zeroed so far)` gives
 /// when it resolves: a spare prepared in the background zeroes in small writes at the
-/// appends' pace, so their own writes do not queue behind long ones.
+/// appends' pace, so their own writes do not queue behind long ones. A length of 0 abandons
+/// the file: it is removed and `Closed` returned.
 pub(crate) async fn create_segment_file_paced<S, P, Fut>(
     storage: &S,
     path: &Path,
@@ -309,7 +317,11 @@ where
         let mut zeros: Option<Rc<F::Buffer>> = None;
         let mut at = 0;
         while at < config.segment_bytes {
-            let chunk = block_ceil(pace(at).await.max(1));
+            let chunk = pace(at).await;
+            if chunk == 0 {
+                return Err(LogError::Closed);
+            }
+            let chunk = block_ceil(chunk);
             let len = chunk.min(config.segment_bytes - at);
             let buf = match zeros.take() {
                 Some(buf) if (*buf).as_ref().len() as u64 == len => buf,
@@ -462,14 +474,7 @@ pub(crate) async fn open<S: Storage>(
             .sync_dir(dir)
             .await
             .map_err(LogError::io("sync log directory"))?;
-        let active = Segment {
-            base_offset: 0,
-            file: Rc::new(file),
-            data_end: 0,
-            capacity_bytes: config.segment_bytes,
-            next_offset: 0,
-            index: Index::new(0, config.index_interval_bytes),
-        };
+        let active = Segment::empty(0, file, config.segment_bytes, config.index_interval_bytes);
         recovery.segments = 1;
         let opened = Opened {
             sealed: BTreeMap::new(),
@@ -483,7 +488,7 @@ pub(crate) async fn open<S: Storage>(
 
     let mut sealed = BTreeMap::new();
     let mut expected_offset: Option<u64> = None;
-    for &base in sealed_bases {
+    for (&base, &next_base) in sealed_bases.iter().zip(bases.iter().skip(1)) {
         let path = log_path(dir, base);
         let file = storage
             .open(&path, flags)
@@ -503,11 +508,9 @@ pub(crate) async fn open<S: Storage>(
         }
         // The segment after this one starts at the offset this one ends with: an index whose
         // summary says otherwise is stale (written at an earlier close, say) and is rebuilt.
-        let next_base = bases.iter().find(|&&b| b > base).copied();
         let segment = match load_index(storage, dir, base, config).await {
             Some((index, summary))
-                if summary.data_end <= size
-                    && next_base.is_none_or(|next| next == summary.next_offset) =>
+                if summary.data_end <= size && summary.next_offset == next_base =>
             {
                 Segment {
                     base_offset: base,
@@ -522,8 +525,7 @@ pub(crate) async fn open<S: Storage>(
                 let mut index = Index::new(base, config.index_interval_bytes);
                 // A sealed segment ends where the next one starts; past that it may hold a
                 // recycled file's old batches, or what an unclean stop left after its data.
-                let stop_at = next_base.unwrap_or(u64::MAX);
-                let scan = scan(&file, size, 0, base, &mut index, chunk_bytes, stop_at).await?;
+                let scan = scan(&file, size, 0, base, &mut index, chunk_bytes, next_base).await?;
                 recovery.scanned_bytes += scan.scanned_bytes;
                 recovery.indexes_rebuilt += 1;
                 let segment = Segment {
@@ -741,7 +743,9 @@ async fn start_after<S: Storage>(
         None
     };
     let spare = if spare_ready {
-        take_spare(storage, dir, &path, config).await
+        take_segment_file(storage, &dir.join(SPARE_READY), &path, config)
+            .await
+            .ok()
     } else {
         None
     };
@@ -760,15 +764,7 @@ async fn start_after<S: Storage>(
             file.close()
                 .await
                 .map_err(LogError::io("close new segment"))?;
-            storage
-                .rename(&tmp, &path)
-                .await
-                .map_err(LogError::io("rename new segment"))?;
-            // Opened by its final name: glommio looks a file's size up by the name it opened.
-            storage
-                .open(&path, segment_flags(config, false))
-                .await
-                .map_err(LogError::io("open segment"))?
+            take_segment_file(storage, &tmp, &path, config).await?
         }
     };
     storage
@@ -776,14 +772,7 @@ async fn start_after<S: Storage>(
         .await
         .map_err(LogError::io("sync log directory"))?;
     let capacity_bytes = file.size().await.map_err(LogError::io("stat segment"))?;
-    let active = Segment {
-        base_offset: base,
-        file: Rc::new(file),
-        data_end: 0,
-        capacity_bytes,
-        next_offset: base,
-        index: Index::new(base, config.index_interval_bytes),
-    };
+    let active = Segment::empty(base, file, capacity_bytes, config.index_interval_bytes);
     Ok((active, sealed))
 }
 

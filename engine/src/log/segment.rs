@@ -44,6 +44,23 @@ pub(crate) struct Segment<F> {
 }
 
 impl<F> Segment<F> {
+    /// A segment with no data yet: its appends start at `base_offset`.
+    pub fn empty(
+        base_offset: u64,
+        file: F,
+        capacity_bytes: u64,
+        index_interval_bytes: u64,
+    ) -> Self {
+        Segment {
+            base_offset,
+            file: Rc::new(file),
+            data_end: 0,
+            capacity_bytes,
+            next_offset: base_offset,
+            index: Index::new(base_offset, index_interval_bytes),
+        }
+    }
+
     pub fn max_timestamp_ms(&self) -> i64 {
         self.index.max_timestamp_ms()
     }

@@ -38,7 +38,7 @@
 //!   pending and readable. Linux may instead drop them and report the file clean on the next
 //!   fsync; the log never retries a failed sync (it fails stop), so the difference is unseen.
 //! - Short reads and writes, silent read corruption other than [`SimStorage::flip_bit`],
-//!   truncation, hole punching, hard links, permissions.
+//!   hole punching, hard links, permissions.
 //! - Journal ordering between directories, and the implicit directory durability some file
 //!   systems give to a new file on `fsync` (here only `sync_dir` makes an entry durable).
 //! - Space used by directories and block rounding: capacity counts file bytes only.
@@ -640,7 +640,6 @@ impl FileNode {
         }
     }
 
-    /// fdatasync: everything in the current image becomes durable.
     /// Shrinks the current image; pending writes lose what lies past `len`. The durable
     /// image keeps its size (and bytes) until `sync`, as an unsynced ftruncate may be lost.
     fn truncate(&mut self, len: usize) {
@@ -651,6 +650,7 @@ impl FileNode {
         self.pending.retain(|write| !write.bytes.is_empty());
     }
 
+    /// fdatasync: everything in the current image becomes durable.
     fn sync(&mut self) {
         self.durable.resize(self.current.len(), 0);
         for write in self.pending.drain(..) {
