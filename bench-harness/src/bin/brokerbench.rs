@@ -535,7 +535,12 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     let leader_shard = engine::config::allowed_cores()
         .iter()
         .position(|&core| core == args.broker_core)
-        .unwrap_or(0);
+        .with_context(|| {
+            format!(
+                "--broker-core {} is not a core this process may use",
+                args.broker_core
+            )
+        })?;
     let broker = Broker::start(Profile::default(), &args.dir)?; // cores = "all"
     let shards = broker.handle.shards.len();
     let address = broker.address.as_str();
@@ -563,6 +568,9 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             .map(|p| p.replicas.clone())
             .collect();
         println!("{name}: replicas {placement:?}");
+        if placement.first().and_then(|r| r.first()) != Some(&(leader_shard as u16)) {
+            bail!("{name}: leader not on shard {leader_shard} ({placement:?})");
+        }
     }
     println!(
         "brokerbench --replication: broker on {shards} shards, leaders on shard {leader_shard} (core {}), client on core {}, {}-byte records, {} s per case, {} runs",

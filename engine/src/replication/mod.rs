@@ -49,12 +49,13 @@ pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 /// How often the leader checks followers' lag and its own log's health.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the leader probes a follower that answered `Failed`.
-pub const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A follower whose log failed reopens it (recovery, as at a restart) at the first probe
 /// at least this long after the first probe that found it failed. The wait doubles with
 /// each reopen, up to [`REOPEN_BACKOFF_MAX`], until a reopened log has stayed healthy for a
 /// whole wait, so a disk that keeps failing is not reopened once a second forever.
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between reopens of a follower's failed log.
 pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 // A follower one `Append` behind is not lagging, whatever the profile says.
@@ -418,7 +419,7 @@ impl<S: Storage + 'static> Leader<S> {
                 .iter()
                 .map(|f| ReplicaLag {
                     shard: f.shard,
-                    state: if f.failed {
+                    state: if f.failed() {
                         ReplicaState::Failed
                     } else if f.in_isr() {
                         ReplicaState::InSync
@@ -931,9 +932,9 @@ pub struct Follower<S: Storage> {
     truncations: Cell<u64>,
     /// Times the failed log was reopened and the replica followed again.
     reopens: Cell<u64>,
-    /// When the failed log may be reopened (runtime µs; 0: no reopen is due yet), the wait
-    /// before the next one, and when the last reopen was.
-    reopen_at_us: Cell<u64>,
+    /// When the failed log may be reopened (runtime µs; `None`: no reopen is due yet), the
+    /// wait before the next one, and when the last reopen was.
+    reopen_at_us: Cell<Option<u64>>,
     reopened_at_us: Cell<u64>,
     reopen_backoff: Cell<Duration>,
     inbox: RefCell<VecDeque<ReplMessage>>,
@@ -991,7 +992,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             known_hw: Cell::new(known_hw),
             truncations: Cell::new(0),
             reopens: Cell::new(0),
-            reopen_at_us: Cell::new(0),
+            reopen_at_us: Cell::new(None),
             reopened_at_us: Cell::new(0),
             reopen_backoff: Cell::new(REOPEN_BACKOFF_MIN),
             inbox: RefCell::new(VecDeque::new()),
@@ -1239,15 +1240,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             return;
         }
         match done {
-            Ok(()) => {
-                // A reopened log that has stayed healthy a whole backoff: a later failure
-                // starts the backoff anew.
-                let since = self.rt.now_us().saturating_sub(self.reopened_at_us.get());
-                if since >= self.reopen_backoff.get().as_micros() as u64 {
-                    self.reopen_backoff.set(REOPEN_BACKOFF_MIN);
-                }
-                self.answer_with(session, &log, FollowerStatus::Ready).await
-            }
+            Ok(()) => self.answer_with(session, &log, FollowerStatus::Ready).await,
             Err(LogError::Closed) => {}
             Err(_) => {
                 self.answer_with(session, &log, FollowerStatus::Failed)
@@ -1274,12 +1267,19 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
         let now = self.rt.now_us();
         let backoff = self.reopen_backoff.get();
-        let due = self.reopen_at_us.get();
-        if due == 0 {
+        let Some(due) = self.reopen_at_us.get() else {
+            // The first probe since the log failed.
+            let healthy_for = now.saturating_sub(self.reopened_at_us.get());
+            let backoff = if healthy_for >= backoff.as_micros() as u64 {
+                REOPEN_BACKOFF_MIN
+            } else {
+                backoff
+            };
+            self.reopen_backoff.set(backoff);
             self.reopen_at_us
-                .set(now.saturating_add(backoff.as_micros() as u64).max(1));
+                .set(Some(now.saturating_add(backoff.as_micros() as u64)));
             return false;
-        }
+        };
         if now < due || old.io_running() > 0 {
             return false;
         }
@@ -1291,29 +1291,13 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         if self.stopped.get() {
             return false; // the replica is being removed or the broker stops
         }
-        let reopened = async {
-            let truncated = truncate_to(&self.storage, &self.dir, &self.config, synced).await?;
-            let (log, _) = Log::open(self.storage.clone(), &self.dir, self.config).await?;
-            if let Some(error) = log.health().error() {
-                let _ = log.close().await;
-                return Err(error);
-            }
-            let mut epochs = self.epochs.borrow().clone();
-            if epochs.clamp(truncated.new_end.min(log.offsets().next)) {
-                epochs.persist(&self.storage, &self.dir).await?;
-            }
-            Ok::<_, LogError>((log, epochs))
-        }
-        .await;
-        match reopened {
-            Ok((log, epochs)) => {
+        match self.replace_log(synced).await {
+            Ok(()) => {
                 tracing::warn!(topic = %self.key.topic, partition = self.key.partition,
-                    next = log.offsets().next, "failed follower log reopened; following again");
-                *self.epochs.borrow_mut() = epochs;
-                *self.log.borrow_mut() = Rc::new(log);
+                    next = self.log().offsets().next, "failed follower log reopened; following again");
                 self.reopens.set(self.reopens.get() + 1);
                 self.reopened_at_us.set(now);
-                self.reopen_at_us.set(0);
+                self.reopen_at_us.set(None);
                 true
             }
             Err(error) => {
@@ -1321,7 +1305,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error,
                     retry_in = ?retry, "reopening the failed follower log failed");
                 self.reopen_at_us
-                    .set(now.saturating_add(retry.as_micros() as u64));
+                    .set(Some(now.saturating_add(retry.as_micros() as u64)));
                 false
             }
         }
@@ -1333,15 +1317,32 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         tracing::warn!(topic = %self.key.topic, partition = self.key.partition, from = point,
             to = old.offsets().next, "truncating a divergent uncommitted tail");
         old.close().await?;
-        let truncated = truncate_to(&self.storage, &self.dir, &self.config, point).await?;
+        self.replace_log(point).await?;
+        self.truncations.set(self.truncations.get() + 1);
+        Ok(())
+    }
+
+    /// Replaces the closed log with the one in its directory cut back to `point` (nothing
+    /// when it ends there already) and opened again, recovered as at a restart, with the
+    /// epoch cache clamped to its end. A log that opens unhealthy is closed again and its
+    /// error returned; the replica keeps the closed log meanwhile.
+    async fn replace_log(&self, point: u64) -> Result<(), LogError> {
+        truncate_to(&self.storage, &self.dir, &self.config, point).await?;
         let (log, _) = Log::open(self.storage.clone(), &self.dir, self.config).await?;
         let mut epochs = self.epochs.borrow().clone();
-        if epochs.clamp(truncated.new_end) {
-            epochs.persist(&self.storage, &self.dir).await?;
+        let persisted = match log.health().error() {
+            Some(error) => Err(error),
+            None if epochs.clamp(log.offsets().next) => {
+                epochs.persist(&self.storage, &self.dir).await
+            }
+            None => Ok(()),
+        };
+        if let Err(error) = persisted {
+            let _ = log.close().await;
+            return Err(error);
         }
         *self.epochs.borrow_mut() = epochs;
         *self.log.borrow_mut() = Rc::new(log);
-        self.truncations.set(self.truncations.get() + 1);
         Ok(())
     }
 }

@@ -31,6 +31,18 @@ pub struct LeaderOffsets {
     pub healthy: bool,
 }
 
+/// Whether the leader counts a follower at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Following,
+    /// Its log failed (fail-stop) or it could not take an `Append`: out of the in-sync set,
+    /// its reports ignored, until it answers a probe `Ready` again (it reopened its log).
+    Failed,
+    /// Refused by the leader for the rest of the term: ahead of the leader after a probe,
+    /// or behind the leader's log start. A `Ready` answer does not change that.
+    Refused,
+}
+
 /// What the leader knows of one follower.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerView {
@@ -48,13 +60,7 @@ pub struct FollowerView {
     /// Answered a probe of this term holding everything below the high watermarks: it
     /// counts toward `min_insync` and may take over. Only then is it in the in-sync set.
     pub joined: bool,
-    /// Its log failed (fail-stop): out of the in-sync set, its reports ignored, until it
-    /// answers a probe `Ready` again (it reopened its log). For good in this term when the
-    /// leader refused it (`refused`).
-    pub failed: bool,
-    /// The leader refused it for this term: ahead of the leader after a probe, or behind
-    /// the leader's log start. A `Ready` answer does not change that.
-    refused: bool,
+    pub standing: Standing,
     /// Last time (µs) its written offset reached the leader's end as of its previous report.
     pub caught_up_at_us: u64,
     /// The leader's end when the previous report arrived: the mark the next report must reach.
@@ -65,6 +71,11 @@ impl FollowerView {
     /// In the in-sync set: in sync and joined in this term.
     pub fn in_isr(&self) -> bool {
         self.in_sync && self.joined
+    }
+
+    /// Failed or refused: the leader does not count it.
+    pub fn failed(&self) -> bool {
+        self.standing != Standing::Following
     }
 }
 
@@ -126,8 +137,7 @@ impl LeaderState {
                     in_sync: true,
                     answered: false,
                     joined: false,
-                    failed: false,
-                    refused: false,
+                    standing: Standing::Following,
                     caught_up_at_us: now_us,
                     target: 0,
                 })
@@ -252,12 +262,12 @@ impl LeaderState {
         now_us: u64,
     ) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        if follower.refused {
+        if follower.standing == Standing::Refused {
             return None;
         }
         // Ready to a probe of this term: a follower whose log had failed reopened it and
         // follows again, from the offsets it gives here; it rejoins once caught up.
-        follower.failed = false;
+        follower.standing = Standing::Following;
         follower.next = next.max(written);
         follower.written = written;
         follower.synced = synced.min(written);
@@ -288,7 +298,7 @@ impl LeaderState {
         now_us: u64,
     ) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
-        if follower.failed || !follower.answered {
+        if follower.failed() || !follower.answered {
             return None;
         }
         follower.next = next.max(written);
@@ -314,21 +324,29 @@ impl LeaderState {
         change
     }
 
-    /// The leader cannot stream to a follower in this term (see `refused`): it leaves the
-    /// in-sync set and stays failed until the next term.
+    /// The leader cannot stream to a follower in this term: it leaves the in-sync set for
+    /// the rest of the term (`Standing::Refused`).
     pub fn on_refused(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
-        if let Some(follower) = self.followers.iter_mut().find(|f| f.shard == shard) {
-            follower.refused = true;
-        }
-        self.on_failed(shard, leader)
+        self.leave(shard, Standing::Refused, leader)
     }
 
     /// A follower's log failed or it could not take an `Append`: it leaves the in-sync set
-    /// and counts as failed until it answers a probe `Ready` (it reopened its log).
+    /// until it answers a probe `Ready` (`Standing::Failed`).
     pub fn on_failed(&mut self, shard: u16, leader: &LeaderOffsets) -> Option<IsrChange> {
+        self.leave(shard, Standing::Failed, leader)
+    }
+
+    fn leave(
+        &mut self,
+        shard: u16,
+        standing: Standing,
+        leader: &LeaderOffsets,
+    ) -> Option<IsrChange> {
         let follower = self.followers.iter_mut().find(|f| f.shard == shard)?;
         let was = follower.in_isr();
-        follower.failed = true;
+        if follower.standing != Standing::Refused {
+            follower.standing = standing;
+        }
         follower.in_sync = false;
         follower.joined = false;
         self.advance(leader);
@@ -541,7 +559,7 @@ mod tests {
         // It reopened its log and answers the next probe from where its log ends: it counts
         // again and rejoins once it holds everything below the watermarks.
         assert_eq!(state.on_probe_answer(1, 8, 8, 8, &l, 3), None);
-        assert!(!state.followers()[0].failed);
+        assert!(!state.followers()[0].failed());
         assert_eq!(state.hw(), 10, "a rejoining follower never moves hw back");
         assert_eq!(
             state.on_progress(1, 10, 10, 10, &l, 4),
@@ -557,7 +575,7 @@ mod tests {
         state.on_probe_answer(1, 10, 10, 10, &l, 1);
         assert_eq!(state.on_refused(1, &l), Some(IsrChange::LeftFailed(1)));
         assert_eq!(state.on_probe_answer(1, 10, 10, 10, &l, 2), None);
-        assert!(state.followers()[0].failed);
+        assert!(state.followers()[0].failed());
         assert_eq!(state.isr(&l, 0), vec![0]);
     }
 

@@ -136,6 +136,13 @@ impl Replica {
         }
     }
 
+    fn stop(&self) {
+        match self {
+            Replica::Leader(leader) => leader.stop(),
+            Replica::Follower(follower) => follower.stop(),
+        }
+    }
+
     /// Stops the replica and returns once none of its tasks touches the log any more (a
     /// follower may be truncating or reopening it): only then is `log()` final.
     async fn stop_and_join(&self) {
@@ -237,6 +244,7 @@ impl Shard {
                         .remove(&key.topic, key.partition);
                 }
             }
+            replica.stop(); // all at once; each is joined below
         }
         for replica in doomed {
             replica.stop_and_join().await;
@@ -274,7 +282,9 @@ impl Shard {
             })
             .await;
         }
-        for replica in self.replicas() {
+        let replicas: Vec<Replica> = self.replicas().collect();
+        replicas.iter().for_each(Replica::stop); // all at once; each is joined below
+        for replica in replicas {
             replica.stop_and_join().await;
             if let Err(error) = replica.log().close().await {
                 let key = replica.key();
