@@ -664,6 +664,23 @@ async fn run(seed: u64, scenario: Scenario) -> String {
             }
             let report = verify(&cluster, &model, scenario).await;
             cluster.stop();
+            if scenario == Scenario::FollowerDiskHeals {
+                // What the follower reported synced is on its disk: power loss there keeps
+                // everything below the synced watermark. After a failed fdatasync its log
+                // was cut back to what it had synced, not trusted to a second sync.
+                let leader = cluster.leader();
+                let hw_synced = leader.status().hw_synced;
+                let expected = read_range(leader.log(), 0, hw_synced).await;
+                disks[1].crash(CrashMode::DropPending);
+                let recovered = open_log(&disks[1], 1).await;
+                let offsets = recovered.offsets();
+                assert!(
+                    offsets.next >= hw_synced
+                        && read_range(&recovered, 0, hw_synced).await == expected,
+                    "power loss on the follower's disk lost records below the synced \
+                     watermark {hw_synced}: it recovered {offsets:?}"
+                );
+            }
             net.stopped.set(true);
             rt.stop_ticking();
             report
