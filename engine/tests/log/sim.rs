@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::log::sim::{CrashMode, Fault, Op, SimStorage};
-use engine::log::{Health, Log, LogConfig, LogError, WritePipeline};
+use engine::log::{Health, Log, LogConfig, LogError, LogStats, WritePipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -232,6 +232,89 @@ fn spawn_producers(
     (tasks, running)
 }
 
+/// The workload of one life in a power-loss test (see `power_loss_round`).
+struct Life {
+    producers: std::ops::RangeInclusive<u32>,
+    ops: std::ops::Range<u32>,
+    /// Run retention and a checkpoint during half the lives.
+    maintain: bool,
+    /// Scheduling steps before the power goes.
+    steps: std::ops::Range<u32>,
+    config: LogConfig,
+    pipeline: WritePipeline,
+}
+
+impl Life {
+    /// 1-4 producers of 100-400 operations, a `maintain` pass half the time, power lost
+    /// within 800 scheduling steps: long enough that the crash lands mid-workload, with
+    /// commits in flight, in most seeds.
+    fn mixed(config: LogConfig) -> Life {
+        Life {
+            producers: 1..=4,
+            ops: 100..400,
+            maintain: true,
+            steps: 0..800,
+            config,
+            pipeline: WritePipeline::default(),
+        }
+    }
+}
+
+/// What one life ran into.
+struct Crashed {
+    /// The log reopened after the power loss, checked against the model.
+    log: Log<SimStorage>,
+    recovery: engine::log::Recovery,
+    /// The crashed log's counts over the life.
+    stats: LogStats,
+    /// Every producer had finished when the power went.
+    idle: bool,
+}
+
+/// One life of a power-loss test: producers on `log`, maybe a `maintain` pass, a random
+/// number of scheduling steps, then power loss under `mode` and recovery checked against
+/// `model`.
+#[allow(clippy::too_many_arguments)]
+async fn power_loss_round(
+    storage: &SimStorage,
+    model: &Rc<RefCell<Model>>,
+    rng: &mut StdRng,
+    seed: u64,
+    round: u32,
+    mode: CrashMode,
+    log: Log<SimStorage>,
+    life: Life,
+) -> Crashed {
+    let shared = Rc::new(log);
+    let before = shared.stats();
+    let crashed = Rc::new(Cell::new(false));
+    let (tasks, running) = spawn_producers(
+        &shared,
+        model,
+        &crashed,
+        rng,
+        round,
+        life.producers,
+        life.ops,
+    );
+    if life.maintain && rng.random_bool(0.5) {
+        let _ = shared.maintain(0).await; // retention and checkpoint
+    }
+    for _ in 0..rng.random_range(life.steps) {
+        futures_lite::future::yield_now().await;
+    }
+    crashed.set(true);
+    let (stats, idle) = (shared.stats().since(&before), running.get() == 0);
+    cut_power(storage, mode, tasks, shared).await;
+    let (log, recovery) = recover_and_check(storage, model, seed, life.config, life.pipeline).await;
+    Crashed {
+        log,
+        recovery,
+        stats,
+        idle,
+    }
+}
+
 /// Crashes that hit an idle log (every task done): the test is only strong when few do.
 static IDLE_CRASHES: AtomicU64 = AtomicU64::new(0);
 /// Durable acknowledgements checked across all seeds.
@@ -253,34 +336,14 @@ fn power_loss_keeps_every_synced_batch() {
             .unwrap()
             .0;
         for round in 0..2 {
-            let shared = Rc::new(log);
-            let crashed = Rc::new(Cell::new(false));
-            // Long enough that the crash below lands mid-workload, with commits in flight, in
-            // most seeds.
-            let (tasks, running) =
-                spawn_producers(&shared, &model, &crashed, &mut rng, round, 1..=4, 100..400);
-            if rng.random_bool(0.5) {
-                let _ = shared.maintain(0).await; // retention and checkpoint
-            }
-            // Let the workload run for a random number of scheduling steps, then cut power.
-            for _ in 0..rng.random_range(0..800) {
-                futures_lite::future::yield_now().await;
-            }
-            if running.get() == 0 {
+            let life = Life::mixed(small_config());
+            let crashed =
+                power_loss_round(&storage, &model, &mut rng, seed, round, mode, log, life).await;
+            if crashed.idle {
                 IDLE_CRASHES.fetch_add(1, Ordering::Relaxed);
             }
-            crashed.set(true);
-            OVERLAPPED_WRITES.fetch_add(shared.stats().writes_overlapped, Ordering::Relaxed);
-            cut_power(&storage, mode, tasks, shared).await;
-            log = recover_and_check(
-                &storage,
-                &model,
-                seed,
-                small_config(),
-                WritePipeline::default(),
-            )
-            .await
-            .0;
+            OVERLAPPED_WRITES.fetch_add(crashed.stats.writes_overlapped, Ordering::Relaxed);
+            log = crashed.log;
         }
         DURABLE_ACKS.fetch_add(model.borrow().acks_durable, Ordering::Relaxed);
     });
@@ -368,29 +431,16 @@ fn power_loss_with_recycled_segments_keeps_every_synced_batch() {
         model.borrow_mut().appended = prefill;
         model.borrow_mut().durable_upto = log.offsets().next;
         for round in 0..2 {
-            let shared = Rc::new(log);
-            let recycled_before = shared.stats().segments_recycled;
-            let crashed = Rc::new(Cell::new(false));
-            let (tasks, _) =
-                spawn_producers(&shared, &model, &crashed, &mut rng, round, 1..=4, 100..400);
-            if rng.random_bool(0.5) {
-                let _ = shared.maintain(0).await;
-            }
-            for _ in 0..rng.random_range(0..800) {
-                futures_lite::future::yield_now().await;
-            }
-            crashed.set(true);
-            let recycled = shared.stats().segments_recycled - recycled_before;
-            RECYCLED.fetch_add(recycled, Ordering::Relaxed);
-            cut_power(&storage, mode, tasks, shared).await;
-            let (reopened, recovery) =
-                recover_and_check(&storage, &model, seed, config, WritePipeline::default()).await;
+            let life = Life::mixed(config);
+            let crashed =
+                power_loss_round(&storage, &model, &mut rng, seed, round, mode, log, life).await;
+            RECYCLED.fetch_add(crashed.stats.segments_recycled, Ordering::Relaxed);
             // Past the prefill every segment is a recycled file, so a recovery that ends the
             // active segment at its data met old batches, or remains, or both.
-            if recovery.truncated.is_some() {
+            if crashed.recovery.truncated.is_some() {
                 RECYCLED_RETIRED.fetch_add(1, Ordering::Relaxed);
             }
-            log = reopened;
+            log = crashed.log;
         }
     });
     let (recycled, retired) = (
@@ -932,26 +982,26 @@ fn power_loss_with_writes_in_flight_cuts_at_the_hole_and_keeps_synced_batches() 
             .unwrap()
             .0;
         for round in 0..3 {
-            let shared = Rc::new(log);
-            let crashed = Rc::new(Cell::new(false));
-            let (tasks, _) =
-                spawn_producers(&shared, &model, &crashed, &mut rng, round, 3..=6, 50..200);
-            for _ in 0..rng.random_range(20..600) {
-                futures_lite::future::yield_now().await;
-            }
-            crashed.set(true);
-            PIPELINED_OVERLAPS.fetch_add(shared.stats().writes_overlapped, Ordering::Relaxed);
-            cut_power(&storage, mode, tasks, shared).await;
-            let (reopened, recovery) =
-                recover_and_check(&storage, &model, seed, small_config(), narrow_pipeline()).await;
-            if recovery
+            let life = Life {
+                producers: 3..=6,
+                ops: 50..200,
+                maintain: false,
+                steps: 20..600,
+                config: small_config(),
+                pipeline: narrow_pipeline(),
+            };
+            let crashed =
+                power_loss_round(&storage, &model, &mut rng, seed, round, mode, log, life).await;
+            PIPELINED_OVERLAPS.fetch_add(crashed.stats.writes_overlapped, Ordering::Relaxed);
+            if crashed
+                .recovery
                 .truncated
                 .as_ref()
                 .is_some_and(|t| t.reason.contains("after the end of the data"))
             {
                 HOLES_CUT.fetch_add(1, Ordering::Relaxed);
             }
-            log = reopened;
+            log = crashed.log;
         }
     });
     let (holes, overlaps) = (
