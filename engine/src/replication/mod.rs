@@ -48,7 +48,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 /// How often the leader checks followers' lag and its own log's health.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
-/// How often the leader probes a follower that answered `Failed`.
+/// How often the leader probes a follower that answered `Failed` or that it refused.
 const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A follower whose log failed reopens it (recovery, as at a restart) at the first probe
 /// at least this long after the first probe that found it failed. The wait doubles with
@@ -797,7 +797,7 @@ impl<S: Storage + 'static> Leader<S> {
                         let lo = self.leader_offsets();
                         let change = self.state.borrow_mut().on_refused(follower, &lo);
                         self.note(change);
-                        self.rt.sleep(PROBE_RETRY).await;
+                        self.rt.sleep(FAILED_PROBE_INTERVAL).await;
                         return None;
                     }
                     return Some(next);
@@ -846,14 +846,16 @@ impl<S: Storage + 'static> Leader<S> {
                 Ok(batches) => batches,
                 Err(error) => {
                     tracing::warn!(topic = %self.key.topic, partition = self.key.partition, follower, %error, "reading batches to replicate");
+                    let mut pause = PROBE_RETRY;
                     if let LogError::OffsetOutOfRange { .. } = error {
                         // Behind the log start (retention): it cannot catch up from us.
                         let lo = self.leader_offsets();
                         let change = self.state.borrow_mut().on_refused(follower, &lo);
                         self.note(change);
+                        pause = FAILED_PROBE_INTERVAL;
                     }
                     self.refresh();
-                    self.rt.sleep(PROBE_RETRY).await;
+                    self.rt.sleep(pause).await;
                     return;
                 }
             };
