@@ -6,7 +6,9 @@
 //! - latency, acks `leader+fsync` (or `--latency-acks`): single-record batches sent open-loop
 //!   at a fixed rate (10,000/s by default); produce-to-ack measured from each send's
 //!   *intended* time, so a stall counts against every send it delays (no coordinated
-//!   omission).
+//!   omission);
+//! - the loopback round trip alone: the latency case's client against a plain thread on the
+//!   broker's core that acks at once (no log, no disk), beside fio's write+fdatasync.
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
@@ -29,7 +31,7 @@ use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
 use hdrhistogram::Histogram;
-use protocol::api::{ProduceRequest, ProduceResponse};
+use protocol::api::{ErrorCode, ProduceRequest, ProduceResponse};
 use protocol::{BatchBuilder, FrameBuf};
 
 const RECORD_BYTES: usize = 1024;
@@ -198,7 +200,70 @@ fn latency(
     seconds: u64,
 ) -> anyhow::Result<Latency> {
     let shard = Client::connect(address, ClientConfig::default())?.partition_address(topic, 0)?;
-    let mut stream = std::net::TcpStream::connect(&shard)?;
+    latency_at(&shard, topic, acks, rate, seconds)
+}
+
+/// The round trip without a broker: a plain thread on the broker's core answers each
+/// produce frame at once with an ack (no log, no disk), driven by the client of [`latency`]
+/// at the same rate. It is what loopback TCP and the wake-ups on both sides cost any broker
+/// on this machine; with the device's own figure it bounds what produce-to-ack can reach.
+fn loopback_floor(core: usize, rate: u64, seconds: u64) -> anyhow::Result<Latency> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let address = listener.local_addr()?.to_string();
+    let answerer = std::thread::spawn(move || -> anyhow::Result<()> {
+        pin(core);
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut ack = FrameBuf::new();
+        let body = ProduceResponse {
+            error: ErrorCode::NONE,
+            base_offset: 0,
+            log_start_offset: 0,
+        };
+        protocol::encode_frame(&mut ack, 0, &body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut buf = FrameBuf::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut acks = Vec::new();
+        loop {
+            let n = match stream.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error.into()),
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut used = 0;
+            acks.clear();
+            while let Some((request, len)) = protocol::decode_frame(&buf[used..])
+                .map_err(|e| anyhow::anyhow!("bad frame from the client: {e}"))?
+            {
+                let start = acks.len();
+                acks.extend_from_slice(&ack);
+                protocol::patch_correlation_id(&mut acks[start..], request.header.correlation_id);
+                used += len;
+            }
+            stream.write_all(&acks)?;
+            let unread = buf.len() - used;
+            buf.as_mut_slice().copy_within(used.., 0);
+            buf.resize(unread, 0);
+        }
+    });
+    let latency = latency_at(&address, "loopback-floor", Acks::Leader, rate, seconds)?;
+    answerer
+        .join()
+        .map_err(|_| anyhow::anyhow!("loopback answerer panicked"))??;
+    Ok(latency)
+}
+
+/// [`latency`] against the partition's shard at `shard` (an address).
+fn latency_at(
+    shard: &str,
+    topic: &str,
+    acks: Acks,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Latency> {
+    let mut stream = std::net::TcpStream::connect(shard)?;
     stream.set_nodelay(true)?;
     let mut reader = stream.try_clone()?;
     let mut builder = BatchBuilder::new();
@@ -340,6 +405,8 @@ struct Run {
     latency: Latency,
     /// fio's 4 KiB write p99 + fdatasync p99 on the broker's core, us; `None` without fio.
     device_p99_us: Option<f64>,
+    /// The same client against a thread that acks at once: the loopback round trip.
+    floor: Latency,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -407,6 +474,15 @@ fn main() -> anyhow::Result<()> {
             );
             device_p99_us = Some(bound_us);
         }
+        let floor = loopback_floor(args.broker_core, args.rate, args.seconds)?;
+        println!(
+            "run {run}: loopback round trip, a thread on core {} acking at once (no log, no disk), {}/s: p50 {} us p99 {} us p99.9 {} us",
+            args.broker_core,
+            args.rate,
+            floor.from_intended.value_at_quantile(0.5),
+            floor.from_intended.value_at_quantile(0.99),
+            floor.from_intended.value_at_quantile(0.999),
+        );
         let throughput = throughput_pair(
             &args,
             address,
@@ -452,6 +528,7 @@ fn main() -> anyhow::Result<()> {
             throughput,
             latency,
             device_p99_us,
+            floor,
         });
     }
     let p99 = median_over(&runs, |r| at(&r.latency.from_intended, 0.99));
@@ -498,6 +575,12 @@ fn main() -> anyhow::Result<()> {
             p99 / device
         );
     }
+    println!(
+        "| loopback round trip: the same client, a thread on the broker core acking at once | no log, no disk | p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us |",
+        median_over(&runs, |r| at(&r.floor.from_intended, 0.5)),
+        median_over(&runs, |r| at(&r.floor.from_intended, 0.99)),
+        median_over(&runs, |r| at(&r.floor.from_intended, 0.999)),
+    );
     println!();
     // Each target is judged only on the case it is about: the latency target on durable
     // (leader+fsync) acks, the throughput target when the throughput cases ran.
