@@ -175,6 +175,10 @@ struct Core<S: Storage> {
     pipeline: WritePipeline,
     state: RefCell<State<S::File>>,
     changed: Notify,
+    /// Wakes a spare zeroing at the appends' pace (`spare_pace`): the appends reached its
+    /// due point, a roll waits for it, or the log closed, failed or found damage. Not
+    /// `changed`, which every write and sync completion signals.
+    spare_wake: Notify,
 }
 
 /// A write or fdatasync running in a task of the log's own, and when it was issued.
@@ -417,6 +421,7 @@ impl<S: Storage> Log<S> {
                 pipeline,
                 state: RefCell::new(state),
                 changed: Notify::default(),
+                spare_wake: Notify::default(),
             }),
         };
         Ok((log, report))
@@ -440,16 +445,11 @@ impl<S: Storage> Log<S> {
         self.core.state.borrow().health.clone()
     }
 
-    /// Writes and fdatasyncs of this log the disk has not returned yet, including any that
-    /// will fail. A failed log's files may be reopened only once this is 0: the kernel
-    /// performs a write it has even when its task is cancelled.
-    pub fn io_running(&self) -> usize {
-        let st = self.core.state.borrow();
-        st.inflight.iter().filter(|w| !w.done).count() + usize::from(st.syncing.is_some())
-    }
-
     /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
-    /// that stops completing I/O shows here (the shard's upkeep warns about it).
+    /// that stops completing I/O shows here (the shard's upkeep warns about it). `None`
+    /// means the disk returned every one, failed ones included: only then may a failed
+    /// log's files be reopened, since the kernel performs a write it has even when its task
+    /// is cancelled.
     pub fn io_in_flight(&self) -> Option<IoInFlight> {
         let st = self.core.state.borrow();
         let write = st.inflight.iter().find(|w| !w.done).map(|w| IoInFlight {
@@ -559,7 +559,7 @@ impl<S: Storage> Log<S> {
         }
         if st.active.data_end >= st.spare_due {
             st.spare_due = u64::MAX;
-            self.core.changed.notify();
+            self.core.spare_wake.notify();
         }
         Ok(AppendStep::Done(Appended {
             base_offset,
@@ -661,11 +661,15 @@ impl<S: Storage> Log<S> {
     async fn new_segment_file(&self, base: u64) -> Result<S::File, LogError> {
         let path = log_path(&self.core.dir, base);
         // A spare still zeroing at the appends' pace sees the roll (`rolling`) and hurries.
-        self.core.changed.notify();
+        self.core.spare_wake.notify();
         let spare_ready = loop {
             let seen = self.core.changed.epoch();
             let taken = {
                 let mut st = self.core.state.borrow_mut();
+                if st.closed {
+                    // Nothing of a closed log touches its directory (see `close`).
+                    return Err(LogError::Closed);
+                }
                 let ready = match st.spare {
                     Spare::Preparing(_) => None,
                     Spare::Ready => Some(true),
@@ -885,6 +889,7 @@ impl<S: Storage> Log<S> {
                 offset: segment_base,
                 reason: format!("read found: {error}"),
             };
+            self.core.spare_wake.notify();
         }
         LogError::Corrupt {
             segment_base,
@@ -1031,9 +1036,11 @@ impl<S: Storage> Log<S> {
             (quiet, spare)
         };
         self.core.changed.notify();
+        self.core.spare_wake.notify();
         // Nothing of this log may touch its directory after close, when it may be opened
         // again or removed with its topic: a spare being zeroed sees `closed` and removes its
-        // file; a rename finishes.
+        // file; a rename finishes; a roll still waiting for its segment file gets `Closed`
+        // instead of making one. (Callers end their appends, and so any roll, first.)
         if let Some(task) = spare {
             let _ = task.await;
         }
@@ -1171,13 +1178,14 @@ impl<S: Storage> Core<S> {
     fn start_spare(self: &Rc<Self>, st: &mut State<S::File>, retired: Option<(u64, Rc<S::File>)>) {
         let core = Rc::clone(self);
         st.spare = Spare::Preparing(spawn_task(async move {
+            let recycled = retired.is_some();
             let prepared = match retired {
                 Some((base, file)) => core.recycle_spare(base, file).await,
                 None => core.prepare_spare().await,
             };
             let mut st = core.state.borrow_mut();
             st.spare = match prepared {
-                Ok(recycled) => {
+                Ok(()) => {
                     st.stats.spares_prepared += 1;
                     st.stats.segments_recycled += u64::from(recycled);
                     Spare::Ready
@@ -1221,26 +1229,29 @@ impl<S: Storage> Core<S> {
     /// Turns a segment retention let go of into `spare.ready`: its index goes, then its
     /// name. A crash in between leaves the segment without an index (rebuilt at the next
     /// open, then let go of again); a crash after leaves a ready spare.
-    async fn recycle_spare(&self, base: u64, file: Rc<S::File>) -> Result<bool, LogError> {
+    async fn recycle_spare(&self, base: u64, file: Rc<S::File>) -> Result<(), LogError> {
         tracing::info!(dir = %self.dir.display(), base, "retention: recycling segment as the next one");
-        if let Ok(file) = Rc::try_unwrap(file) {
-            file.close()
+        let (path, index) = (log_path(&self.dir, base), index_path(&self.dir, base));
+        let recycled = async {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                file.close()
+                    .await
+                    .map_err(LogError::io("close recycled segment"))?;
+            }
+            let _ = self.storage.remove(&index).await;
+            self.storage
+                .rename(&path, &self.dir.join(SPARE_READY))
                 .await
-                .map_err(LogError::io("close recycled segment"))?;
+                .map_err(LogError::io("rename recycled segment"))
         }
-        let path = log_path(&self.dir, base);
-        let _ = self.storage.remove(&index_path(&self.dir, base)).await;
-        let renamed = self
-            .storage
-            .rename(&path, &self.dir.join(SPARE_READY))
-            .await;
-        if renamed.is_err() {
-            // Not left behind outside the log: retention let go of it either way.
+        .await;
+        if recycled.is_err() {
+            // Retention let go of it either way: left behind, the next open would take it
+            // for the log's start and serve its old batches again.
+            let _ = self.storage.remove(&index).await;
             let _ = self.storage.remove(&path).await;
         }
-        renamed
-            .map(|()| true)
-            .map_err(LogError::io("rename recycled segment"))
+        recycled
     }
 
     /// Prepares the next segment file: allocated, zeroed, synced, then renamed to
@@ -1249,7 +1260,7 @@ impl<S: Storage> Core<S> {
     /// The zeroing goes in small writes, paced by the appends (`spare_pace`): all at once, a
     /// 128 MiB segment kept the device busy with 2 MiB writes for about 150 ms, and every
     /// append's 4 KiB write queued behind them (p99 0.5 ms, max 4.5 ms, against 78 µs p90).
-    async fn prepare_spare(&self) -> Result<bool, LogError> {
+    async fn prepare_spare(&self) -> Result<(), LogError> {
         let tmp = self.dir.join(SPARE_TMP);
         let pace = |zeroed| self.spare_pace(zeroed);
         let file =
@@ -1258,7 +1269,6 @@ impl<S: Storage> Core<S> {
         self.storage
             .rename(&tmp, &self.dir.join(SPARE_READY))
             .await
-            .map(|()| false)
             .map_err(LogError::io("rename spare"))
     }
 
@@ -1270,14 +1280,14 @@ impl<S: Storage> Core<S> {
     /// spare, it writes whole tail buffers at once, since small writes would only make the
     /// roll wait longer. 0 once the log is closed or failed: the spare is abandoned.
     ///
-    /// A log that goes quiet between half and three quarters full still finishes its spare,
-    /// a chunk per idle second, instead of holding the task and the file open for as long as
-    /// it stays quiet.
+    /// Behind that schedule (a log that went quiet between half and three quarters full)
+    /// it still writes a chunk each second, instead of holding the task and the file open
+    /// for as long as the log stays quiet.
     async fn spare_pace(&self, zeroed: u64) -> u64 {
         let large = self.config.write_buffer_bytes.max(SPARE_ZERO_CHUNK_BYTES);
         let mut idle = std::pin::pin!(self.storage.sleep(SPARE_IDLE_PACE));
         loop {
-            let seen = self.changed.epoch();
+            let seen = self.spare_wake.epoch();
             {
                 let mut st = self.state.borrow_mut();
                 if st.closed || st.health != Health::Healthy {
@@ -1302,7 +1312,7 @@ impl<S: Storage> Core<S> {
             }
             let quiet = futures_lite::future::or(
                 async {
-                    self.changed.changed(seen).await;
+                    self.spare_wake.changed(seen).await;
                     false
                 },
                 async {
@@ -1511,5 +1521,6 @@ impl<S: Storage> Core<S> {
             op,
             errno: error.raw_os_error(),
         };
+        self.spare_wake.notify();
     }
 }

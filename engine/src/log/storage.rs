@@ -9,8 +9,8 @@
 //! - A completed `write_at` survives a process crash; it survives power loss only once a
 //!   later `sync` on that file completed (or at once, for files opened with `dsync`).
 //! - `allocate` sets the file size (never shrinks it) and `truncate` shrinks it; the new size
-//!   survives power loss only after `sync`. A new file or rename survives power loss only after `sync_dir` on its
-//!   directory.
+//!   survives power loss only after `sync`. A new file or rename survives power loss only
+//!   after `sync_dir` on its directory.
 //! - Errors are `io::Error`s carrying the OS error code (EIO, ENOSPC, ...).
 //!
 //! Owner: one shard. Every type here is `!Send`: a log and its files never leave their core.

@@ -1282,7 +1282,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 .set(Some(now.saturating_add(backoff.as_micros() as u64)));
             return false;
         };
-        if now < due || old.io_running() > 0 {
+        if now < due || old.io_in_flight().is_some() {
             return false;
         }
         self.reopen_backoff
