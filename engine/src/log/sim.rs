@@ -589,15 +589,18 @@ impl PendingWrite {
     }
 }
 
-/// A file's contents. Invariant: `current` = `durable` zero-extended to `current.len()`, with
-/// `pending` applied in order, unless a sync failed (`writeback_lost`): the writes it dropped
-/// are in `current` only, for good.
+/// A file's contents. Invariant: `current` = `durable` cut to `cut_to` and zero-extended to
+/// `current.len()`, with `pending` applied in order, unless a sync failed (`writeback_lost`):
+/// the writes it dropped are in `current` only, for good.
 #[derive(Debug, Default)]
 struct FileNode {
     current: Vec<u8>,
     durable: Vec<u8>,
     pending: Vec<PendingWrite>,
     writeback_lost: bool,
+    /// The shortest the file was cut to since the last sync: the sync makes that cut
+    /// durable too, so bytes past it never come back when the file grows again.
+    cut_to: Option<usize>,
     /// Open handles of this generation; an unlinked file keeps its space while it is open.
     open_handles: u32,
 }
@@ -654,6 +657,7 @@ impl FileNode {
     /// image keeps its size (and bytes) until `sync`, as an unsynced ftruncate may be lost.
     fn truncate(&mut self, len: usize) {
         self.current.truncate(len);
+        self.cut_to = Some(self.cut_to.map_or(len, |cut| cut.min(len)));
         for write in &mut self.pending {
             write.bytes.truncate(len.saturating_sub(write.pos));
         }
@@ -662,6 +666,9 @@ impl FileNode {
 
     /// fdatasync: everything in the current image becomes durable.
     fn sync(&mut self) {
+        if let Some(cut) = self.cut_to.take() {
+            self.durable.truncate(cut);
+        }
         self.durable.resize(self.current.len(), 0);
         for write in self.pending.drain(..) {
             put(&mut self.durable, write.pos, &write.bytes);
@@ -1153,6 +1160,9 @@ impl Disk {
             file.current = image.clone();
             file.durable = image;
             file.open_handles = 0;
+            // The page cache is gone: nothing is pending, cut or lost to writeback now.
+            file.cut_to = None;
+            file.writeback_lost = false;
         }
         for dir in self.dirs.values_mut() {
             dir.current = dir.durable.clone();
