@@ -769,3 +769,61 @@ fn the_watermark_follows_an_acks_none_write_without_waiting_for_the_tick() {
         assert_eq!(records(&fetched.records).len(), 3);
     });
 }
+
+/// A follower the leader refused (here: ahead of the leader after a probe, which cannot
+/// follow this lineage) is out for the rest of the term, and the leader stops probing it:
+/// one refusal and one error line, not one a second.
+#[test]
+fn a_refused_follower_is_not_probed_again_in_the_term() {
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
+        let disk = SimStorage::new(1);
+        let net = net(2);
+        glommio::spawn_local(pump(Rc::clone(&net))).detach();
+        net.up.borrow_mut()[1] = false; // no follower runs: the test answers for it
+        let llog = open_log(&disk, 0).await;
+        let init = LeaderInit {
+            followers: vec![1],
+            ..leader_init(&disk, 0, llog)
+        };
+        let leader = net.lead(init, &rt).await;
+        leader
+            .produce(&batch("A", 2), Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let probes_to_follower = || {
+            net.sent
+                .borrow()
+                .iter()
+                .filter_map(|(to, message)| match message {
+                    ReplMessage::Probe { probe, epoch, .. } if *to == 1 => Some((*probe, *epoch)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let Some(&(probe, epoch)) = probes_to_follower().last() else {
+            panic!("the leader never probed its follower");
+        };
+        leader.on_message(ReplMessage::Progress {
+            key: key(),
+            epoch,
+            from: 1,
+            probe,
+            status: FollowerStatus::Ready,
+            next: 10,
+            written: 10,
+            synced: 10,
+        });
+        let before = probes_to_follower().len();
+        settle(&rt, 5_000_000).await;
+        let after = probes_to_follower().len();
+        let status = leader.status();
+        rt.stop_ticking();
+        net.stop.set(true);
+        leader.stop();
+        assert_eq!(status.isr, vec![0]);
+        assert_eq!(status.followers[0].state, ReplicaState::Failed);
+        assert_eq!(after, before, "a refused follower was probed again");
+    });
+}

@@ -34,7 +34,7 @@ use crate::log::notify::Notify;
 use crate::log::storage::Storage;
 use crate::log::truncate::truncate_to;
 use crate::log::{Appended, Health, Log, LogConfig, LogError};
-use state::{IsrChange, LagBounds, LeaderOffsets, LeaderState, divergence};
+use state::{IsrChange, LagBounds, LeaderOffsets, LeaderState, Standing, divergence};
 
 /// `Append` messages one follower may have unanswered: the pipeline depth of replication.
 /// Each carries every batch appended meanwhile, so a deeper pipeline buys little.
@@ -48,7 +48,8 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 /// How often the leader checks followers' lag and its own log's health.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
-/// How often the leader probes a follower that answered `Failed` or that it refused.
+/// How often the leader probes a follower that answered `Failed` (it reopens its log at one
+/// of them), and how often a refused follower's replicator looks whether the term ended.
 const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A follower whose log failed reopens it (recovery, as at a restart) at the first probe
 /// at least this long after the first probe that found it failed. The wait doubles with
@@ -746,6 +747,16 @@ impl<S: Storage + 'static> Leader<S> {
     /// One follower's replication: probe, then stream, until the term ends.
     async fn replicate(self: Rc<Self>, follower: u16) {
         while !self.stopped.get() {
+            let refused = self
+                .state
+                .borrow()
+                .follower(follower)
+                .is_some_and(|f| f.standing == Standing::Refused);
+            if refused {
+                // Refused for the rest of the term: nothing to probe or stream until it ends.
+                self.rt.sleep(FAILED_PROBE_INTERVAL).await;
+                continue;
+            }
             let Some(start) = self.probe(follower).await else {
                 continue;
             };
@@ -797,7 +808,6 @@ impl<S: Storage + 'static> Leader<S> {
                         let lo = self.leader_offsets();
                         let change = self.state.borrow_mut().on_refused(follower, &lo);
                         self.note(change);
-                        self.rt.sleep(FAILED_PROBE_INTERVAL).await;
                         return None;
                     }
                     return Some(next);
@@ -846,16 +856,14 @@ impl<S: Storage + 'static> Leader<S> {
                 Ok(batches) => batches,
                 Err(error) => {
                     tracing::warn!(topic = %self.key.topic, partition = self.key.partition, follower, %error, "reading batches to replicate");
-                    let mut pause = PROBE_RETRY;
                     if let LogError::OffsetOutOfRange { .. } = error {
                         // Behind the log start (retention): it cannot catch up from us.
                         let lo = self.leader_offsets();
                         let change = self.state.borrow_mut().on_refused(follower, &lo);
                         self.note(change);
-                        pause = FAILED_PROBE_INTERVAL;
                     }
                     self.refresh();
-                    self.rt.sleep(pause).await;
+                    self.rt.sleep(PROBE_RETRY).await;
                     return;
                 }
             };
@@ -915,6 +923,21 @@ fn end_offset(batches: &[u8]) -> Option<u64> {
     end
 }
 
+/// When a failed follower log is reopened (see `Follower::reopen`).
+#[derive(Debug, Clone, Copy)]
+struct Reopening {
+    /// When the next reopen may run (runtime µs); `None` until a probe found the log failed.
+    due_us: Option<u64>,
+    /// When the last reopen ran.
+    last_us: u64,
+    /// The wait before the next reopen.
+    backoff: Duration,
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// A follower replica of a partition: appends what its leader sends.
 ///
 /// Owner: one shard (`!Send`). Messages are queued by `deliver` (which never waits) and
@@ -934,11 +957,7 @@ pub struct Follower<S: Storage> {
     truncations: Cell<u64>,
     /// Times the failed log was reopened and the replica followed again.
     reopens: Cell<u64>,
-    /// When the failed log may be reopened (runtime µs; `None`: no reopen is due yet), the
-    /// wait before the next one, and when the last reopen was.
-    reopen_at_us: Cell<Option<u64>>,
-    reopened_at_us: Cell<u64>,
-    reopen_backoff: Cell<Duration>,
+    reopening: Cell<Reopening>,
     inbox: RefCell<VecDeque<ReplMessage>>,
     inbox_changed: Notify,
     stopped: Cell<bool>,
@@ -994,9 +1013,11 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             known_hw: Cell::new(known_hw),
             truncations: Cell::new(0),
             reopens: Cell::new(0),
-            reopen_at_us: Cell::new(None),
-            reopened_at_us: Cell::new(0),
-            reopen_backoff: Cell::new(REOPEN_BACKOFF_MIN),
+            reopening: Cell::new(Reopening {
+                due_us: None,
+                last_us: 0,
+                backoff: REOPEN_BACKOFF_MIN,
+            }),
             inbox: RefCell::new(VecDeque::new()),
             inbox_changed: Notify::default(),
             stopped: Cell::new(false),
@@ -1268,49 +1289,43 @@ impl<S: Storage + Clone + 'static> Follower<S> {
             return false;
         }
         let now = self.rt.now_us();
-        let backoff = self.reopen_backoff.get();
-        let Some(due) = self.reopen_at_us.get() else {
+        let mut reopening = self.reopening.get();
+        let Some(due) = reopening.due_us else {
             // The first probe since the log failed.
-            let healthy_for = now.saturating_sub(self.reopened_at_us.get());
-            let backoff = if healthy_for >= backoff.as_micros() as u64 {
-                REOPEN_BACKOFF_MIN
-            } else {
-                backoff
-            };
-            self.reopen_backoff.set(backoff);
-            self.reopen_at_us
-                .set(Some(now.saturating_add(backoff.as_micros() as u64)));
+            if now.saturating_sub(reopening.last_us) >= micros(reopening.backoff) {
+                reopening.backoff = REOPEN_BACKOFF_MIN;
+            }
+            reopening.due_us = Some(now.saturating_add(micros(reopening.backoff)));
+            self.reopening.set(reopening);
             return false;
         };
         if now < due || old.io_in_flight().is_some() {
             return false;
         }
-        self.reopen_backoff
-            .set((backoff * 2).min(REOPEN_BACKOFF_MAX));
+        reopening.backoff = (reopening.backoff * 2).min(REOPEN_BACKOFF_MAX);
         let synced = old.offsets().synced;
         // A failed log's close only releases it; its error says again why it failed.
         let _ = old.close().await;
         if self.stopped.get() {
             return false; // the replica is being removed or the broker stops
         }
-        match self.replace_log(synced).await {
+        let replaced = self.replace_log(synced).await;
+        match &replaced {
             Ok(()) => {
                 tracing::warn!(topic = %self.key.topic, partition = self.key.partition,
                     next = self.log().offsets().next, "failed follower log reopened; following again");
                 self.reopens.set(self.reopens.get() + 1);
-                self.reopened_at_us.set(now);
-                self.reopen_at_us.set(None);
-                true
+                reopening.last_us = now;
+                reopening.due_us = None;
             }
             Err(error) => {
-                let retry = self.reopen_backoff.get();
                 tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error,
-                    retry_in = ?retry, "reopening the failed follower log failed");
-                self.reopen_at_us
-                    .set(Some(now.saturating_add(retry.as_micros() as u64)));
-                false
+                    retry_in = ?reopening.backoff, "reopening the failed follower log failed");
+                reopening.due_us = Some(now.saturating_add(micros(reopening.backoff)));
             }
         }
+        self.reopening.set(reopening);
+        replaced.is_ok()
     }
 
     /// Drops the log's records from `point` on: close, truncate the files, reopen.
@@ -1341,6 +1356,11 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         };
         if let Err(error) = persisted {
             let _ = log.close().await;
+            if matches!(log.health(), Health::Damaged { .. }) {
+                // Damage is reported, not repaired: the replica keeps the damaged log, so
+                // no reopen is tried again (see `reopen`).
+                *self.log.borrow_mut() = Rc::new(log);
+            }
             return Err(error);
         }
         *self.epochs.borrow_mut() = epochs;
