@@ -173,23 +173,24 @@ impl Conn {
     /// `COALESCE_BYTES`, after `first` itself; false (and `joined` untouched) when none fits.
     fn join_queued(&self, first: &[u8], joined: &mut Vec<u8>) -> bool {
         let mut outbox = self.outbox.borrow_mut();
-        let mut len = first.len();
-        if outbox
-            .front()
-            .is_none_or(|next| len + next.len() > COALESCE_BYTES)
-        {
+        // How many queued frames fit behind `first`, and the joined length.
+        let (mut count, mut len) = (0, first.len());
+        for next in outbox.iter() {
+            if len + next.len() > COALESCE_BYTES {
+                break;
+            }
+            len += next.len();
+            count += 1;
+        }
+        if count == 0 {
             return false;
         }
         joined.clear();
-        // One allocation of the most it can hold, not a chain of regrowths.
-        joined.reserve_exact(COALESCE_BYTES);
+        // One allocation of exactly what is joined, not a chain of regrowths.
+        joined.reserve_exact(len);
         joined.extend_from_slice(first);
-        while let Some(next) = outbox.front()
-            && len + next.len() <= COALESCE_BYTES
-        {
-            len += next.len();
-            joined.extend_from_slice(next);
-            outbox.pop_front();
+        for next in outbox.drain(..count) {
+            joined.extend_from_slice(&next);
         }
         true
     }
@@ -205,8 +206,7 @@ async fn write_loop(conn: Rc<Conn>, mut writer: WriteHalf<TcpStream>) {
                 let (written, len) = if conn.join_queued(&frame, &mut joined) {
                     let written = writer.write_all(&joined).await;
                     let len = joined.len();
-                    // An idle connection keeps no join buffer (COALESCE_BYTES): one
-                    // allocation per joined write, against the syscalls it saves.
+                    // An idle connection keeps no join buffer (up to COALESCE_BYTES).
                     if conn.outbox.borrow().is_empty() {
                         joined = Vec::new();
                     }
