@@ -58,6 +58,7 @@ pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartOffset};
 pub use error::ClientError;
 pub use metadata::Metadata;
 pub use producer::{BatchAck, FailedBatch, FlushError, Producer, ProducerConfig, ProducerStats};
+pub use reader::{FrameReader, OwnedFrame, ReadError};
 pub use retry::RetryPolicy;
 
 /// Re-exported so callers need not depend on `protocol` for the common types.

@@ -1,6 +1,7 @@
 //! Incremental frame decoding from a byte stream into 16-aligned buffers.
 //!
-//! Owner: one [`Connection`](crate::Connection); not shared.
+//! Owner: whoever reads one stream (a [`Connection`](crate::Connection), or a tool reading
+//! frames off a socket); not shared.
 //!
 //! Small frames (up to `READ_BUFFER_BYTES`) arrive in one shared buffer, several per read, and
 //! are copied out body-only into a buffer of their own. A larger frame, once its header has
@@ -40,14 +41,17 @@ impl OwnedFrame {
 }
 
 /// Why no frame came out of the stream.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// The read failed. `WouldBlock`/`TimedOut` (a socket read timeout) leave the reader
     /// consistent: call again to go on.
+    #[error("read failed: {0}")]
     Io(io::Error),
     /// The stream ended; `mid_frame` when part of a frame had arrived.
+    #[error("the peer closed the connection{}", if *mid_frame { " in the middle of a frame" } else { "" })]
     Closed { mid_frame: bool },
     /// The bytes are not a frame. The stream cannot be resynchronised.
+    #[error("bad frame: {0}")]
     Decode(DecodeError),
 }
 

@@ -18,7 +18,7 @@
 //!
 //! `cargo run --release -p ringmq-bench-harness --bin brokerbench -- --seconds 10 --runs 3`
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bench_harness::machine::ScratchDir;
 use bench_harness::{fio, median};
-use client::{Acks, Client, ClientConfig, Producer, ProducerConfig};
+use client::{Acks, Client, ClientConfig, FrameReader, Producer, ProducerConfig, ReadError};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
 use hdrhistogram::Histogram;
@@ -221,38 +221,24 @@ fn loopback_floor(core: usize, rate: u64, seconds: u64) -> anyhow::Result<Latenc
             log_start_offset: 0,
         };
         protocol::encode_frame(&mut ack, 0, &body).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut buf = FrameBuf::new();
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut acks = Vec::new();
+        let mut frames = FrameReader::new();
         loop {
-            let n = match stream.read(&mut chunk) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error.into()),
+            let request = match frames.next_frame(&mut stream) {
+                Ok(request) => request,
+                Err(ReadError::Closed { mid_frame: false }) => return Ok(()),
+                Err(error) => bail!("loopback answerer: {error}"),
             };
-            buf.extend_from_slice(&chunk[..n]);
-            let mut used = 0;
-            acks.clear();
-            while let Some((request, len)) = protocol::decode_frame(&buf[used..])
-                .map_err(|e| anyhow::anyhow!("bad frame from the client: {e}"))?
-            {
-                let start = acks.len();
-                acks.extend_from_slice(&ack);
-                protocol::patch_correlation_id(&mut acks[start..], request.header.correlation_id);
-                used += len;
-            }
-            stream.write_all(&acks)?;
-            let unread = buf.len() - used;
-            buf.as_mut_slice().copy_within(used.., 0);
-            buf.resize(unread, 0);
+            protocol::patch_correlation_id(ack.as_mut_slice(), request.header().correlation_id);
+            stream.write_all(&ack)?;
         }
     });
-    let latency = latency_at(&address, "loopback-floor", Acks::Leader, rate, seconds)?;
-    answerer
+    let latency = latency_at(&address, "loopback-floor", Acks::Leader, rate, seconds);
+    // The answerer's own error, if it failed, says more than the client's "closed".
+    let answered = answerer
         .join()
-        .map_err(|_| anyhow::anyhow!("loopback answerer panicked"))??;
-    Ok(latency)
+        .map_err(|_| anyhow::anyhow!("loopback answerer panicked"))?;
+    answered?;
+    latency
 }
 
 /// [`latency`] against the partition's shard at `shard` (an address).
@@ -294,40 +280,24 @@ fn latency_at(
     let sent_read = Arc::clone(&sent_at);
     let acks = std::thread::spawn(move || -> anyhow::Result<Latency> {
         let mut latency = Latency::new()?;
-        // Unread bytes, frames from offset 0: each frame's length is a multiple of 16, so
-        // every frame in it starts 16-aligned, as rkyv needs.
-        let mut buf = FrameBuf::new();
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut received = 0u64;
-        while received < total {
-            let n = match reader.read(&mut chunk) {
-                Ok(0) => bail!("broker closed the connection"),
-                Ok(n) => n,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error.into()),
-            };
+        let mut frames = FrameReader::new();
+        for _ in 0..total {
+            let response = frames
+                .next_frame(&mut reader)
+                .map_err(|e| anyhow::anyhow!("from the broker: {e}"))?;
             let now = Instant::now();
-            buf.extend_from_slice(&chunk[..n]);
-            let mut used = 0;
-            while let Some((response, len)) = protocol::decode_frame(&buf[used..])
-                .map_err(|e| anyhow::anyhow!("bad frame from the broker: {e}"))?
-            {
-                let body: ProduceResponse =
-                    response.deserialize().map_err(|e| anyhow::anyhow!("{e}"))?;
-                if !body.error.is_ok() {
-                    bail!("produce failed: {}", body.error);
-                }
-                let i = response.header.correlation_id;
-                let sent = sent_read
-                    .get(i as usize)
-                    .map_or(0, |at| at.load(Ordering::Acquire));
-                latency.record(due(i), started + Duration::from_nanos(sent), now)?;
-                used += len;
-                received += 1;
+            let body: ProduceResponse = response
+                .frame()
+                .deserialize()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if !body.error.is_ok() {
+                bail!("produce failed: {}", body.error);
             }
-            let unread = buf.len() - used;
-            buf.as_mut_slice().copy_within(used.., 0);
-            buf.resize(unread, 0);
+            let i = response.header().correlation_id;
+            let sent = sent_read
+                .get(i as usize)
+                .map_or(0, |at| at.load(Ordering::Acquire));
+            latency.record(due(i), started + Duration::from_nanos(sent), now)?;
         }
         Ok(latency)
     });
