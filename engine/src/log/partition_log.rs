@@ -1278,12 +1278,12 @@ impl<S: Storage> Core<S> {
     /// segment zeroed. On schedule it writes `SPARE_ZERO_CHUNK_BYTES` at a time; when the
     /// appends are a whole tail buffer ahead (a fast producer), or a roll waits for the
     /// spare, it writes whole tail buffers at once, since small writes would only make the
-    /// roll wait longer. 0 once the log is closed or failed: the spare is abandoned.
+    /// roll wait longer. `None` once the log is closed or failed: the spare is abandoned.
     ///
     /// Behind that schedule (a log that went quiet between half and three quarters full)
     /// it still writes a chunk each second, instead of holding the task and the file open
     /// for as long as the log stays quiet.
-    async fn spare_pace(&self, zeroed: u64) -> u64 {
+    async fn spare_pace(&self, zeroed: u64) -> Option<u64> {
         let large = self.config.write_buffer_bytes.max(SPARE_ZERO_CHUNK_BYTES);
         let mut idle = std::pin::pin!(self.storage.sleep(SPARE_IDLE_PACE));
         loop {
@@ -1291,10 +1291,10 @@ impl<S: Storage> Core<S> {
             {
                 let mut st = self.state.borrow_mut();
                 if st.closed || st.health != Health::Healthy {
-                    return 0;
+                    return None;
                 }
                 if st.rolling {
-                    return large;
+                    return Some(large);
                 }
                 let capacity = st.active.capacity_bytes;
                 let due = |zeroed: u64| {
@@ -1303,10 +1303,10 @@ impl<S: Storage> Core<S> {
                     (capacity / 2).saturating_add(u64::try_from(past_half).unwrap_or(u64::MAX))
                 };
                 if st.active.data_end >= due(zeroed + large) {
-                    return large;
+                    return Some(large);
                 }
                 if st.active.data_end >= due(zeroed) {
-                    return SPARE_ZERO_CHUNK_BYTES;
+                    return Some(SPARE_ZERO_CHUNK_BYTES);
                 }
                 st.spare_due = due(zeroed);
             }
@@ -1322,7 +1322,7 @@ impl<S: Storage> Core<S> {
             )
             .await;
             if quiet {
-                return SPARE_ZERO_CHUNK_BYTES;
+                return Some(SPARE_ZERO_CHUNK_BYTES);
             }
         }
     }

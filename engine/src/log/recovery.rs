@@ -270,14 +270,14 @@ pub(crate) async fn create_segment_file<S: Storage>(
     path: &Path,
     config: &LogConfig,
 ) -> Result<S::File, LogError> {
-    let whole_chunks = |_| std::future::ready(config.write_buffer_bytes);
+    let whole_chunks = |_| std::future::ready(Some(config.write_buffer_bytes));
     create_segment_file_paced(storage, path, config, whole_chunks).await
 }
 
 /// `create_segment_file`, zeroing in writes whose length `pace(bytes zeroed so far)` gives
 /// when it resolves: a spare prepared in the background zeroes in small writes at the
-/// appends' pace, so their own writes do not queue behind long ones. A length of 0 abandons
-/// the file: it is removed and `Closed` returned.
+/// appends' pace, so their own writes do not queue behind long ones. `None` abandons the
+/// file (its log closed or failed): it is removed and `Closed` returned.
 pub(crate) async fn create_segment_file_paced<S, P, Fut>(
     storage: &S,
     path: &Path,
@@ -287,7 +287,7 @@ pub(crate) async fn create_segment_file_paced<S, P, Fut>(
 where
     S: Storage,
     P: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = u64>,
+    Fut: std::future::Future<Output = Option<u64>>,
 {
     let file = storage
         .open(path, segment_flags(config, true))
@@ -306,7 +306,7 @@ async fn prepare<F, P, Fut>(file: &F, config: &LogConfig, mut pace: P) -> Result
 where
     F: StorageFile,
     P: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = u64>,
+    Fut: std::future::Future<Output = Option<u64>>,
 {
     file.allocate(config.segment_bytes)
         .await
@@ -317,11 +317,10 @@ where
         let mut zeros: Option<Rc<F::Buffer>> = None;
         let mut at = 0;
         while at < config.segment_bytes {
-            let chunk = pace(at).await;
-            if chunk == 0 {
+            let Some(chunk) = pace(at).await else {
                 return Err(LogError::Closed);
-            }
-            let chunk = block_ceil(chunk);
+            };
+            let chunk = block_ceil(chunk.max(1));
             let len = chunk.min(config.segment_bytes - at);
             let buf = match zeros.take() {
                 Some(buf) if (*buf).as_ref().len() as u64 == len => buf,
