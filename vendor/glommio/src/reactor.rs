@@ -206,7 +206,6 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        // RINGMQ: or the slice's deadline has passed (no preemption TIMEOUT per turn).
         (unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) })
             || self.sys.preempt_due()
     }
