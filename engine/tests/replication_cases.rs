@@ -392,8 +392,8 @@ fn failover_candidates_are_only_followers_that_joined_this_term() {
 }
 
 /// F2, leader side: the stale `Ready(next=4)` reaches the epoch-2 leader (whose log ends at
-/// 2) as the answer to its probe: "follower ahead of the leader after a probe" marks the
-/// healthy follower failed for the rest of the term.
+/// 2). Taken as the answer to its probe, "follower ahead of the leader after a probe" would
+/// refuse the healthy follower for the rest of the term; it must not.
 #[test]
 fn a_stale_report_does_not_fail_a_healthy_follower() {
     run(|| async {

@@ -1231,14 +1231,14 @@ impl<S: Storage> Core<S> {
     /// open, then let go of again); a crash after leaves a ready spare.
     async fn recycle_spare(&self, base: u64, file: Rc<S::File>) -> Result<(), LogError> {
         tracing::info!(dir = %self.dir.display(), base, "retention: recycling segment as the next one");
-        let (path, index) = (log_path(&self.dir, base), index_path(&self.dir, base));
+        let path = log_path(&self.dir, base);
+        let _ = self.storage.remove(&index_path(&self.dir, base)).await;
         let recycled = async {
             if let Ok(file) = Rc::try_unwrap(file) {
                 file.close()
                     .await
                     .map_err(LogError::io("close recycled segment"))?;
             }
-            let _ = self.storage.remove(&index).await;
             self.storage
                 .rename(&path, &self.dir.join(SPARE_READY))
                 .await
@@ -1248,7 +1248,6 @@ impl<S: Storage> Core<S> {
         if recycled.is_err() {
             // Retention let go of it either way: left behind, the next open would take it
             // for the log's start and serve its old batches again.
-            let _ = self.storage.remove(&index).await;
             let _ = self.storage.remove(&path).await;
         }
         recycled

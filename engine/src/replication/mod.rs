@@ -49,7 +49,7 @@ pub const PROBE_RETRY: Duration = Duration::from_millis(100);
 /// How often the leader checks followers' lag and its own log's health.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often the leader probes a follower that answered `Failed` (it reopens its log at one
-/// of them), and how often a refused follower's replicator looks whether the term ended.
+/// of them).
 const FAILED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// A follower whose log failed reopens it (recovery, as at a restart) at the first probe
 /// at least this long after the first probe that found it failed. The wait doubles with
@@ -744,7 +744,8 @@ impl<S: Storage + 'static> Leader<S> {
         futures_lite::future::or(self.changed.changed(seen), self.rt.sleep(duration)).await;
     }
 
-    /// One follower's replication: probe, then stream, until the term ends.
+    /// One follower's replication: probe, then stream, until the term ends or the leader
+    /// refuses the follower (for the rest of the term: nothing to probe or stream).
     async fn replicate(self: Rc<Self>, follower: u16) {
         while !self.stopped.get() {
             let refused = self
@@ -753,9 +754,7 @@ impl<S: Storage + 'static> Leader<S> {
                 .follower(follower)
                 .is_some_and(|f| f.standing == Standing::Refused);
             if refused {
-                // Refused for the rest of the term: nothing to probe or stream until it ends.
-                self.rt.sleep(FAILED_PROBE_INTERVAL).await;
-                continue;
+                return;
             }
             let Some(start) = self.probe(follower).await else {
                 continue;

@@ -271,6 +271,16 @@ struct Crashed {
     idle: bool,
 }
 
+impl Crashed {
+    /// Whether recovery cut the log for a reason `why` accepts.
+    fn cut_because(&self, why: impl Fn(&str) -> bool) -> bool {
+        self.recovery
+            .truncated
+            .as_ref()
+            .is_some_and(|cut| why(&cut.reason))
+    }
+}
+
 /// One life of a power-loss test: producers on `log`, maybe a `maintain` pass, a random
 /// number of scheduling steps, then power loss under `mode` and recovery checked against
 /// `model`.
@@ -437,12 +447,7 @@ fn power_loss_with_recycled_segments_keeps_every_synced_batch() {
             RECYCLED.fetch_add(crashed.stats.segments_recycled, Ordering::Relaxed);
             // A recovery that ended a segment at a recycled file's old batch: one whose base
             // offset is below the one due (remains of lost writes carry the offsets due).
-            if crashed
-                .recovery
-                .truncated
-                .as_ref()
-                .is_some_and(|cut| old_batch(&cut.reason))
-            {
+            if crashed.cut_because(old_batch) {
                 RECYCLED_RETIRED.fetch_add(1, Ordering::Relaxed);
             }
             log = crashed.log;
@@ -1008,12 +1013,7 @@ fn power_loss_with_writes_in_flight_cuts_at_the_hole_and_keeps_synced_batches() 
             let crashed =
                 power_loss_round(&storage, &model, &mut rng, seed, round, mode, log, life).await;
             PIPELINED_OVERLAPS.fetch_add(crashed.stats.writes_overlapped, Ordering::Relaxed);
-            if crashed
-                .recovery
-                .truncated
-                .as_ref()
-                .is_some_and(|t| t.reason.contains("after the end of the data"))
-            {
+            if crashed.cut_because(|reason| reason.contains("after the end of the data")) {
                 HOLES_CUT.fetch_add(1, Ordering::Relaxed);
             }
             log = crashed.log;
