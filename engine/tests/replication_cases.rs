@@ -827,3 +827,89 @@ fn a_refused_follower_is_not_probed_again_in_the_term() {
         assert_eq!(after, before, "a refused follower was probed again");
     });
 }
+
+/// A follower whose truncation of a divergent tail fails (its disk fails the zeroing
+/// writes) is left with its closed log. It must treat that log as failed: retry at the
+/// reopen backoff (1 s, doubling), not at every probe, and never serve or report from the
+/// closed log as healthy. Once the disk works again it truncates, catches up and rejoins.
+#[test]
+fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins() {
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
+        let disks = [SimStorage::new(1), SimStorage::new(2)];
+        // The follower holds A and B (epoch 1); the new leader (epoch 2) only A.
+        prepare(&disks[0], 0, &[batch("A", 2)]).await;
+        let net = net(2);
+        glommio::spawn_local(pump(Rc::clone(&net))).detach();
+        let follower = follower_with_a_and_b(&disks[1], &rt, &net).await;
+        net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
+        disks[1].inject(Fault {
+            op: Op::Write,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 0,
+            times: u32::MAX,
+        });
+        let llog = open_log(&disks[0], 0).await;
+        let init = LeaderInit {
+            epoch: 2,
+            followers: vec![1],
+            min_insync: 1,
+            hw: 2,
+            ..leader_init(&disks[0], 0, llog)
+        };
+        let leader = net.lead(init, &rt).await;
+
+        // 30 s of a disk that fails every write: with a 1 s backoff doubling, the
+        // truncation is tried at about 1, 3, 7 and 15 s, plus the first attempt (at a
+        // probe every second there would be about 30).
+        settle(&rt, 30_000_000).await;
+        let attempts = disks[1].stats().faults_fired;
+        let failed = leader.status();
+
+        disks[1].clear_faults();
+        for _ in 0..200 {
+            if leader.status().isr == [0, 1] {
+                break;
+            }
+            settle(&rt, 1_000_000).await;
+        }
+        let rejoined = leader.status();
+        leader
+            .produce(&batch("C", 1), Acks::AllFsync, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let hw = leader.hw();
+        let l_bytes = leader.log().read(0, 1 << 20, hw).await.unwrap();
+        let f_bytes = follower.log().read(0, 1 << 20, hw).await.unwrap();
+        eprintln!(
+            "write attempts failed in 30 s: {attempts}; isr while failing {:?}, after {:?}; \
+             truncations {}, reopens {}; leader {:?} follower {:?}",
+            failed.isr,
+            rejoined.isr,
+            follower.truncations(),
+            follower.reopens(),
+            records(&l_bytes),
+            records(&f_bytes)
+        );
+        rt.stop_ticking();
+        net.stop.set(true);
+        leader.stop();
+        follower.stop();
+        assert_eq!(
+            failed.isr,
+            vec![0],
+            "a follower that cannot truncate is in sync"
+        );
+        assert_eq!(failed.followers[0].state, ReplicaState::Failed);
+        assert!(
+            (1..=8).contains(&attempts),
+            "{attempts} failed writes in 30 s: the truncation is retried without backoff"
+        );
+        assert_eq!(rejoined.isr, vec![0, 1], "the follower never rejoined");
+        assert_eq!(hw, 3);
+        assert_eq!(records(&l_bytes), records(&f_bytes));
+        assert_eq!(follower.truncations(), 1);
+    });
+}

@@ -445,6 +445,11 @@ impl<S: Storage> Log<S> {
         self.core.state.borrow().health.clone()
     }
 
+    /// Whether `close` was called: a closed log takes no appends, whatever its health.
+    pub fn is_closed(&self) -> bool {
+        self.core.state.borrow().closed
+    }
+
     /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
     /// that stops completing I/O shows here (the shard's upkeep warns about it). `None`
     /// means the disk returned every one, failed ones included: only then may a failed

@@ -906,6 +906,13 @@ impl<S: Storage + 'static> Leader<S> {
     }
 }
 
+/// Whether a follower can append to `log`: healthy and not closed. A truncation or reopen
+/// that fails after closing the log leaves it closed, healthy as it was; the follower then
+/// reopens it at the backoff, as it would a failed one.
+fn usable<S: Storage>(log: &Log<S>) -> bool {
+    log.health() == Health::Healthy && !log.is_closed()
+}
+
 /// The offset after the last of `batches` (whole batches as `Log::read` returns them, each
 /// already checked against its crc there): walks the headers only.
 fn end_offset(batches: &[u8]) -> Option<u64> {
@@ -1147,7 +1154,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 self.epoch.set(epoch);
                 self.leader.set(from);
                 self.probe.set(probe);
-                if self.log().health() != Health::Healthy && !self.reopen().await {
+                if !usable(&self.log()) && !self.reopen().await {
                     return self.answer(FollowerStatus::Failed).await;
                 }
                 let Some(leader_epochs) = EpochCache::from_entries(leader_epochs) else {
@@ -1192,7 +1199,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                     return;
                 }
                 let log = self.log();
-                if log.health() != Health::Healthy {
+                if !usable(&log) {
                     return self.answer(FollowerStatus::Failed).await;
                 }
                 if base != log.offsets().next {
@@ -1271,8 +1278,9 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         }
     }
 
-    /// Closes the failed log and opens it again, which recovers it as a restart would, cut
-    /// back to what it had synced before the failure: whatever a failed fdatasync covered
+    /// Closes the failed log (or the one a failed truncation left closed) and opens it
+    /// again, which recovers it as a restart would, cut back to what it had synced before
+    /// the failure: whatever a failed fdatasync covered
     /// is dropped, never reported durable by a second sync, and the leader streams it again.
     /// The probe this answers then truncates whatever diverges. Returns whether the replica
     /// has a healthy log now.
