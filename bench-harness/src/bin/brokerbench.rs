@@ -330,7 +330,14 @@ struct Latency {
     from_sent: Histogram<u64>,
     /// How late each send left (the sender's oversleep; counted in `from_intended`).
     send_lag: Histogram<u64>,
+    /// Every stall: a gap of over [`STALL`] between two acks (or the start and the first),
+    /// while sends were due every `1/rate`. A percentile hides a rare stall; this does not.
+    stalls: Vec<Duration>,
+    last_ack: Option<Instant>,
 }
+
+/// The gap between acks that counts as a stall: 200 sends' worth at 10,000/s.
+const STALL: Duration = Duration::from_millis(20);
 
 impl Latency {
     fn new() -> anyhow::Result<Latency> {
@@ -339,6 +346,8 @@ impl Latency {
             from_intended: histogram()?,
             from_sent: histogram()?,
             send_lag: histogram()?,
+            stalls: Vec::new(),
+            last_ack: None,
         })
     }
 
@@ -350,7 +359,25 @@ impl Latency {
         self.from_intended.record(micros(due, acked))?;
         self.from_sent.record(micros(sent, acked))?;
         self.send_lag.record(micros(due, sent))?;
+        let gap = acked.saturating_duration_since(self.last_ack.unwrap_or(due));
+        if gap > STALL {
+            self.stalls.push(gap);
+        }
+        self.last_ack = Some(acked);
         Ok(())
+    }
+
+    /// "no stall over 20 ms", or how many and the longest.
+    fn stall_report(&self) -> String {
+        match self.stalls.iter().max() {
+            None => format!("no stall over {} ms", STALL.as_millis()),
+            Some(longest) => format!(
+                "{} stalls over {} ms (no ack for that long), longest {:.1} ms",
+                self.stalls.len(),
+                STALL.as_millis(),
+                longest.as_secs_f64() * 1e3
+            ),
+        }
     }
 }
 
@@ -481,7 +508,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "run {run}: {throughputs}\
              single records at {}/s acks={acks}: from intended send p50 {} us p99 {} us p99.9 {} us max {} us; \
-             from actual send p50 {} us p99 {} us; send lag p50 {} us p99 {} us max {} us (n={})",
+             from actual send p50 {} us p99 {} us; send lag p50 {} us p99 {} us max {} us (n={}); {}",
             args.rate,
             intended.value_at_quantile(0.5),
             intended.value_at_quantile(0.99),
@@ -493,6 +520,7 @@ fn main() -> anyhow::Result<()> {
             lag.value_at_quantile(0.99),
             lag.max(),
             intended.len(),
+            latency.stall_report(),
         );
         runs.push(Run {
             throughput,
@@ -532,6 +560,16 @@ fn main() -> anyhow::Result<()> {
         median_over(&runs, |r| at(&r.latency.from_sent, 0.5)),
         median_over(&runs, |r| at(&r.latency.from_sent, 0.99)),
         median_over(&runs, |r| at(&r.latency.from_sent, 0.999)),
+    );
+    let stalls: Vec<Duration> = runs
+        .iter()
+        .flat_map(|r| r.latency.stalls.iter().copied())
+        .collect();
+    println!(
+        "| stalls: no ack for over {} ms, all runs | acks={acks} | {} (longest {:.1} ms) |",
+        STALL.as_millis(),
+        stalls.len(),
+        stalls.iter().max().map_or(0.0, |d| d.as_secs_f64() * 1e3),
     );
     println!(
         "| sender lateness (included in the first row) | - | p50 {:.0} us, p99 {:.0} us |",
@@ -645,17 +683,22 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             args.seconds,
         )?;
         let rf2 = latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?;
+        let stalls = (rf1.stall_report(), rf2.stall_report());
         let (rf1, rf2) = (rf1.from_intended, rf2.from_intended);
         let (t1, t2) = match throughput {
             Some((t1, t2)) => (format!("{t1:.0} rec/s, "), format!("{t2:.0} rec/s, ")),
             None => Default::default(),
         };
         println!(
-            "run {run}: RF=1 leader+fsync {t1}p50 {} us p99 {} us; RF=2 all+fsync {t2}p50 {} us p99 {} us",
+            "run {run}: RF=1 leader+fsync {t1}p50 {} us p99 {} us max {} us ({}); RF=2 all+fsync {t2}p50 {} us p99 {} us max {} us ({})",
             rf1.value_at_quantile(0.5),
             rf1.value_at_quantile(0.99),
+            rf1.max(),
+            stalls.0,
             rf2.value_at_quantile(0.5),
-            rf2.value_at_quantile(0.99)
+            rf2.value_at_quantile(0.99),
+            rf2.max(),
+            stalls.1,
         );
         runs.push(ReplicationRun {
             throughput,
