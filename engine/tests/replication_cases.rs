@@ -861,9 +861,10 @@ fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins
         };
         let leader = net.lead(init, &rt).await;
 
-        // 30 s of a disk that fails every write: with a 1 s backoff doubling, the
-        // truncation is tried at about 1, 3, 7 and 15 s, plus the first attempt (at a
-        // probe every second there would be about 30).
+        // 30 s of a disk that fails every write: the first truncation fails at once, and
+        // with a 1 s backoff doubling (each reopen waits for the next probe, a second
+        // apart) the retries come at about 2, 5, 10 and 19 s: 5 failed writes, the sixth
+        // at about 36 s. At a probe every second there would be about 30.
         settle(&rt, 30_000_000).await;
         let attempts = disks[1].stats().faults_fired;
         let failed = leader.status();
