@@ -524,6 +524,57 @@ fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
     });
 }
 
+/// A follower whose truncation failed holds its closed log (healthy as it was). Promoted
+/// then, it must hand over a log that takes appends (its directory opened again), not the
+/// closed one, on which every produce of the new leader would fail with `Closed` and, the
+/// log being healthy, no failover would follow.
+#[test]
+fn a_promoted_follower_hands_over_a_writable_log_after_a_failed_truncation() {
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
+        let disk = SimStorage::new(2);
+        let net = net(3);
+        let follower = follower_with_a_and_b(&disk, &rt, &net).await;
+        disk.inject(Fault {
+            op: Op::Write,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 0,
+            times: u32::MAX,
+        });
+        // The leader of epoch 2 has A only: the follower's cut of B fails.
+        follower.deliver(ReplMessage::Probe {
+            key: key(),
+            epoch: 2,
+            from: 0,
+            probe: 1,
+            leader_epochs: vec![(1, 0), (2, 2)],
+            leader_next: 2,
+        });
+        settle(&rt, 10_000).await;
+        let left_closed = follower.log().is_closed();
+        disk.clear_faults();
+        // Promoted (epoch 3) before any reopen was due.
+        let log = follower.hand_over().await.unwrap();
+        let appended = log.append(&batch("X", 1), 3).await;
+        eprintln!(
+            "left closed {left_closed}; truncations {}; log {:?}; append {:?}",
+            follower.truncations(),
+            log.offsets(),
+            appended.as_ref().map(|a| a.base_offset)
+        );
+        rt.stop_ticking();
+        assert!(
+            left_closed,
+            "setup: the failed truncation left the log closed"
+        );
+        assert_eq!(follower.truncations(), 0, "setup: the truncation failed");
+        // Its whole log (A and B) is the new term's lineage; X follows it.
+        assert_eq!(appended.map(|a| a.base_offset).ok(), Some(4));
+    });
+}
+
 /// P6: an `Append` from a newer leader that never probed this replica changes nothing here:
 /// it is answered `Resync` (to that leader, in its session), nothing is appended and the
 /// replica's epoch stays.

@@ -450,6 +450,12 @@ impl<S: Storage> Log<S> {
         self.core.state.borrow().closed
     }
 
+    /// Whether an append may be taken now: `Closed` once closed, otherwise the health's
+    /// error (failed or damaged).
+    pub fn writable(&self) -> Result<(), LogError> {
+        self.core.state.borrow().writable()
+    }
+
     /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
     /// that stops completing I/O shows here (the shard's upkeep warns about it). `None`
     /// means the disk returned every one, failed ones included: only then may a failed

@@ -906,13 +906,6 @@ impl<S: Storage + 'static> Leader<S> {
     }
 }
 
-/// Whether a follower can append to `log`: healthy and not closed. A truncation or reopen
-/// that fails after closing the log leaves it closed, healthy as it was; the follower then
-/// reopens it at the backoff, as it would a failed one.
-fn usable<S: Storage>(log: &Log<S>) -> bool {
-    log.health() == Health::Healthy && !log.is_closed()
-}
-
 /// The offset after the last of `batches` (whole batches as `Log::read` returns them, each
 /// already checked against its crc there): walks the headers only.
 fn end_offset(batches: &[u8]) -> Option<u64> {
@@ -1065,6 +1058,20 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         self.inbox_changed.notify();
     }
 
+    /// Stops following and hands the replica's log over to the role that takes it (a
+    /// promotion): the follower's own log, or, where a failed truncation or reopen left it
+    /// closed, the one in its directory opened again (recovered as at a restart, as
+    /// `reopen` does). A failed or damaged log is handed over as it is, for the new role to
+    /// report.
+    pub async fn hand_over(&self) -> Result<Rc<Log<S>>, LogError> {
+        self.stop_and_join().await;
+        let log = self.log();
+        if log.is_closed() && log.health() == Health::Healthy {
+            self.replace_log(log.offsets().synced).await?;
+        }
+        Ok(self.log())
+    }
+
     /// Stops following and returns once the message task ended: a truncation or append in
     /// progress finished, so `log()` is the replica's log for good and no write of this
     /// follower lands in it any more. Call before another role takes the log over.
@@ -1154,7 +1161,9 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                 self.epoch.set(epoch);
                 self.leader.set(from);
                 self.probe.set(probe);
-                if !usable(&self.log()) && !self.reopen().await {
+                // A truncation or reopen that failed after closing the log left it closed
+                // (healthy as it was): reopened at the backoff, as a failed one is.
+                if self.log().writable().is_err() && !self.reopen().await {
                     return self.answer(FollowerStatus::Failed).await;
                 }
                 let Some(leader_epochs) = EpochCache::from_entries(leader_epochs) else {
@@ -1199,7 +1208,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                     return;
                 }
                 let log = self.log();
-                if !usable(&log) {
+                if log.writable().is_err() {
                     return self.answer(FollowerStatus::Failed).await;
                 }
                 if base != log.offsets().next {
@@ -1280,8 +1289,8 @@ impl<S: Storage + Clone + 'static> Follower<S> {
 
     /// Closes the failed log (or the one a failed truncation left closed) and opens it
     /// again, which recovers it as a restart would, cut back to what it had synced before
-    /// the failure: whatever a failed fdatasync covered
-    /// is dropped, never reported durable by a second sync, and the leader streams it again.
+    /// the failure: whatever a failed fdatasync covered is dropped, never reported durable
+    /// by a second sync, and the leader streams it again.
     /// The probe this answers then truncates whatever diverges. Returns whether the replica
     /// has a healthy log now.
     ///

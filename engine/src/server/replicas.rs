@@ -185,10 +185,13 @@ impl Shard {
             .filter(|f| f.key.topic_id == topic.id);
         let (log, hw) = match promoted {
             Some(follower) => {
-                follower.stop_and_join().await;
+                let log = follower
+                    .hand_over()
+                    .await
+                    .map_err(|error| format!("promoting the follower: {error}"))?;
                 tracing::warn!(shard = %self.id, topic = %topic.name, partition = index,
                     epoch = placement.leader_epoch, "follower promoted to leader");
-                (follower.log(), follower.known_hw())
+                (log, follower.known_hw())
             }
             None => (self.open_replica_log(topic, index).await?, 0),
         };
