@@ -1017,16 +1017,25 @@ impl<S: Storage> Log<S> {
     /// Graceful close: commits and syncs everything appended, writes the active segment's
     /// index and the durable point (so the next open resumes from the index), closes files.
     /// A failed log closes without syncing: nothing after the failure is ever reported.
+    /// The log is closed when this returns, also with an error (from the final commit, or
+    /// from writing the durable point, which the next open does without): it takes no
+    /// append and nothing of it touches its directory any more.
     pub async fn close(&self) -> Result<(), LogError> {
         let (healthy, next) = {
             let st = self.core.state.borrow();
             (st.health == Health::Healthy && !st.closed, st.next_offset)
         };
-        if healthy {
-            self.core.commit(next, true).await?;
-            self.write_active_index().await;
-            self.write_checkpoint().await?;
-        }
+        let flushed = if healthy {
+            async {
+                self.core.commit(next, true).await?;
+                self.write_active_index().await;
+                self.write_checkpoint().await.map(drop)
+            }
+            .await
+        } else {
+            Ok(())
+        };
+        let healthy = healthy && flushed.is_ok();
         let (quiet, spare) = {
             let mut st = self.core.state.borrow_mut();
             // From here no append is taken, so no new spare starts.
@@ -1076,7 +1085,7 @@ impl<S: Storage> Log<S> {
                 tracing::warn!(dir = %self.core.dir.display(), %error, "clean-close marker not written");
             }
         }
-        Ok(())
+        flushed
     }
 }
 

@@ -705,6 +705,48 @@ fn failed_write_stops_the_log() {
     });
 }
 
+/// A close that cannot write the durable point (checkpoint) returns the error but still
+/// closes: no append is taken after it, and the next open finds every batch (it does
+/// without the checkpoint). Before, the log stayed open and took appends after a failed
+/// close, its spare still being prepared in its directory.
+#[test]
+fn a_close_that_fails_to_write_its_checkpoint_still_closes() {
+    for_each_seed(5, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let log = open_small(&storage, &dir()).await;
+        for seq in 0..4u32 {
+            log.append(&batch(1, seq, 2, 100), 1).await.unwrap();
+        }
+        storage.inject(Fault {
+            op: Op::Write,
+            path_contains: Some("checkpoint".into()),
+            errno: libc::EIO,
+            skip: 0,
+            times: u32::MAX,
+        });
+        let closed = log.close().await;
+        let after = log.append(&batch(1, 9, 2, 100), 1).await;
+        assert!(closed.is_err(), "seed {seed}: the checkpoint write failed");
+        assert!(
+            log.is_closed(),
+            "seed {seed}: a failed close left the log open"
+        );
+        assert!(
+            matches!(after, Err(LogError::Closed)),
+            "seed {seed}: append after close: {:?}",
+            after.map(|a| a.base_offset)
+        );
+        drop(log);
+        storage.clear_faults();
+        let (log, _) = Log::open(storage.clone(), &dir(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.offsets().next, 8, "seed {seed}");
+        assert_eq!(read_all(&log, 0).await.len(), 8, "seed {seed}");
+        log.close().await.unwrap();
+    });
+}
+
 /// A full disk fails the segment roll with a clear error and no wrong ack; the log stays
 /// healthy and appends resume once space is freed.
 #[test]
