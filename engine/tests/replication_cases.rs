@@ -115,6 +115,25 @@ impl Net {
         leader
     }
 
+    /// Starts the epoch-2 leader on shard 0 over `disk` (which holds A [0,2): the watermark
+    /// the previous leader left), with shard 1 as its follower.
+    async fn lead_epoch_2(
+        self: &Rc<Self>,
+        disk: &SimStorage,
+        min_insync: u16,
+        rt: &SimRt,
+    ) -> Rc<Leader<SimStorage>> {
+        let llog = open_log(disk, 0).await;
+        let init = LeaderInit {
+            epoch: 2,
+            followers: vec![1],
+            min_insync,
+            hw: 2,
+            ..leader_init(disk, 0, llog)
+        };
+        self.lead(init, rt).await
+    }
+
     /// Starts a follower over shard `shard`'s log on `disk`; messages to its shard go to it.
     async fn follow(
         self: &Rc<Self>,
@@ -296,14 +315,7 @@ fn a_report_from_before_a_truncation_never_answers_the_probe() {
         });
         // The new leader (epoch 2, shard 2 in an RF=3 placement; here shard 0 again) has
         // only A: its epoch 2 starts at 2.
-        follower.deliver(ReplMessage::Probe {
-            key: key(),
-            epoch: 2,
-            from: 0,
-            probe: 7,
-            leader_epochs: vec![(1, 0), (2, 2)],
-            leader_next: 2,
-        });
+        follower.deliver(probe_from_epoch_2_with_a_only(7));
         settle(&rt, 100_000).await;
         rt.stop_ticking();
         let answers: Vec<_> = net
@@ -418,15 +430,7 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             leader_next: 0,
         });
         settle(&rt, 10_000).await;
-        let llog = open_log(&disks[0], 0).await;
-        let init = LeaderInit {
-            epoch: 2,
-            followers: vec![1],
-            min_insync: 2,
-            hw: 2,
-            ..leader_init(&disks[0], 0, llog)
-        };
-        let leader = net.lead(init, &rt).await;
+        let leader = net.lead_epoch_2(&disks[0], 2, &rt).await;
         follower.deliver(ReplMessage::Append {
             key: key(),
             epoch: 1,
@@ -438,14 +442,7 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             sync: true,
         });
         // The new leader's first probe (id 1), as it would arrive right behind.
-        follower.deliver(ReplMessage::Probe {
-            key: key(),
-            epoch: 2,
-            from: 0,
-            probe: 1,
-            leader_epochs: vec![(1, 0), (2, 2)],
-            leader_next: 2,
-        });
+        follower.deliver(probe_from_epoch_2_with_a_only(1));
         settle(&rt, 1_000).await;
         net.up.borrow_mut()[1] = true;
         settle(&rt, 3_000_000).await;
@@ -464,6 +461,30 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             vec![0, 1],
             "healthy, caught-up follower left out of the in-sync set"
         );
+    });
+}
+
+/// The probe `probe` of the epoch-2 leader on shard 0, which holds A [0,2) only (its epoch
+/// 2 starts at 2): a follower that also holds B [2,4) of epoch 1 cuts it.
+fn probe_from_epoch_2_with_a_only(probe: u64) -> ReplMessage {
+    ReplMessage::Probe {
+        key: key(),
+        epoch: 2,
+        from: 0,
+        probe,
+        leader_epochs: vec![(1, 0), (2, 2)],
+        leader_next: 2,
+    }
+}
+
+/// From now on every write to a segment file of `disk` fails with EIO.
+fn fail_segment_writes(disk: &SimStorage) {
+    disk.inject(Fault {
+        op: Op::Write,
+        path_contains: Some(".log".into()),
+        errno: libc::EIO,
+        skip: 0,
+        times: u32::MAX,
     });
 }
 
@@ -490,22 +511,14 @@ fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
         let net = net(3);
         let follower = follower_with_a_and_b(&disk, &rt, &net).await;
         // The leader of epoch 2 has A only: the follower cuts B.
-        follower.deliver(ReplMessage::Probe {
-            key: key(),
-            epoch: 2,
-            from: 0,
-            probe: 1,
-            leader_epochs: vec![(1, 0), (2, 2)],
-            leader_next: 2,
-        });
+        follower.deliver(probe_from_epoch_2_with_a_only(1));
         // Let the follower start handling it, then promote it (epoch 3).
         let spins = 3;
         // (three polls: the follower task is inside the truncation, waiting for its I/O)
         for _ in 0..spins {
             futures_lite::future::yield_now().await;
         }
-        follower.stop_and_join().await;
-        let log = follower.log();
+        let log = follower.hand_over().await.unwrap();
         let appended = log.append(&batch("X", 1), 3).await;
         eprintln!(
             "spins {spins}; truncations {}; log {:?}; append {:?}",
@@ -536,22 +549,9 @@ fn a_promoted_follower_hands_over_a_writable_log_after_a_failed_truncation() {
         let disk = SimStorage::new(2);
         let net = net(3);
         let follower = follower_with_a_and_b(&disk, &rt, &net).await;
-        disk.inject(Fault {
-            op: Op::Write,
-            path_contains: Some(".log".into()),
-            errno: libc::EIO,
-            skip: 0,
-            times: u32::MAX,
-        });
+        fail_segment_writes(&disk);
         // The leader of epoch 2 has A only: the follower's cut of B fails.
-        follower.deliver(ReplMessage::Probe {
-            key: key(),
-            epoch: 2,
-            from: 0,
-            probe: 1,
-            leader_epochs: vec![(1, 0), (2, 2)],
-            leader_next: 2,
-        });
+        follower.deliver(probe_from_epoch_2_with_a_only(1));
         settle(&rt, 10_000).await;
         let left_closed = follower.log().is_closed();
         disk.clear_faults();
@@ -895,22 +895,8 @@ fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins
         glommio::spawn_local(pump(Rc::clone(&net))).detach();
         let follower = follower_with_a_and_b(&disks[1], &rt, &net).await;
         net.followers.borrow_mut()[1] = Some(Rc::clone(&follower));
-        disks[1].inject(Fault {
-            op: Op::Write,
-            path_contains: Some(".log".into()),
-            errno: libc::EIO,
-            skip: 0,
-            times: u32::MAX,
-        });
-        let llog = open_log(&disks[0], 0).await;
-        let init = LeaderInit {
-            epoch: 2,
-            followers: vec![1],
-            min_insync: 1,
-            hw: 2,
-            ..leader_init(&disks[0], 0, llog)
-        };
-        let leader = net.lead(init, &rt).await;
+        fail_segment_writes(&disks[1]);
+        let leader = net.lead_epoch_2(&disks[0], 1, &rt).await;
 
         // 30 s of a disk that fails every write: the first truncation fails at once, and
         // with a 1 s backoff doubling (each reopen waits for the next probe, a second
