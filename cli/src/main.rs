@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! ringmq serve [--config FILE] [--data-dir DIR] [--port PORT]
-//! ringmq topic create NAME [--partitions N] [--replication-factor R]
+//! ringmq topic create NAME [--partitions N] [--replication-factor R] [--storage disk|memory] [--retention-bytes B]
 //! ringmq topic list | describe NAME | delete NAME
 //! ringmq produce NAME [--partition P] [--acks none|leader|leader+fsync|all|all+fsync] [--key K] [--value V]
 //! ringmq consume NAME [--partition P] [--from earliest|latest|OFFSET] [--count N] [--follow]
@@ -24,6 +24,8 @@ use client::{
 };
 use engine::broker::{self, BrokerOptions};
 use engine::config::Profile;
+use protocol::StorageKind;
+use protocol::api::CreateTopicRequest;
 
 /// The local broker's default shared port (tuning/default.toml).
 const DEFAULT_BROKER: &str = "127.0.0.1:9092";
@@ -79,6 +81,14 @@ enum TopicCommand {
         partitions: u32,
         #[arg(long, default_value_t = 1)]
         replication_factor: u16,
+        /// Where the partitions keep their records: `disk`, or `memory` (no disk I/O, emptied
+        /// by a restart, bounded by --retention-bytes; the +fsync acks are refused).
+        #[arg(long, default_value = "disk")]
+        storage: StorageKind,
+        /// Bytes each partition keeps before its oldest segments go. Default: the broker
+        /// profile's `retention_bytes`; for a memory topic without one, 64 MiB.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
         #[command(flatten)]
         broker: BrokerArg,
     },
@@ -211,12 +221,26 @@ fn topic(command: TopicCommand) -> anyhow::Result<()> {
             name,
             partitions,
             replication_factor,
+            storage,
+            retention_bytes,
             broker,
         } => {
+            let request = CreateTopicRequest {
+                name: name.clone(),
+                partitions,
+                replication_factor,
+                min_insync: (replication_factor / 2 + 1).min(replication_factor.max(1)),
+                retention_ms: None,
+                retention_bytes,
+                storage,
+            };
             connect(&broker.broker)?
-                .create_topic(&name, partitions, replication_factor)
+                .create_topic_with(&request)
                 .with_context(|| format!("creating topic {name}"))?;
-            println!("created topic {name} ({partitions} partitions)");
+            println!(
+                "created topic {name} ({partitions} partitions, {} storage)",
+                storage.as_str()
+            );
         }
         TopicCommand::List { broker } => {
             for name in connect(&broker.broker)?.list_topics()? {
@@ -233,8 +257,10 @@ fn topic(command: TopicCommand) -> anyhow::Result<()> {
                 value.map_or_else(|| "unbounded".to_string(), |v| format!("{v} {unit}"))
             };
             println!(
-                "topic {}  partitions {}  replication-factor {}  min-insync {}  retention {} / {}",
+                "topic {}  storage {}  partitions {}  replication-factor {}  min-insync {}  \
+                 retention {} / {}",
                 topic.name,
+                topic.storage.as_str(),
                 topic.partitions.len(),
                 topic.replication_factor,
                 topic.min_insync,

@@ -13,6 +13,16 @@ use std::process::{Output, Stdio};
 mod common;
 
 fn run(address: &str, args: &[&str], stdin: &str) -> Output {
+    let output = run_unchecked(address, args, stdin);
+    assert!(
+        output.status.success(),
+        "ringmq {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn run_unchecked(address: &str, args: &[&str], stdin: &str) -> Output {
     let mut child = common::ringmq()
         .args(args)
         .args(["--broker", address])
@@ -27,13 +37,7 @@ fn run(address: &str, args: &[&str], stdin: &str) -> Output {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "ringmq {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -85,4 +89,39 @@ fn describe_shows_the_in_sync_set_watermarks_and_each_followers_lag() {
     // partition follower state behind-written behind-synced behind-ms
     let lag = &rows[followers + 1];
     assert_eq!(lag[..], ["0", follower, "in-sync", "0", "0", "0"], "{text}");
+}
+
+#[test]
+fn a_memory_topic_is_created_described_and_refuses_fsync_acks() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut broker, address) = common::serve(data.path(), Stdio::null());
+    let created = run(
+        &address,
+        &["topic", "create", "m", "--storage", "memory"],
+        "",
+    );
+    let created = String::from_utf8(created.stdout).unwrap();
+    assert!(created.contains("memory storage"), "{created}");
+    run(&address, &["produce", "m", "--acks", "leader"], "a\nb\n");
+    let refused = run_unchecked(&address, &["produce", "m", "--acks", "leader+fsync"], "c\n");
+    let consumed = run(&address, &["consume", "m", "--from", "earliest"], "");
+    let described = run(&address, &["topic", "describe", "m"], "");
+    let bad = run_unchecked(&address, &["topic", "create", "x", "--storage", "tape"], "");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+
+    assert!(!refused.status.success());
+    let reason = String::from_utf8_lossy(&refused.stderr);
+    assert!(reason.contains("InvalidAcks"), "{reason}");
+    assert_eq!(String::from_utf8(consumed.stdout).unwrap(), "a\nb\n");
+    let text = String::from_utf8(described.stdout).unwrap();
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.contains("storage memory"), "{text}");
+    assert!(
+        first.contains("67108864 bytes"),
+        "the default bound: {text}"
+    );
+    assert!(!bad.status.success());
+    let reason = String::from_utf8_lossy(&bad.stderr);
+    assert!(reason.contains("expected disk or memory"), "{reason}");
 }

@@ -8,7 +8,7 @@ use protocol::api::{
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
 };
 use protocol::names::validate_topic_name;
-use protocol::{ApiKey, OffsetSpec};
+use protocol::{ApiKey, OffsetSpec, StorageKind};
 
 use crate::connection::{Connection, ConnectionConfig, OwnedReply, Request};
 use crate::error::ClientError;
@@ -137,7 +137,7 @@ impl Client {
     }
 
     /// Creates a topic with `partitions` partitions, each on `replication_factor` shards,
-    /// kept forever, acknowledging `all` produces once a majority of replicas
+    /// on disk, kept forever, acknowledging `all` produces once a majority of replicas
     /// (`replication_factor / 2 + 1`) has them. Returns once the broker made the change
     /// durable and every shard applied it. `InvalidName` before sending for a name the broker
     /// would refuse; `Broker` with the broker's code and message otherwise (for example
@@ -156,6 +156,7 @@ impl Client {
             min_insync: (replication_factor / 2 + 1).min(replication_factor.max(1)),
             retention_ms: None,
             retention_bytes: None,
+            storage: StorageKind::Disk,
         })
     }
 

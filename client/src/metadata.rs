@@ -162,6 +162,7 @@ mod tests {
                     min_insync: 1,
                     retention_ms: None,
                     retention_bytes: None,
+                    storage: protocol::StorageKind::Disk,
                     // Out of order on purpose.
                     partitions: vec![partition(1, 1), partition(0, 0)],
                 },
@@ -172,6 +173,7 @@ mod tests {
                     min_insync: 1,
                     retention_ms: None,
                     retention_bytes: None,
+                    storage: protocol::StorageKind::Disk,
                     partitions: vec![],
                 },
             ],

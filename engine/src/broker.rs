@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use glommio::{LocalExecutorBuilder, Placement};
+use protocol::StorageKind;
 use protocol::api::ShardAddress;
 
 use crate::config::{Profile, ShardConfig, allowed_cores};
@@ -279,14 +280,16 @@ type ReplicaPositions = AHashMap<(String, u32, u16), (u32, u64)>;
 
 /// Where each replica of a replicated partition stands: `(epoch of its last record, log
 /// end)`, read by opening its log (recovering it, as its shard then does again) on a
-/// temporary executor. A replica without a directory stands at `(0, 0)`; one whose log does
-/// not open is no candidate (its shard reports the error).
+/// temporary executor. A replica without a directory stands at `(0, 0)`, as does every
+/// replica of a memory topic (a restart empties it); one whose log does not open is no
+/// candidate (its shard reports the error).
 fn replica_positions(
     catalog: &Catalog,
     shard_configs: &[ShardConfig],
     profile: &Profile,
 ) -> Result<ReplicaPositions, StartError> {
     let mut jobs = Vec::new();
+    let mut empty = Vec::new();
     for topic in catalog.topics() {
         let retention = Retention {
             ms: topic.retention_ms,
@@ -297,6 +300,10 @@ fn replica_positions(
                 continue;
             }
             for &shard in &placement.replicas {
+                if topic.storage == StorageKind::Memory {
+                    empty.push((topic.name.clone(), index as u32, shard));
+                    continue;
+                }
                 let Some(config) = shard_configs.iter().find(|c| c.index == shard) else {
                     continue;
                 };
@@ -306,8 +313,9 @@ fn replica_positions(
             }
         }
     }
+    let empty: ReplicaPositions = empty.into_iter().map(|key| (key, (0, 0))).collect();
     if jobs.is_empty() {
-        return Ok(AHashMap::new());
+        return Ok(empty);
     }
     let io_memory = shard_configs
         .first()
@@ -316,7 +324,7 @@ fn replica_positions(
         .name("replica-positions")
         .io_memory(io_memory)
         .spawn(move || async move {
-            let mut positions = AHashMap::new();
+            let mut positions = empty;
             for (key, dir, config) in jobs {
                 if !dir.exists() {
                     positions.insert(key, (0, 0));

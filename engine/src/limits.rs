@@ -41,3 +41,13 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
 const _: () = assert!(CONNECTION_PENDING_OUTPUT_BYTES_MAX >= 2 * FRAME_BYTES_MAX as usize);
 const _: () = assert!(CONNECTION_RECEIVE_BYTES_MAX > FRAME_BYTES_MAX as usize);
+
+/// Largest segment of a memory topic's replica (or the tail buffer, if larger). Retention
+/// deletes whole sealed segments, so a partition holds at most its retention plus one
+/// segment of memory; small segments keep that extra small.
+pub const MEMORY_SEGMENT_BYTES_MAX: u64 = 8 << 20;
+
+/// Retention of a memory topic's partitions when neither the topic nor the profile sets
+/// `retention_bytes`: a memory topic always has a bound, so producers cannot fill the
+/// shard's memory.
+pub const MEMORY_RETENTION_BYTES_DEFAULT: u64 = 64 << 20;

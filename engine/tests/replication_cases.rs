@@ -22,7 +22,7 @@ use engine::replication::{
     ReplMessage, Runtime, Transport,
 };
 use protocol::api::{CreateTopicRequest, ReplicaLag, ReplicaState};
-use protocol::{Acks, BatchBuilder};
+use protocol::{Acks, BatchBuilder, StorageKind};
 
 mod common;
 use common::{
@@ -187,6 +187,7 @@ fn restarted_epoch() -> u32 {
         min_insync: 2,
         retention_ms: None,
         retention_bytes: None,
+        storage: StorageKind::Disk,
     };
     let created = Catalog::default().with_topic(&request, 2).unwrap();
     assert_eq!(created.topic("t").unwrap().partitions[0].leader_epoch, 1);

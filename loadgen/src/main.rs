@@ -91,6 +91,10 @@ struct RunArgs {
     /// [default: leader]
     #[arg(long, value_name = "ACKS")]
     acks: Option<String>,
+    /// ringmq only: the storage of the topics loadgen creates: disk, or memory (no disk I/O;
+    /// refuses the +fsync acks). [default: disk]
+    #[arg(long, value_name = "STORAGE")]
+    storage: Option<String>,
     /// Bytes of messages per request (0: every message on its own). [default: 0]
     #[arg(long, value_name = "BYTES")]
     batch_bytes: Option<usize>,
@@ -214,6 +218,7 @@ fn run_command(args: RunArgs, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     file.topics = args.topics.or(file.topics);
     file.partitions_per_topic = args.partitions.or(file.partitions_per_topic);
     file.acks = args.acks.clone().or(file.acks);
+    file.storage = args.storage.clone().or(file.storage);
     file.batch_bytes = args.batch_bytes.or(file.batch_bytes);
     file.max_in_flight = args.max_in_flight.or(file.max_in_flight);
     let workload = file.resolve()?;

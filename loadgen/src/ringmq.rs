@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use client::{Client, ClientConfig};
 use protocol::api::{
-    ArchivedFetchResponse, ArchivedProduceResponse, FetchRequest, FetchResponse, ProduceRequest,
-    ProduceResponse,
+    ArchivedFetchResponse, ArchivedProduceResponse, CreateTopicRequest, FetchRequest,
+    FetchResponse, ProduceRequest, ProduceResponse,
 };
 use protocol::batch::BATCH_CRC_START;
 use protocol::limits::FRAME_HEADER_BYTES;
@@ -386,8 +386,17 @@ pub fn run(target: &Ringmq, plan: &Arc<Plan>) -> anyhow::Result<(Stats, String)>
     let mut leaders: Vec<Vec<String>> = Vec::new();
     for topic in 0..workload.topics as usize {
         let name = topic_name(&plan.run_id, topic);
+        let request = CreateTopicRequest {
+            name: name.clone(),
+            partitions: workload.partitions_per_topic,
+            replication_factor: 1,
+            min_insync: 1,
+            retention_ms: None,
+            retention_bytes: None,
+            storage: workload.storage,
+        };
         admin
-            .create_topic(&name, workload.partitions_per_topic, 1)
+            .create_topic_with(&request)
             .with_context(|| format!("creating topic {name}"))?;
         let mut addresses = Vec::new();
         for partition in 0..workload.partitions_per_topic {

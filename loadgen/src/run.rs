@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use protocol::Acks;
+use protocol::{Acks, StorageKind};
 
 use crate::cpu::{self, CpuMeter};
 use crate::nats::{self, Flavour, Nats};
@@ -86,13 +86,28 @@ impl Target {
     }
 
     /// What a message's acknowledgement promises on this target with these acks.
-    pub fn durability(&self, acks: Acks, jetstream_sync: &str) -> (String, String) {
+    pub fn durability(
+        &self,
+        acks: Acks,
+        storage: StorageKind,
+        jetstream_sync: &str,
+    ) -> (String, String) {
         match self {
             Target::Ringmq(_) => {
-                let durability = match acks {
-                    Acks::None => "no ack; broker writes to its log (O_DIRECT), no fsync wait",
-                    Acks::Leader | Acks::All => "ack after the log write (O_DIRECT), no fsync",
-                    Acks::LeaderFsync | Acks::AllFsync => "ack after fdatasync (group commit)",
+                let durability = match (storage, acks) {
+                    (StorageKind::Memory, Acks::None) => "memory topic: no ack, no persistence",
+                    (StorageKind::Memory, _) => {
+                        "memory topic: ack after the append to memory, no persistence"
+                    }
+                    (StorageKind::Disk, Acks::None) => {
+                        "no ack; broker writes to its log (O_DIRECT), no fsync wait"
+                    }
+                    (StorageKind::Disk, Acks::Leader | Acks::All) => {
+                        "ack after the log write (O_DIRECT), no fsync"
+                    }
+                    (StorageKind::Disk, Acks::LeaderFsync | Acks::AllFsync) => {
+                        "ack after fdatasync (group commit)"
+                    }
                 };
                 (durability.into(), acks.as_str().into())
             }
@@ -218,9 +233,10 @@ pub fn run(options: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOut
         stats.sent
     };
     let throughput = delivered as f64 / seconds;
-    let (durability, acks) = options
-        .target
-        .durability(workload.acks, &options.jetstream_sync);
+    let (durability, acks) =
+        options
+            .target
+            .durability(workload.acks, workload.storage, &options.jetstream_sync);
     let loadgen_cpu = figures.loadgen_cpu_percent;
     let per_100k = loadgen_cpu
         .filter(|_| throughput > 0.0)

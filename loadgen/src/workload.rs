@@ -10,12 +10,13 @@
 //! `consumerBacklogSizeGB`, `testDurationMinutes`, `warmupDurationMinutes`.
 //!
 //! Ours: `testDurationSeconds` and `warmupDurationSeconds` (win over the minutes), `acks`,
-//! `batchBytes` (0: one message per request), `lingerMs`, `maxInFlight`.
+//! `storage` (ringmq: `disk` or `memory` topics), `batchBytes` (0: one message per request),
+//! `lingerMs`, `maxInFlight`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use protocol::Acks;
+use protocol::{Acks, StorageKind};
 use serde::Deserialize;
 
 /// Smallest message: loadgen stamps the intended send time (8 bytes) and a sequence number
@@ -140,6 +141,8 @@ pub struct WorkloadFile {
     pub warmup_duration_seconds: Option<f64>,
     /// `none`, `leader`, `leader+fsync`, `all`, `all+fsync` (ringmq; JetStream always acks).
     pub acks: Option<String>,
+    /// `disk` or `memory`: the storage of the topics loadgen creates (ringmq only).
+    pub storage: Option<String>,
     /// Bytes of messages one request may carry; 0 sends every message on its own.
     pub batch_bytes: Option<usize>,
     /// Milliseconds a partly filled batch waits for more messages.
@@ -175,6 +178,8 @@ pub struct Workload {
     pub duration: Duration,
     pub warmup: Duration,
     pub acks: Acks,
+    /// Storage of the topics loadgen creates on a ringmq target.
+    pub storage: StorageKind,
     /// 0: one message per request (no batching).
     pub batch_bytes: usize,
     pub linger: Duration,
@@ -317,6 +322,21 @@ impl WorkloadFile {
             None => Acks::Leader,
             Some(text) => text.parse::<Acks>().map_err(|reason| bad("acks", reason))?,
         };
+        let storage = match &self.storage {
+            None => StorageKind::Disk,
+            Some(text) => text
+                .parse::<StorageKind>()
+                .map_err(|reason| bad("storage", reason))?,
+        };
+        if storage == StorageKind::Memory && acks.needs_fsync() {
+            return Err(bad(
+                "acks",
+                format!(
+                    "{} waits for an fsync, which a memory topic does not have",
+                    acks.as_str()
+                ),
+            ));
+        }
         let batch_bytes = self.batch_bytes.unwrap_or(0);
         let batch_max = protocol::limits::BATCH_BYTES_MAX as usize;
         if batch_bytes > batch_max {
@@ -359,6 +379,7 @@ impl WorkloadFile {
             duration,
             warmup,
             acks,
+            storage,
             batch_bytes,
             linger: Duration::from_secs_f64(linger_ms / 1e3),
             max_in_flight,
@@ -503,11 +524,14 @@ keyDistributor: "KEY_ROUND_ROBIN"
 
     #[test]
     fn bad_values_name_their_field() {
-        let cases: [(&str, &str); 6] = [
+        let cases: [(&str, &str); 8] = [
             ("messageSize: 8", "messageSize"),
             ("partitionsPerTopic: 0", "partitionsPerTopic"),
             ("producerRate: -5", "producerRate"),
             ("acks: sometimes", "acks"),
+            ("storage: tape", "storage"),
+            // A memory topic has no fsync to wait for.
+            ("storage: memory\nacks: leader+fsync", "acks"),
             ("randomBytesRatio: 1.5", "randomBytesRatio"),
             ("payloadFile: /nonexistent/payload.data", "payloadFile"),
         ];
@@ -515,6 +539,14 @@ keyDistributor: "KEY_ROUND_ROBIN"
             let error = WorkloadFile::parse(text).unwrap().resolve().unwrap_err();
             assert_eq!(error.field, field, "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn storage_defaults_to_disk() {
+        let plain = WorkloadFile::parse("topics: 1").unwrap().resolve().unwrap();
+        assert_eq!(plain.storage, StorageKind::Disk);
+        let memory = WorkloadFile::parse("storage: memory\nacks: none").unwrap();
+        assert_eq!(memory.resolve().unwrap().storage, StorageKind::Memory);
     }
 
     #[test]

@@ -110,6 +110,14 @@ fn ringmq_runs_lose_nothing_and_record_latency() {
     assert!(outcome.result.acked.is_none());
     assert!(outcome.result.ack_latency_us.is_none());
 
+    // The same on memory topics (compare's NATS-style column), and acked there too.
+    for acks in ["none", "leader"] {
+        let mut memory = workload(2000.0, 1.0, acks, 0, 2);
+        memory.storage = Some("memory".into());
+        let outcome = run_and_check(&options(target.clone(), memory), 2000, 1);
+        assert!(outcome.result.durability.starts_with("memory topic"));
+    }
+
     // Closed loop for a moment: labelled as such, nothing lost.
     let closed = run::run(
         &options(target, workload(0.0, 0.5, "leader", 0, 1)),

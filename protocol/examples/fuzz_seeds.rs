@@ -77,6 +77,7 @@ fn main() -> std::io::Result<()> {
             min_insync: 1,
             retention_ms: Some(1),
             retention_bytes: None,
+            storage: StorageKind::Memory,
         },
     )
     .expect("seed frame");

@@ -40,10 +40,13 @@ impl ApiKey {
     /// framed with its api's newest version.
     ///
     /// Metadata 1 added the end offset, the synced high watermark and each follower's lag to
-    /// `PartitionMetadata`; no release ever served version 0, so none is kept for it.
+    /// `PartitionMetadata`, and Metadata 2 a topic's storage to `TopicMetadata`; CreateTopic 1
+    /// added the storage to its request. No release ever served the older versions, so none
+    /// is kept for them.
     pub const fn versions(self) -> (u16, u16) {
         match self {
-            ApiKey::Metadata => (1, 1),
+            ApiKey::Metadata => (2, 2),
+            ApiKey::CreateTopic => (1, 1),
             _ => (0, 0),
         }
     }
@@ -101,9 +104,12 @@ impl ErrorCode {
     pub const INVALID_GROUP: ErrorCode = ErrorCode(17);
     pub const NOT_CONTROLLER: ErrorCode = ErrorCode(18);
     pub const SHUTTING_DOWN: ErrorCode = ErrorCode(19);
+    /// The topic's storage cannot give the acks policy asked for: an fsync policy on a
+    /// memory topic, which has nothing to sync.
+    pub const INVALID_ACKS: ErrorCode = ErrorCode(20);
 
     /// Every code this build knows, with its name.
-    pub const KNOWN: [(ErrorCode, &'static str); 20] = [
+    pub const KNOWN: [(ErrorCode, &'static str); 21] = [
         (ErrorCode::NONE, "None"),
         (
             ErrorCode::UNKNOWN_TOPIC_OR_PARTITION,
@@ -130,6 +136,7 @@ impl ErrorCode {
         (ErrorCode::INVALID_GROUP, "InvalidGroup"),
         (ErrorCode::NOT_CONTROLLER, "NotController"),
         (ErrorCode::SHUTTING_DOWN, "ShuttingDown"),
+        (ErrorCode::INVALID_ACKS, "InvalidAcks"),
     ];
 
     pub fn is_ok(self) -> bool {
@@ -266,6 +273,54 @@ impl From<&ArchivedAcks> for Acks {
     }
 }
 
+/// Where a topic's partitions keep their records.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
+#[cfg_attr(test, derive(Arbitrary))]
+#[repr(u8)]
+pub enum StorageKind {
+    /// Each replica's log on its shard's disk (O_DIRECT, checksummed segments): records
+    /// survive restarts, and the `+fsync` acks policies make them survive power loss.
+    #[default]
+    Disk = 0,
+    /// Each replica's log in its shard's memory, like a JetStream memory stream: no disk
+    /// I/O, so a record is readable as soon as it is appended. A restart empties the topic
+    /// (it keeps its definition), and the `+fsync` acks policies are refused.
+    Memory = 1,
+}
+
+impl StorageKind {
+    pub const ALL: [StorageKind; 2] = [StorageKind::Disk, StorageKind::Memory];
+
+    /// The spelling used on command lines and in `describe`: `disk`, `memory`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageKind::Disk => "disk",
+            StorageKind::Memory => "memory",
+        }
+    }
+}
+
+impl std::str::FromStr for StorageKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<StorageKind, String> {
+        StorageKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| format!("unknown storage '{text}': expected disk or memory"))
+    }
+}
+
+impl From<&ArchivedStorageKind> for StorageKind {
+    fn from(kind: &ArchivedStorageKind) -> StorageKind {
+        match kind {
+            ArchivedStorageKind::Disk => StorageKind::Disk,
+            ArchivedStorageKind::Memory => StorageKind::Memory,
+        }
+    }
+}
+
 /// Declares rkyv bodies with the derives every message shares, and binds each to its api.
 macro_rules! bodies {
     ($($api:ident => $(#[$meta:meta])* struct $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? })*) => {
@@ -348,6 +403,7 @@ parts! {
         retention_ms: Option<u64>,
         /// Bytes a partition may keep before old segments go; `None` for no bound.
         retention_bytes: Option<u64>,
+        storage: StorageKind,
         partitions: Vec<PartitionMetadata>,
     }
 }
@@ -389,7 +445,10 @@ bodies! {
         /// In-sync replicas an `all` produce needs; at most `replication_factor`.
         min_insync: u16,
         retention_ms: Option<u64>,
+        /// With `StorageKind::Memory`, also the bound of each partition's memory; the broker
+        /// sets one when neither the request nor its profile does.
         retention_bytes: Option<u64>,
+        storage: StorageKind,
     }
     CreateTopic => struct CreateTopicResponse { error: ErrorCode, message: String }
 

@@ -434,6 +434,7 @@ mod tests {
                 min_insync: 1,
                 retention_ms: Some(86_400_000),
                 retention_bytes: None,
+                storage: StorageKind::Disk,
                 partitions: vec![PartitionMetadata {
                     error: ErrorCode::NONE,
                     partition: 0,
@@ -499,12 +500,12 @@ mod tests {
                 header_hex(&MetadataRequest {
                     topics: vec!["orders".into()],
                 }),
-                "524d51313000000010000000010001008877665544332211490a69f41f954665",
+                "524d51313000000010000000010002008877665544332211490a69f4d56a4f99",
             ),
             (
                 "MetadataResponse",
                 header_hex(&metadata_response()),
-                "524d513100010000dc000000010001008877665544332211448ae9ea1f6f3156",
+                "524d513110010000e4000000010002008877665544332211a248c41dcb99246f",
             ),
             (
                 "CreateTopicRequest",
@@ -515,8 +516,9 @@ mod tests {
                     min_insync: 1,
                     retention_ms: Some(3_600_000),
                     retention_bytes: Some(1 << 30),
+                    storage: StorageKind::Memory,
                 }),
-                "524d51315000000030000000020000008877665544332211f1da8a8e096de736",
+                "524d513160000000380000000200010088776655443322113564d63a3967c441",
             ),
             (
                 "CreateTopicResponse",
@@ -524,7 +526,7 @@ mod tests {
                     error: ErrorCode::TOPIC_ALREADY_EXISTS,
                     message: "topic 'orders' exists".into(),
                 }),
-                "524d51315000000024000000020000008877665544332211a3a2d4034374430b",
+                "524d51315000000024000000020001008877665544332211a3a2d4030521445f",
             ),
             (
                 "DeleteTopicRequest",

@@ -23,7 +23,7 @@ pub mod limits;
 pub mod names;
 mod varint;
 
-pub use api::{Acks, ApiKey, Body, ErrorCode, OffsetSpec};
+pub use api::{Acks, ApiKey, Body, ErrorCode, OffsetSpec, StorageKind};
 pub use batch::{
     BatchBuilder, BatchError, BatchHeader, BatchView, Batches, BuildError, Header, Record,
 };

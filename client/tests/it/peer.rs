@@ -14,7 +14,9 @@ use protocol::api::{
     ApiVersionRange, ApiVersionsResponse, MetadataResponse, PartitionMetadata, ShardAddress,
     TopicMetadata,
 };
-use protocol::{ApiKey, ErrorCode, Frame, FrameBuf, FrameHeader, decode_frame, encode_frame};
+use protocol::{
+    ApiKey, ErrorCode, Frame, FrameBuf, FrameHeader, StorageKind, decode_frame, encode_frame,
+};
 
 /// A request frame as the peer received it, in an aligned buffer of its own.
 pub struct Received {
@@ -291,6 +293,7 @@ pub fn metadata(broker_ports: &[u16], topic: &str, leaders: &[u16]) -> MetadataR
             min_insync: 1,
             retention_ms: None,
             retention_bytes: None,
+            storage: StorageKind::Disk,
             partitions: leaders
                 .iter()
                 .enumerate()

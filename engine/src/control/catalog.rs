@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use ahash::AHashMap;
-use protocol::ErrorCode;
 use protocol::api::CreateTopicRequest;
 use protocol::limits::TOPIC_PARTITIONS_MAX;
+use protocol::{ErrorCode, StorageKind};
 use serde::{Deserialize, Serialize};
 
 /// File name of the catalogue in shard 0's data directory.
@@ -43,7 +43,23 @@ pub struct TopicEntry {
     /// (losing what only the failed leader held). Off unless set in the catalogue.
     #[serde(default)]
     pub unclean_leader_election: bool,
+    /// Where the replicas keep their records. Written only for memory topics, so a
+    /// catalogue of disk topics reads as it did before memory topics existed.
+    #[serde(default, with = "StorageKindDef", skip_serializing_if = "is_disk")]
+    pub storage: StorageKind,
     pub partitions: Vec<PartitionEntry>,
+}
+
+/// `StorageKind` as the catalogue spells it: `"disk"`, `"memory"`.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "StorageKind", rename_all = "lowercase")]
+enum StorageKindDef {
+    Disk,
+    Memory,
+}
+
+fn is_disk(storage: &StorageKind) -> bool {
+    *storage == StorageKind::Disk
 }
 
 impl TopicEntry {
@@ -216,6 +232,7 @@ impl Catalog {
             retention_ms: request.retention_ms,
             retention_bytes: request.retention_bytes,
             unclean_leader_election: false,
+            storage: request.storage,
             partitions,
         });
         next.next_topic_id += 1;
@@ -417,7 +434,31 @@ mod tests {
             min_insync: 1,
             retention_ms: Some(60_000),
             retention_bytes: None,
+            storage: StorageKind::Disk,
         }
+    }
+
+    #[test]
+    fn a_topics_storage_persists_and_disk_topics_read_as_before() {
+        let mut memory = request("m", 1);
+        memory.storage = StorageKind::Memory;
+        let catalog = Catalog::default().with_topic(&request("d", 1), 2).unwrap();
+        let disk_only = catalog.encode();
+        assert!(!disk_only.contains("storage"), "{disk_only}");
+        let catalog = catalog.with_topic(&memory, 2).unwrap();
+        let encoded = catalog.encode();
+        assert!(encoded.contains("storage = \"memory\""), "{encoded}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CATALOG_FILE), encoded).unwrap();
+        let loaded = Catalog::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.topic("m").unwrap().storage, StorageKind::Memory);
+        assert_eq!(loaded.topic("d").unwrap().storage, StorageKind::Disk);
+        let bad = catalog.encode().replace("\"memory\"", "\"tape\"");
+        std::fs::write(dir.path().join(CATALOG_FILE), bad).unwrap();
+        assert!(matches!(
+            Catalog::load(dir.path()),
+            Err(CatalogError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -26,11 +26,12 @@
 //!   checkpointed durable point).
 //!
 //! All I/O goes through [`storage::Storage`]: [`storage::DmaStorage`] in production,
-//! [`sim::SimStorage`] in tests.
+//! [`memory::MemStorage`] for memory topics, [`sim::SimStorage`] in tests.
 
 mod checkpoint;
 pub mod epochs;
 pub mod index;
+pub mod memory;
 pub(crate) mod notify;
 mod partition_log;
 mod recovery;

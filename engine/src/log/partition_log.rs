@@ -431,6 +431,11 @@ impl<S: Storage> Log<S> {
         &self.core.dir
     }
 
+    /// The storage the log's files live on.
+    pub fn storage(&self) -> &S {
+        &self.core.storage
+    }
+
     pub fn offsets(&self) -> LogOffsets {
         let st = self.core.state.borrow();
         LogOffsets {

@@ -1,8 +1,10 @@
 //! The I/O seam of the log: every byte the log reads or writes goes through [`Storage`].
 //!
-//! Two backends implement it: [`DmaStorage`] (glommio `DmaFile`: O_DIRECT over io_uring, the
-//! production path) and `log::sim::SimStorage` (a deterministic simulated disk that separates
-//! pending from durable writes, crashes, tears writes and injects errors, for tests).
+//! Three backends implement it: [`DmaStorage`] (glommio `DmaFile`: O_DIRECT over io_uring, the
+//! production path), `log::memory::MemStorage` (a shard's in-memory files, for memory topics)
+//! and `log::sim::SimStorage` (a deterministic simulated disk that separates pending from
+//! durable writes, crashes, tears writes and injects errors, for tests). [`ShardStorage`] is
+//! the first or the second, as a topic's storage says: the type a broker's replicas run on.
 //!
 //! Contract every backend keeps, and the log relies on:
 //! - Positions and lengths of `write_at` and `read_at` are multiples of [`BLOCK_BYTES`].
@@ -20,6 +22,8 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
+
+use super::memory::{MemFile, MemStorage};
 
 /// Alignment of every direct-I/O position and length. The devices here report 512-byte
 /// logical blocks but 4 KiB physical sectors; writing whole 4 KiB blocks avoids the device's
@@ -262,4 +266,161 @@ pub async fn probe_dir(dir: &Path) -> io::Result<PathBuf> {
     StorageFile::close(file).await?;
     read?;
     Ok(path)
+}
+
+/// What a shard's replica logs run on: the disk (O_DIRECT) or the shard's memory, as each
+/// topic's storage says. One type, so leaders and followers of either kind live side by side.
+#[derive(Debug, Clone)]
+pub enum ShardStorage {
+    Disk(DmaStorage),
+    Memory(MemStorage),
+}
+
+/// A file of a [`ShardStorage`].
+pub enum ShardFile {
+    Disk(glommio::io::DmaFile),
+    Memory(MemFile),
+}
+
+/// What a read of a [`ShardFile`] returns.
+pub enum ShardRead {
+    Disk(DmaRead),
+    Memory(Vec<u8>),
+}
+
+impl Deref for ShardRead {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ShardRead::Disk(read) => read,
+            ShardRead::Memory(read) => read,
+        }
+    }
+}
+
+impl StorageFile for ShardFile {
+    type Buffer = glommio::io::DmaBuffer;
+    type ReadBuf = ShardRead;
+
+    fn alloc_buffer(&self, len: usize) -> glommio::io::DmaBuffer {
+        match self {
+            ShardFile::Disk(file) => StorageFile::alloc_buffer(file, len),
+            ShardFile::Memory(file) => file.alloc_buffer(len),
+        }
+    }
+
+    async fn write_at(&self, buf: Rc<glommio::io::DmaBuffer>, pos: u64) -> io::Result<usize> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::write_at(file, buf, pos).await,
+            ShardFile::Memory(file) => file.write_at(buf, pos).await,
+        }
+    }
+
+    async fn read_at(&self, pos: u64, len: usize) -> io::Result<ShardRead> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::read_at(file, pos, len)
+                .await
+                .map(ShardRead::Disk),
+            ShardFile::Memory(file) => file.read_at(pos, len).await.map(ShardRead::Memory),
+        }
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::sync(file).await,
+            ShardFile::Memory(file) => file.sync().await,
+        }
+    }
+
+    async fn allocate(&self, len: u64) -> io::Result<()> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::allocate(file, len).await,
+            ShardFile::Memory(file) => file.allocate(len).await,
+        }
+    }
+
+    async fn size(&self) -> io::Result<u64> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::size(file).await,
+            ShardFile::Memory(file) => file.size().await,
+        }
+    }
+
+    async fn truncate(&self, len: u64) -> io::Result<()> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::truncate(file, len).await,
+            ShardFile::Memory(file) => file.truncate(len).await,
+        }
+    }
+
+    async fn close(self) -> io::Result<()> {
+        match self {
+            ShardFile::Disk(file) => StorageFile::close(file).await,
+            ShardFile::Memory(file) => file.close().await,
+        }
+    }
+}
+
+impl Storage for ShardStorage {
+    type File = ShardFile;
+
+    async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<ShardFile> {
+        match self {
+            ShardStorage::Disk(disk) => disk.open(path, flags).await.map(ShardFile::Disk),
+            ShardStorage::Memory(memory) => memory.open(path, flags).await.map(ShardFile::Memory),
+        }
+    }
+
+    async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        match self {
+            ShardStorage::Disk(disk) => disk.create_dir_all(path).await,
+            ShardStorage::Memory(memory) => memory.create_dir_all(path).await,
+        }
+    }
+
+    async fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        match self {
+            ShardStorage::Disk(disk) => disk.sync_dir(path).await,
+            ShardStorage::Memory(memory) => memory.sync_dir(path).await,
+        }
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        match self {
+            ShardStorage::Disk(disk) => disk.rename(from, to).await,
+            ShardStorage::Memory(memory) => memory.rename(from, to).await,
+        }
+    }
+
+    async fn remove(&self, path: &Path) -> io::Result<()> {
+        match self {
+            ShardStorage::Disk(disk) => disk.remove(path).await,
+            ShardStorage::Memory(memory) => memory.remove(path).await,
+        }
+    }
+
+    async fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        match self {
+            ShardStorage::Disk(disk) => disk.list_dir(path).await,
+            ShardStorage::Memory(memory) => memory.list_dir(path).await,
+        }
+    }
+
+    async fn sleep(&self, duration: Duration) {
+        glommio::timer::sleep(duration).await;
+    }
+}
+
+impl ShardStorage {
+    /// Deletes `dir` and everything in it: a deleted topic's replica.
+    pub fn remove_tree(&self, dir: &Path) -> io::Result<()> {
+        match self {
+            // Deleting a topic is rare; a blocking unlink of its files is acceptable.
+            ShardStorage::Disk(_) => std::fs::remove_dir_all(dir),
+            ShardStorage::Memory(memory) => {
+                memory.remove_tree(dir);
+                Ok(())
+            }
+        }
+    }
 }

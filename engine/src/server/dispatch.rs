@@ -7,14 +7,17 @@ use std::time::Duration;
 use protocol::api::*;
 use protocol::frame::trusted_frame;
 use protocol::limits::{FETCH_BYTES_MAX, FETCH_WAIT_MS_MAX, PRODUCE_TIMEOUT_MS_MAX};
-use protocol::{Acks, ApiKey, Body, ErrorCode, Frame, FrameBuf, OffsetSpec, encode_frame};
+use protocol::{
+    Acks, ApiKey, Body, ErrorCode, Frame, FrameBuf, OffsetSpec, StorageKind, encode_frame,
+};
 use rkyv::api::high::HighSerializer;
 use rkyv::rancor::Failure;
 use rkyv::ser::allocator::ArenaHandle;
 
 use crate::control::catalog::Catalog;
+use crate::limits::MEMORY_RETENTION_BYTES_DEFAULT;
 use crate::log::LogError;
-use crate::log::storage::DmaStorage;
+use crate::log::storage::ShardStorage;
 use crate::replication::{Leader, ReplError, ReplicaStatus};
 
 use super::Shard;
@@ -200,7 +203,7 @@ fn local_leader(
     shard: &Shard,
     topic: &str,
     partition: u32,
-) -> Result<Rc<Leader<DmaStorage>>, ErrorCode> {
+) -> Result<Rc<Leader<ShardStorage>>, ErrorCode> {
     if let Some(found) = shard.leader(topic, partition) {
         return Ok(found);
     }
@@ -238,6 +241,10 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
         Ok(leader) => leader,
         Err(code) => return respond(code, 0, 0),
     };
+    // A memory topic has nothing to sync: refused, never silently acked as written.
+    if acks.needs_fsync() && matches!(leader.log().storage(), ShardStorage::Memory(_)) {
+        return respond(ErrorCode::INVALID_ACKS, 0, 0);
+    }
     let timeout_ms = request.timeout_ms.to_native().min(PRODUCE_TIMEOUT_MS_MAX);
     let timeout = if timeout_ms == 0 {
         PRODUCE_TIMEOUT_DEFAULT
@@ -366,6 +373,7 @@ async fn metadata(shard: &Rc<Shard>, request: MetadataRequest) -> MetadataRespon
                 min_insync: 0,
                 retention_ms: None,
                 retention_bytes: None,
+                storage: StorageKind::Disk,
                 partitions: vec![],
             },
             Some(topic) => TopicMetadata {
@@ -375,6 +383,7 @@ async fn metadata(shard: &Rc<Shard>, request: MetadataRequest) -> MetadataRespon
                 min_insync: topic.min_insync,
                 retention_ms: topic.retention_ms,
                 retention_bytes: topic.retention_bytes,
+                storage: topic.storage,
                 partitions: topic
                     .partitions
                     .iter()
@@ -468,6 +477,11 @@ async fn create_topic(shard: &Rc<Shard>, mut request: CreateTopicRequest) -> Cre
     let defaults = shard.log_defaults();
     request.retention_ms = request.retention_ms.or(defaults.retention_ms);
     request.retention_bytes = request.retention_bytes.or(defaults.retention_bytes);
+    if request.storage == StorageKind::Memory {
+        request.retention_bytes = request
+            .retention_bytes
+            .or(Some(MEMORY_RETENTION_BYTES_DEFAULT));
+    }
     let change = |catalog: &Catalog| catalog.with_topic(&request, shard.shards);
     match change_catalog(shard, change).await {
         Ok(()) => CreateTopicResponse {

@@ -20,8 +20,9 @@ use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
 use crate::limits::{IO_STALL_WARN, MAINTENANCE_INTERVAL, SHARD_WAKE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::Log;
+use crate::log::memory::MemStorage;
 use crate::log::notify::Notify;
-use crate::log::storage::DmaStorage;
+use crate::log::storage::ShardStorage;
 use crate::replication::state::LagBounds;
 use crate::replication::{Follower, Leader, ReplicaKey};
 use crate::shard::mailbox::{Receiver, Sender};
@@ -117,8 +118,8 @@ impl<T> Replicas<T> {
 /// A replica on this shard in either role, for the upkeep every replica gets alike
 /// (maintenance, close at shutdown, removal with its topic).
 enum Replica {
-    Leader(Rc<Leader<DmaStorage>>),
-    Follower(Rc<Follower<DmaStorage>>),
+    Leader(Rc<Leader<ShardStorage>>),
+    Follower(Rc<Follower<ShardStorage>>),
 }
 
 impl Replica {
@@ -129,7 +130,7 @@ impl Replica {
         }
     }
 
-    fn log(&self) -> Rc<Log<DmaStorage>> {
+    fn log(&self) -> Rc<Log<ShardStorage>> {
         match self {
             Replica::Leader(leader) => Rc::clone(leader.log()),
             Replica::Follower(follower) => follower.log(),
@@ -165,14 +166,16 @@ pub struct Shard {
     log: LogSection,
     catalog: RefCell<Rc<Catalog>>,
     /// Partitions this shard leads (serves produce and fetch for).
-    leaders: RefCell<Replicas<Leader<DmaStorage>>>,
+    leaders: RefCell<Replicas<Leader<ShardStorage>>>,
     /// Partitions this shard follows.
-    followers: RefCell<Replicas<Follower<DmaStorage>>>,
+    followers: RefCell<Replicas<Follower<ShardStorage>>>,
     /// Start of the replication clock.
     started: std::time::Instant,
     outboxes: Vec<Option<Sender<ShardMessage>>>,
     pub(crate) replies: Replies<ShardMessage>,
     catalog_dir: Option<PathBuf>,
+    /// The files of this shard's memory-topic replicas.
+    memory: MemStorage,
     /// Serializes catalogue changes on shard 0.
     control_lock: glommio::sync::Semaphore,
     shutting_down: Cell<bool>,
@@ -192,7 +195,7 @@ impl Shard {
     }
 
     /// The leader replica of `topic`'s `partition` if this shard leads it.
-    pub fn leader(&self, topic: &str, partition: u32) -> Option<Rc<Leader<DmaStorage>>> {
+    pub fn leader(&self, topic: &str, partition: u32) -> Option<Rc<Leader<ShardStorage>>> {
         self.leaders.borrow().get(topic, partition)
     }
 
@@ -251,8 +254,7 @@ impl Shard {
             let log = replica.log();
             let _ = log.close().await;
             let dir = log.dir();
-            // Deleting a topic is rare; a blocking unlink of its files is acceptable here.
-            if let Err(error) = std::fs::remove_dir_all(dir) {
+            if let Err(error) = log.storage().remove_tree(dir) {
                 errors.push(format!("removing {}: {error}", dir.display()));
             }
         }
@@ -346,6 +348,7 @@ pub async fn run(init: ShardInit) {
         outboxes,
         replies: Replies::default(),
         catalog_dir,
+        memory: MemStorage::default(),
         control_lock: glommio::sync::Semaphore::new(1),
         shutting_down: Cell::new(false),
         shutdown: Notify::default(),

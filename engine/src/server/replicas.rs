@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use glommio::TaskQueueHandle;
 
 use crate::control::catalog::{Catalog, PartitionEntry, TopicEntry};
-use crate::log::storage::DmaStorage;
-use crate::log::{Log, LogConfig, Retention};
+use crate::limits::MEMORY_SEGMENT_BYTES_MAX;
+use crate::log::storage::{DmaStorage, ShardStorage};
+use crate::log::{Log, LogConfig, Preallocate, Retention};
 use crate::replication::{
     Follower, FollowerInit, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplMessage,
     ReplicaKey, Runtime, Transport,
 };
+use protocol::StorageKind;
 
 use super::Shard;
 use super::messages::ShardMessage;
@@ -147,16 +149,29 @@ impl Shard {
             ms: topic.retention_ms,
             bytes: topic.retention_bytes,
         };
-        self.log.log_config(&self.config, retention)
+        let config = self.log.log_config(&self.config, retention);
+        match topic.storage {
+            StorageKind::Disk => config,
+            StorageKind::Memory => memory_log_config(config),
+        }
+    }
+
+    /// Where `topic`'s replicas on this shard keep their files.
+    fn replica_storage(&self, topic: &TopicEntry) -> ShardStorage {
+        match topic.storage {
+            StorageKind::Disk => ShardStorage::Disk(DmaStorage),
+            StorageKind::Memory => ShardStorage::Memory(self.memory.clone()),
+        }
     }
 
     async fn open_replica_log(
         &self,
         topic: &TopicEntry,
         index: u32,
-    ) -> Result<Rc<Log<DmaStorage>>, String> {
+    ) -> Result<Rc<Log<ShardStorage>>, String> {
         let dir = self.partition_dir(&topic.name, index);
-        let (log, recovery) = Log::open(DmaStorage, &dir, self.replica_log_config(topic))
+        let storage = self.replica_storage(topic);
+        let (log, recovery) = Log::open(storage, &dir, self.replica_log_config(topic))
             .await
             .map_err(|error| error.to_string())?;
         if let Some(cut) = &recovery.truncated {
@@ -200,7 +215,7 @@ impl Shard {
             key: key.clone(),
             shard: self.id.0,
             epoch: placement.leader_epoch,
-            storage: DmaStorage,
+            storage: self.replica_storage(topic),
             log,
             followers: placement.replicas.iter().skip(1).copied().collect(),
             min_insync: topic.min_insync,
@@ -249,7 +264,7 @@ impl Shard {
         let init = FollowerInit {
             key: replica_key(topic, index),
             shard: self.id.0,
-            storage: DmaStorage,
+            storage: self.replica_storage(topic),
             config: self.replica_log_config(topic),
             log,
             known_hw: 0,
@@ -278,6 +293,17 @@ impl Shard {
                 .await;
         }
     }
+}
+
+/// A memory replica's log: files that are only sized, never zeroed (zeroing would fill
+/// memory with a whole segment up front), and segments of at most
+/// `MEMORY_SEGMENT_BYTES_MAX` (or one tail buffer, since one write never spans two
+/// segments), so retention frees memory in small steps.
+fn memory_log_config(mut config: LogConfig) -> LogConfig {
+    config.preallocate = Preallocate::Fallocate;
+    let most = MEMORY_SEGMENT_BYTES_MAX.max(config.write_buffer_bytes);
+    config.segment_bytes = config.segment_bytes.min(most);
+    config
 }
 
 fn replica_key(topic: &TopicEntry, index: u32) -> ReplicaKey {

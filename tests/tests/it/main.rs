@@ -10,4 +10,5 @@
 
 mod clients;
 mod hostile;
+mod memory;
 mod raw;

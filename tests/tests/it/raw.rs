@@ -24,6 +24,7 @@ pub fn create_topic(conn: &mut RawConn, name: &str, partitions: u32) {
         min_insync: 1,
         retention_ms: None,
         retention_bytes: None,
+        storage: StorageKind::Disk,
     };
     conn.send(1, &request);
     let response: CreateTopicResponse = conn.recv(1);
@@ -208,6 +209,7 @@ fn acknowledged_records_survive_a_graceful_restart() {
         min_insync: 1,
         retention_ms: None,
         retention_bytes: None,
+        storage: StorageKind::Disk,
     };
     conn.send(5, &request);
     let response: CreateTopicResponse = conn.recv(5);
@@ -252,6 +254,7 @@ fn unknown_topics_and_bad_requests_get_error_codes() {
         min_insync: 1,
         retention_ms: None,
         retention_bytes: None,
+        storage: StorageKind::Disk,
     };
     conn.send(4, &request);
     let response: CreateTopicResponse = conn.recv(4);
