@@ -25,6 +25,10 @@ pub struct RunResult {
     pub received: Option<u64>,
     /// Requests answered with an error (their messages).
     pub failed: u64,
+    /// Messages consumers never got: retention deleted them first (a consumer fell behind by
+    /// more than the topic keeps).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lost_to_retention: u64,
     /// Messages per second acknowledged while the window measured (`Window::completes_in`);
     /// without acks, delivered (or, without consumers, sent) meanwhile.
     pub throughput_msgs_per_s: f64,
@@ -145,7 +149,7 @@ pub fn run_table(result: &RunResult) -> String {
     out.push('\n');
     out.push_str(&format!(
         "throughput: {:.0} msg/s ({:.1} MB/s); produced {:.0} msg/s, consumed {} msg/s; \
-         sent {}, acked {}, received {}, failed {}\n",
+         sent {}, acked {}, received {}, failed {}{}\n",
         result.throughput_msgs_per_s,
         result.throughput_mb_per_s,
         result.producer_msgs_per_s,
@@ -154,6 +158,11 @@ pub fn run_table(result: &RunResult) -> String {
         result.acked.map_or("-".into(), |a| a.to_string()),
         result.received.map_or("-".into(), |r| r.to_string()),
         result.failed,
+        if result.lost_to_retention > 0 {
+            format!(", lost to retention {}", result.lost_to_retention)
+        } else {
+            String::new()
+        },
     ));
     out.push_str(&format!(
         "CPU (percent of one core): broker {}, loadgen {} ({} per 100k msg/s)\n",
@@ -237,6 +246,11 @@ pub fn compare_table(columns: &[Column]) -> String {
                 format!("{:.0} msg/s", r.producer_msgs_per_s)
             })
         }),
+        ("lost to retention at max (consumer fell behind)", |c| {
+            c.max
+                .as_ref()
+                .map_or("-".into(), |r| r.lost_to_retention.to_string())
+        }),
         ("end-to-end p99 at max", |c| {
             us(c.max.as_ref().and_then(|r| r.e2e_latency_us).map(|l| l.p99))
         }),
@@ -306,6 +320,10 @@ pub fn to_csv(results: &[RunResult]) -> String {
         ));
     }
     out
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 #[cfg(test)]

@@ -1126,6 +1126,17 @@ fn on_fetch(
     let window = plan.window();
     consumer.fetching = false;
     let error = protocol::ErrorCode(response.error.0.to_native());
+    let log_start = response.log_start_offset.to_native();
+    if error == protocol::ErrorCode::OFFSET_OUT_OF_RANGE && log_start > consumer.position {
+        // Retention deleted records this consumer had not read yet: like a Kafka consumer
+        // with `auto.offset.reset = earliest`, go on from the log start, and count the loss
+        // (they are done with, so the drain does not wait for them).
+        let lost = log_start - consumer.position;
+        consumer.position = log_start;
+        stats.lost_to_retention += lost;
+        plan.add_received(consumer.topic, consumer.subscription, lost);
+        return Ok(());
+    }
     if !error.is_ok() {
         // A transient broker answer (not leader yet, shutting down): try again shortly.
         consumer.retry_at_ns = now + 10_000_000;

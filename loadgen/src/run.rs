@@ -256,6 +256,7 @@ pub fn run(options: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOut
         acked: has_acks.then_some(stats.acked),
         received: (consumers > 0).then_some(stats.received),
         failed: stats.failed,
+        lost_to_retention: stats.lost_to_retention,
         throughput_msgs_per_s: throughput,
         throughput_mb_per_s: throughput * workload.message_bytes as f64 / 1e6,
         producer_msgs_per_s: stats.sent as f64 / seconds,

@@ -152,6 +152,9 @@ pub struct Stats {
     pub received_in_window: u64,
     /// Requests the target answered with an error (each counts its messages).
     pub failed: u64,
+    /// Messages a consumer never got because retention deleted them before it read them (it
+    /// fell behind by more than the topic keeps, and skipped to the log start).
+    pub lost_to_retention: u64,
 }
 
 impl Stats {
@@ -167,6 +170,7 @@ impl Stats {
         self.acked_in_window += other.acked_in_window;
         self.received_in_window += other.received_in_window;
         self.failed += other.failed;
+        self.lost_to_retention += other.lost_to_retention;
     }
 }
 
