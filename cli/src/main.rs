@@ -226,13 +226,9 @@ fn topic(command: TopicCommand) -> anyhow::Result<()> {
             broker,
         } => {
             let request = CreateTopicRequest {
-                name: name.clone(),
-                partitions,
-                replication_factor,
-                min_insync: (replication_factor / 2 + 1).min(replication_factor.max(1)),
-                retention_ms: None,
                 retention_bytes,
                 storage,
+                ..client::topic_request(&name, partitions, replication_factor)
             };
             connect(&broker.broker)?
                 .create_topic_with(&request)

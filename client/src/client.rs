@@ -55,6 +55,22 @@ impl Default for ClientConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnectionId(u64);
 
+/// The request [`Client::create_topic`] sends: `partitions` partitions, each on
+/// `replication_factor` shards, on disk, kept forever, acknowledging `all` produces once a
+/// majority of replicas (`replication_factor / 2 + 1`) has them. Change its fields and send
+/// it with [`Client::create_topic_with`] for other settings (storage, retention, ...).
+pub fn topic_request(name: &str, partitions: u32, replication_factor: u16) -> CreateTopicRequest {
+    CreateTopicRequest {
+        name: name.to_string(),
+        partitions,
+        replication_factor,
+        min_insync: (replication_factor / 2 + 1).min(replication_factor.max(1)),
+        retention_ms: None,
+        retention_bytes: None,
+        storage: StorageKind::Disk,
+    }
+}
+
 /// A blocking client of one ringmq broker.
 ///
 /// Owner: one thread (`&mut self` everywhere). Holds a metadata cache and one connection per
@@ -136,28 +152,18 @@ impl Client {
         Ok(metadata.topics().iter().map(|t| t.name.clone()).collect())
     }
 
-    /// Creates a topic with `partitions` partitions, each on `replication_factor` shards,
-    /// on disk, kept forever, acknowledging `all` produces once a majority of replicas
-    /// (`replication_factor / 2 + 1`) has them. Returns once the broker made the change
-    /// durable and every shard applied it. `InvalidName` before sending for a name the broker
-    /// would refuse; `Broker` with the broker's code and message otherwise (for example
-    /// `TOPIC_ALREADY_EXISTS`). Not retried: a retry after a lost answer would report that the
-    /// topic exists.
+    /// Creates a topic with [`topic_request`]'s settings. Returns once the broker made the
+    /// change durable and every shard applied it. `InvalidName` before sending for a name the
+    /// broker would refuse; `Broker` with the broker's code and message otherwise (for
+    /// example `TOPIC_ALREADY_EXISTS`). Not retried: a retry after a lost answer would report
+    /// that the topic exists.
     pub fn create_topic(
         &mut self,
         name: &str,
         partitions: u32,
         replication_factor: u16,
     ) -> Result<(), ClientError> {
-        self.create_topic_with(&CreateTopicRequest {
-            name: name.to_string(),
-            partitions,
-            replication_factor,
-            min_insync: (replication_factor / 2 + 1).min(replication_factor.max(1)),
-            retention_ms: None,
-            retention_bytes: None,
-            storage: StorageKind::Disk,
-        })
+        self.create_topic_with(&topic_request(name, partitions, replication_factor))
     }
 
     /// Creates a topic with every setting spelled out. Errors as [`create_topic`].

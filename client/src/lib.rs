@@ -52,7 +52,7 @@ mod producer;
 mod reader;
 pub mod retry;
 
-pub use client::{Client, ClientConfig, ConnectionId, Routing};
+pub use client::{Client, ClientConfig, ConnectionId, Routing, topic_request};
 pub use connection::{Connection, ConnectionConfig, OwnedReply, Reply, Request, Response};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartOffset};
 pub use error::ClientError;

@@ -35,7 +35,8 @@ pub const IO_STALL_WARN: Duration = Duration::from_secs(1);
 /// of 75 did (max 17 ms). Memory topics, which wake the shard only for the network, still
 /// showed 33-55 ms maxima with 50 ms (loadgen NATS-style runs at 20,000/s: 1 of 4 interleaved
 /// runs over 10 ms, 40 ms) and none over 11 ms with this 5 ms wake (0 of 4), at the same
-/// broker CPU (75-80 %).
+/// broker CPU (75-80 %). It bounds late wake-ups only: a later run with it still stalled for
+/// 179 ms, cause unknown.
 pub const SHARD_WAKE_INTERVAL: Duration = Duration::from_millis(5);
 
 /// How often each shard runs log upkeep (retention, checkpoints; each log prepares its next
@@ -44,11 +45,6 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
 const _: () = assert!(CONNECTION_PENDING_OUTPUT_BYTES_MAX >= 2 * FRAME_BYTES_MAX as usize);
 const _: () = assert!(CONNECTION_RECEIVE_BYTES_MAX > FRAME_BYTES_MAX as usize);
-
-/// Largest segment of a memory topic's replica (or the tail buffer, if larger). Retention
-/// deletes whole sealed segments, so a partition holds at most its retention plus one
-/// segment of memory; small segments keep that extra small.
-pub const MEMORY_SEGMENT_BYTES_MAX: u64 = 8 << 20;
 
 /// Retention of a memory topic's partitions when neither the topic nor the profile sets
 /// `retention_bytes`: a memory topic always has a bound, so producers cannot fill the

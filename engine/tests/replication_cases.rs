@@ -513,20 +513,13 @@ fn a_promoted_follower_hands_over_its_log_after_a_truncation_in_progress() {
         let follower = follower_with_a_and_b(&disk, &rt, &net).await;
         // The leader of epoch 2 has A only: the follower cuts B.
         follower.deliver(probe_from_epoch_2_with_a_only(1));
-        // Let the follower start handling it, then promote it (epoch 3).
-        let spins = 3;
-        // (three polls: the follower task is inside the truncation, waiting for its I/O)
-        for _ in 0..spins {
+        // Let the follower start handling it, then promote it (epoch 3). Three polls: the
+        // follower task is inside the truncation, waiting for its I/O.
+        for _ in 0..3 {
             futures_lite::future::yield_now().await;
         }
         let log = follower.hand_over().await.unwrap();
         let appended = log.append(&batch("X", 1), 3).await;
-        eprintln!(
-            "spins {spins}; truncations {}; log {:?}; append {:?}",
-            follower.truncations(),
-            log.offsets(),
-            appended.as_ref().map(|a| a.base_offset)
-        );
         rt.stop_ticking();
         assert_eq!(
             appended.map(|a| a.base_offset).ok(),

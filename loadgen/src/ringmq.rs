@@ -387,13 +387,8 @@ pub fn run(target: &Ringmq, plan: &Arc<Plan>) -> anyhow::Result<(Stats, String)>
     for topic in 0..workload.topics as usize {
         let name = topic_name(&plan.run_id, topic);
         let request = CreateTopicRequest {
-            name: name.clone(),
-            partitions: workload.partitions_per_topic,
-            replication_factor: 1,
-            min_insync: 1,
-            retention_ms: None,
-            retention_bytes: None,
             storage: workload.storage,
+            ..client::topic_request(&name, workload.partitions_per_topic, 1)
         };
         admin
             .create_topic_with(&request)

@@ -366,10 +366,6 @@ impl Latency {
         self.last_ack = Some(acked);
         Ok(())
     }
-
-    fn stall_report(&self) -> String {
-        stall_report(&self.stalls)
-    }
 }
 
 /// "no stall over 20 ms", or how many `stalls` and the longest.
@@ -524,7 +520,7 @@ fn main() -> anyhow::Result<()> {
             lag.value_at_quantile(0.99),
             lag.max(),
             intended.len(),
-            latency.stall_report(),
+            stall_report(&latency.stalls),
         );
         runs.push(Run {
             throughput,
@@ -685,7 +681,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             args.seconds,
         )?;
         let rf2 = latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?;
-        let stalls = (rf1.stall_report(), rf2.stall_report());
+        let stalls = (stall_report(&rf1.stalls), stall_report(&rf2.stalls));
         let (rf1, rf2) = (rf1.from_intended, rf2.from_intended);
         let (t1, t2) = match throughput {
             Some((t1, t2)) => (format!("{t1:.0} rec/s, "), format!("{t2:.0} rec/s, ")),

@@ -20,10 +20,30 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::storage::{BLOCK_BYTES, OpenFlags, Storage, StorageFile};
+use super::{LogConfig, Preallocate};
 
 /// Bytes a file grows by: small enough that an index or checkpoint file stays small, large
 /// enough that a segment is a few hundred allocations.
 const CHUNK_BYTES: usize = 64 << 10;
+
+/// Largest segment of a memory log (or its tail buffer, if larger: one write never spans two
+/// segments). Retention deletes whole sealed segments, so small ones let it free memory in
+/// small steps.
+pub const SEGMENT_BYTES_MAX: u64 = 8 << 20;
+
+/// `config` as a log over [`MemStorage`] runs it. Files are only sized, never zeroed (zeroing
+/// would fill memory with a whole segment up front); segments are at most
+/// [`SEGMENT_BYTES_MAX`]; and retention deletes a sealed segment instead of recycling it as
+/// the next one, which on disk saves extent conversions but in memory would keep a whole
+/// segment of old records alive. So once retention has run, the log's files hold no more
+/// than its `retention.bytes` of records.
+pub fn log_config(mut config: LogConfig) -> LogConfig {
+    config.preallocate = Preallocate::Fallocate;
+    config.recycle_segments = false;
+    let most = SEGMENT_BYTES_MAX.max(config.write_buffer_bytes);
+    config.segment_bytes = config.segment_bytes.min(most);
+    config
+}
 
 /// One shard's in-memory file system. Clones share it.
 #[derive(Debug, Clone, Default)]

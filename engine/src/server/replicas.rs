@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use glommio::TaskQueueHandle;
 
 use crate::control::catalog::{Catalog, PartitionEntry, TopicEntry};
-use crate::limits::MEMORY_SEGMENT_BYTES_MAX;
+use crate::log::memory;
 use crate::log::storage::{DmaStorage, ShardStorage};
-use crate::log::{Log, LogConfig, Preallocate, Retention};
+use crate::log::{Log, LogConfig, Retention};
 use crate::replication::{
     Follower, FollowerInit, FollowerStatus, Leader, LeaderInit, LocalFuture, ReplMessage,
     ReplicaKey, Runtime, Transport,
@@ -152,7 +152,7 @@ impl Shard {
         let config = self.log.log_config(&self.config, retention);
         match topic.storage {
             StorageKind::Disk => config,
-            StorageKind::Memory => memory_log_config(config),
+            StorageKind::Memory => memory::log_config(config),
         }
     }
 
@@ -293,17 +293,6 @@ impl Shard {
                 .await;
         }
     }
-}
-
-/// A memory replica's log: files that are only sized, never zeroed (zeroing would fill
-/// memory with a whole segment up front), and segments of at most
-/// `MEMORY_SEGMENT_BYTES_MAX` (or one tail buffer, since one write never spans two
-/// segments), so retention frees memory in small steps.
-fn memory_log_config(mut config: LogConfig) -> LogConfig {
-    config.preallocate = Preallocate::Fallocate;
-    let most = MEMORY_SEGMENT_BYTES_MAX.max(config.write_buffer_bytes);
-    config.segment_bytes = config.segment_bytes.min(most);
-    config
 }
 
 fn replica_key(topic: &TopicEntry, index: u32) -> ReplicaKey {

@@ -10,5 +10,6 @@
 
 mod common;
 mod disk;
+mod memory;
 mod pipeline;
 mod sim;

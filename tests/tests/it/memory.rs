@@ -14,13 +14,9 @@ use ringmq_tests::TestBroker;
 
 fn memory_topic(name: &str, partitions: u32, retention_bytes: Option<u64>) -> CreateTopicRequest {
     CreateTopicRequest {
-        name: name.into(),
-        partitions,
-        replication_factor: 1,
-        min_insync: 1,
-        retention_ms: None,
         retention_bytes,
         storage: StorageKind::Memory,
+        ..client::topic_request(name, partitions, 1)
     }
 }
 
