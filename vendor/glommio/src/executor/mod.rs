@@ -1320,20 +1320,23 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until preempted (true) or until none is runnable (false). Only false
+    /// lets the caller park.
     fn run_task_queues(&self) -> bool {
-        let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // RINGMQ: upstream returned whether a queue had run, so a preemption that came
+                // before the first queue ran (the preempt timer firing late, or the eventfd
+                // read just installed completing at once) read as "nothing to run": the
+                // executor parked with runnable tasks and slept until an unrelated timer or
+                // I/O completion. Preempted means "poll, then come back".
+                return true;
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
@@ -1496,6 +1499,12 @@ impl LocalExecutor {
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {
+                                // RINGMQ: parking sleeps until I/O or a timer; runnable work
+                                // left behind would wait for whichever comes first.
+                                debug_assert!(
+                                    this.queues.borrow().active_executors.is_empty(),
+                                    "parking with a runnable task queue"
+                                );
                                 this.parker
                                     .park()
                                     .expect("Failed to park! This is actually pretty bad!");
