@@ -28,17 +28,6 @@ pub const FORWARDS_IN_FLIGHT_MAX: usize = 4096;
 /// every as long while it lasts). fdatasync on a healthy disk takes well under 100 ms.
 pub const IO_STALL_WARN: Duration = Duration::from_secs(1);
 
-/// How often each shard's executor is woken by a timer of its own, doing nothing else: the
-/// wake-up bounds a glommio 0.9 wake-up that comes late. With only the 500 ms upkeep timer and
-/// the 1 s I/O watch, 5 of 39 brokerbench invocations had a produce-to-ack p99 of 100-350 ms
-/// (single records, leader+fsync; no I/O ran over 50 ms meanwhile); with a 50 ms wake, none
-/// of 75 did (max 17 ms). Memory topics, which wake the shard only for the network, still
-/// showed 33-55 ms maxima with 50 ms (loadgen NATS-style runs at 20,000/s: 1 of 4 interleaved
-/// runs over 10 ms, 40 ms) and none over 11 ms with this 5 ms wake (0 of 4), at the same
-/// broker CPU (75-80 %). It bounds late wake-ups only: a later run with it still stalled for
-/// 179 ms, cause unknown.
-pub const SHARD_WAKE_INTERVAL: Duration = Duration::from_millis(5);
-
 /// How often each shard runs log upkeep (retention, checkpoints; each log prepares its next
 /// segment itself).
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);

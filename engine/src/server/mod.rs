@@ -18,7 +18,7 @@ use protocol::api::ShardAddress;
 
 use crate::config::{LogSection, ShardConfig};
 use crate::control::catalog::Catalog;
-use crate::limits::{IO_STALL_WARN, MAINTENANCE_INTERVAL, SHARD_WAKE_INTERVAL, SHUTDOWN_DRAIN_MAX};
+use crate::limits::{IO_STALL_WARN, MAINTENANCE_INTERVAL, SHUTDOWN_DRAIN_MAX};
 use crate::log::Log;
 use crate::log::memory::MemStorage;
 use crate::log::notify::Notify;
@@ -385,7 +385,6 @@ pub async fn run(init: ShardInit) {
     }
     let maintenance = glommio::spawn_local_into(maintain_loop(Rc::clone(&shard)), background).ok();
     let io_watch = glommio::spawn_local_into(io_watch_loop(Rc::clone(&shard)), background).ok();
-    let wake = glommio::spawn_local_into(wake_loop(Rc::clone(&shard)), background).ok();
     let _ = ready.send(Ok(()));
     tracing::info!(shard = %shard.id, core = shard.config.core, port = shard.config.port, "shard serving");
 
@@ -395,16 +394,8 @@ pub async fn run(init: ShardInit) {
     }
     tracing::info!(shard = %shard.id, "shard stopping");
     shard.drain_and_close().await;
-    for task in [maintenance, io_watch, wake].into_iter().flatten() {
+    for task in [maintenance, io_watch].into_iter().flatten() {
         task.cancel().await;
-    }
-}
-
-/// Wakes the shard's executor every `SHARD_WAKE_INTERVAL` and does nothing else: a timer due
-/// soon bounds a glommio 0.9 wake-up that comes late (see `SHARD_WAKE_INTERVAL`).
-async fn wake_loop(shard: Rc<Shard>) {
-    while !shard.is_shutting_down() {
-        glommio::timer::sleep(SHARD_WAKE_INTERVAL).await;
     }
 }
 
