@@ -289,7 +289,7 @@ fn replica_positions(
     profile: &Profile,
 ) -> Result<ReplicaPositions, StartError> {
     let mut jobs = Vec::new();
-    let mut empty = Vec::new();
+    let mut positions = ReplicaPositions::default();
     for topic in catalog.topics() {
         let retention = Retention {
             ms: topic.retention_ms,
@@ -300,8 +300,9 @@ fn replica_positions(
                 continue;
             }
             for &shard in &placement.replicas {
+                let key = (topic.name.clone(), index as u32, shard);
                 if topic.storage == StorageKind::Memory {
-                    empty.push((topic.name.clone(), index as u32, shard));
+                    positions.insert(key, (0, 0));
                     continue;
                 }
                 let Some(config) = shard_configs.iter().find(|c| c.index == shard) else {
@@ -309,13 +310,12 @@ fn replica_positions(
                 };
                 let dir = config.data_dir.join(format!("{}-{index}", topic.name));
                 let log_config = profile.log.log_config(config, retention);
-                jobs.push(((topic.name.clone(), index as u32, shard), dir, log_config));
+                jobs.push((key, dir, log_config));
             }
         }
     }
-    let empty: ReplicaPositions = empty.into_iter().map(|key| (key, (0, 0))).collect();
     if jobs.is_empty() {
-        return Ok(empty);
+        return Ok(positions);
     }
     let io_memory = shard_configs
         .first()
@@ -324,7 +324,6 @@ fn replica_positions(
         .name("replica-positions")
         .io_memory(io_memory)
         .spawn(move || async move {
-            let mut positions = empty;
             for (key, dir, config) in jobs {
                 if !dir.exists() {
                     positions.insert(key, (0, 0));

@@ -312,15 +312,6 @@ impl std::str::FromStr for StorageKind {
     }
 }
 
-impl From<&ArchivedStorageKind> for StorageKind {
-    fn from(kind: &ArchivedStorageKind) -> StorageKind {
-        match kind {
-            ArchivedStorageKind::Disk => StorageKind::Disk,
-            ArchivedStorageKind::Memory => StorageKind::Memory,
-        }
-    }
-}
-
 /// Declares rkyv bodies with the derives every message shares, and binds each to its api.
 macro_rules! bodies {
     ($($api:ident => $(#[$meta:meta])* struct $name:ident { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? })*) => {

@@ -1,9 +1,9 @@
 //! The memory backend of the log: a shard's in-memory file system, for topics created with
 //! `StorageKind::Memory`.
 //!
-//! The log runs unchanged over it: segments, index, checkpoints, retention and recycling all
-//! work as on disk, but a write is a copy into memory that completes at once and a sync has
-//! nothing to do. So a memory topic costs no device time and no I/O syscall per record, and
+//! The log runs unchanged over it: segments, index, checkpoints and retention work as on disk
+//! (with the settings of [`log_config`]), but a write is a copy into memory that completes at
+//! once and a sync has nothing to do. So a memory topic costs no device time and no I/O syscall per record, and
 //! its records become readable as soon as the log takes them. A restart starts it empty.
 //!
 //! Files grow in chunks as they are written: a segment created at 128 MiB holds only what was
@@ -136,24 +136,21 @@ impl MemData {
         }
     }
 
+    /// Up to `len` bytes from `pos`, stopping at the size; zeros where nothing was written.
+    /// Each byte is written once (a fetch reads through here).
     fn read(&self, pos: u64, len: usize) -> Vec<u8> {
-        let size = self.size.get();
-        let len = (size.saturating_sub(pos)).min(len as u64) as usize;
-        let mut out = vec![0; len];
+        let len = self.size.get().saturating_sub(pos).min(len as u64) as usize;
+        let mut out = Vec::with_capacity(len);
         let chunks = self.chunks.borrow();
-        let mut at = pos as usize;
-        let mut filled = 0;
-        while filled < len {
+        while out.len() < len {
+            let at = pos as usize + out.len();
             let (index, offset) = (at / CHUNK_BYTES, at % CHUNK_BYTES);
-            let n = (len - filled).min(CHUNK_BYTES - offset);
-            if let (Some(Some(chunk)), Some(dst)) =
-                (chunks.get(index), out.get_mut(filled..filled + n))
-                && let Some(src) = chunk.get(offset..offset + n)
-            {
-                dst.copy_from_slice(src);
+            let n = (len - out.len()).min(CHUNK_BYTES - offset);
+            let written = chunks.get(index).and_then(Option::as_ref);
+            match written.and_then(|chunk| chunk.get(offset..offset + n)) {
+                Some(src) => out.extend_from_slice(src),
+                None => out.resize(out.len() + n, 0),
             }
-            filled += n;
-            at += n;
         }
         out
     }

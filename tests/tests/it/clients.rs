@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, Routing,
-    StartOffset,
 };
 use ringmq_tests::TestBroker;
+
+use crate::common::read_partition;
 
 fn config(routing: Routing) -> ClientConfig {
     ClientConfig {
@@ -26,34 +27,9 @@ fn read_all(
 ) -> BTreeMap<u32, Vec<String>> {
     let client = Client::connect(address, config(routing)).unwrap();
     let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
-    let mut out = BTreeMap::new();
-    for partition in 0..partitions {
-        let end = consumer
-            .client()
-            .list_offsets(topic, partition, client::OffsetSpec::Latest)
-            .unwrap();
-        consumer
-            .assign(topic, partition, StartOffset::Earliest)
-            .unwrap();
-        let values: &mut Vec<String> = out.entry(partition).or_default();
-        let mut position = 0;
-        let mut polls = 0;
-        while position < end {
-            polls += 1;
-            assert!(
-                polls < 10_000,
-                "consumer made no progress at {position} of {end}"
-            );
-            for record in consumer.poll(Duration::from_millis(200)).unwrap() {
-                assert_eq!(record.partition, partition);
-                assert_eq!(record.offset, position, "offsets arrive in order, densely");
-                values.push(String::from_utf8(record.value).unwrap());
-                position += 1;
-            }
-        }
-        consumer.unassign(topic, partition);
-    }
-    out
+    (0..partitions)
+        .map(|partition| (partition, read_partition(&mut consumer, topic, partition)))
+        .collect()
 }
 
 #[test]

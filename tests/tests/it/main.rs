@@ -9,6 +9,7 @@
 )]
 
 mod clients;
+mod common;
 mod hostile;
 mod memory;
 mod raw;

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use client::{
     Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer,
-    ProducerConfig, StartOffset,
+    ProducerConfig,
 };
 use protocol::api::CreateTopicRequest;
 use protocol::{ErrorCode, StorageKind};
 use ringmq_tests::TestBroker;
+
+use crate::common::read_partition;
 
 fn memory_topic(name: &str, partitions: u32, retention_bytes: Option<u64>) -> CreateTopicRequest {
     CreateTopicRequest {
@@ -39,29 +41,7 @@ fn produce(address: &str, topic: &str, partition: u32, acks: Acks, values: &[Str
 fn read(address: &str, topic: &str, partition: u32) -> Vec<String> {
     let client = Client::connect(address, ClientConfig::default()).unwrap();
     let mut consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
-    let client = consumer.client();
-    let start = client
-        .list_offsets(topic, partition, OffsetSpec::Earliest)
-        .unwrap();
-    let end = client
-        .list_offsets(topic, partition, OffsetSpec::Latest)
-        .unwrap();
-    consumer
-        .assign(topic, partition, StartOffset::Earliest)
-        .unwrap();
-    let mut values = Vec::new();
-    let mut position = start;
-    let mut polls = 0;
-    while position < end {
-        polls += 1;
-        assert!(polls < 1000, "no progress at {position} of {end}");
-        for record in consumer.poll(Duration::from_millis(200)).unwrap() {
-            assert_eq!(record.offset, position, "offsets arrive in order, densely");
-            values.push(String::from_utf8(record.value).unwrap());
-            position += 1;
-        }
-    }
-    values
+    read_partition(&mut consumer, topic, partition)
 }
 
 fn values(prefix: &str, count: usize) -> Vec<String> {

@@ -17,15 +17,7 @@ fn batch(values: &[&str]) -> Vec<u8> {
 }
 
 pub fn create_topic(conn: &mut RawConn, name: &str, partitions: u32) {
-    let request = CreateTopicRequest {
-        name: name.into(),
-        partitions,
-        replication_factor: 1,
-        min_insync: 1,
-        retention_ms: None,
-        retention_bytes: None,
-        storage: StorageKind::Disk,
-    };
+    let request = client::topic_request(name, partitions, 1);
     conn.send(1, &request);
     let response: CreateTopicResponse = conn.recv(1);
     assert_eq!(response.error, ErrorCode::NONE, "{}", response.message);
@@ -202,15 +194,7 @@ fn acknowledged_records_survive_a_graceful_restart() {
         assert_eq!(values, expected);
     }
     // The catalogue survived too: the topic exists once, and re-creating it is refused.
-    let request = CreateTopicRequest {
-        name: "t".into(),
-        partitions: 1,
-        replication_factor: 1,
-        min_insync: 1,
-        retention_ms: None,
-        retention_bytes: None,
-        storage: StorageKind::Disk,
-    };
+    let request = client::topic_request("t", 1, 1);
     conn.send(5, &request);
     let response: CreateTopicResponse = conn.recv(5);
     assert_eq!(response.error, ErrorCode::TOPIC_ALREADY_EXISTS);
@@ -247,15 +231,7 @@ fn unknown_topics_and_bad_requests_get_error_codes() {
     assert_eq!(response.error, ErrorCode::CORRUPT_MESSAGE);
     let (response, _) = fetch(&mut conn, "one", 0, 0, 0);
     assert_eq!(response.high_watermark, 0);
-    let request = CreateTopicRequest {
-        name: "a/b".into(),
-        partitions: 1,
-        replication_factor: 1,
-        min_insync: 1,
-        retention_ms: None,
-        retention_bytes: None,
-        storage: StorageKind::Disk,
-    };
+    let request = client::topic_request("a/b", 1, 1);
     conn.send(4, &request);
     let response: CreateTopicResponse = conn.recv(4);
     assert_eq!(response.error, ErrorCode::INVALID_TOPIC);

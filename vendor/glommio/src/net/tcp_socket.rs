@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::{
     io,
     net::{self, Shutdown, SocketAddr, ToSocketAddrs},
-    os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
+    os::unix::io::{AsRawFd, FromRawFd, RawFd}, // RINGMQ: IntoRawFd no longer used
     pin::Pin,
     rc::{Rc, Weak},
     task::{Context, Poll},
@@ -311,9 +311,11 @@ pub struct AcceptedTcpStream {
 impl AcceptedTcpStream {
     /// Returns the socket address of the remote peer
     pub fn peer_addr(&self) -> Result<SocketAddr> {
-        let socket = unsafe { Socket::from_raw_fd(self.fd) };
+        // RINGMQ: borrowed, never dropped. Upstream released the fd with `into_raw_fd` only
+        // on success, so a failing `peer_addr` (a peer already gone) closed the stream's fd
+        // under it; the ignored result was also a compiler warning in every build.
+        let socket = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(self.fd) });
         let sock_addr = socket.peer_addr()?;
-        socket.into_raw_fd();
         Ok(sock_addr.as_socket().unwrap())
     }
 
