@@ -1225,6 +1225,66 @@ mod tests {
         }
     }
 
+    /// A fetch answered with `OFFSET_OUT_OF_RANGE` behind the log start (retention deleted
+    /// what the consumer had not read) moves the consumer to the log start and counts the
+    /// loss as received for the drain; one past the log's end is a transient answer.
+    #[test]
+    fn a_consumer_overtaken_by_retention_skips_to_the_log_start() {
+        let workload = crate::workload::WorkloadFile::parse("topics: 1")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let plan = Plan::new(workload, Arc::new(Default::default()), vec![0]);
+        let mut consumer = Consumer {
+            topic: 0,
+            subscription: 0,
+            conn: 0,
+            topic_name: "t".into(),
+            partition: 0,
+            position: 10,
+            fetching: true,
+            retry_at_ns: 0,
+        };
+        // The consumer gets an OFFSET_OUT_OF_RANGE answer naming this log start.
+        let out_of_range = |consumer: &mut Consumer, stats: &mut Stats, log_start_offset| {
+            let response = FetchResponse {
+                error: protocol::ErrorCode::OFFSET_OUT_OF_RANGE,
+                high_watermark: 200,
+                log_start_offset,
+                records: Vec::new(),
+            };
+            let mut frame = FrameBuf::new();
+            encode_frame(&mut frame, 1, &response).unwrap();
+            let (frame, _) = decode_frame(&frame).unwrap().unwrap();
+            let response = frame.access::<FetchResponse>().unwrap();
+            on_fetch(&plan, stats, None, consumer, response, 5).unwrap();
+        };
+        let mut stats = Stats::default();
+        // 100 sent, the first 10 read; retention then deletes up to offset 100.
+        plan.add_sent(0, 100, 0);
+        plan.add_received(0, 0, 10);
+        assert!(!plan.subscription_complete(0, 0));
+
+        out_of_range(&mut consumer, &mut stats, 100);
+        assert_eq!(consumer.position, 100);
+        assert_eq!(stats.lost_to_retention, 90);
+        assert_eq!(
+            (consumer.fetching, consumer.retry_at_ns),
+            (false, 0),
+            "fetches again now"
+        );
+        assert!(
+            plan.subscription_complete(0, 0),
+            "the lost records count as done: the drain does not wait for them"
+        );
+
+        // Ahead of the log start (past the end, say): not a loss; retried shortly.
+        out_of_range(&mut consumer, &mut stats, 50);
+        assert_eq!(consumer.position, 100);
+        assert_eq!(stats.lost_to_retention, 90);
+        assert_eq!(consumer.retry_at_ns, 5 + 10_000_000);
+    }
+
     #[test]
     fn an_open_loop_producer_wakes_when_a_batch_fills_or_its_linger_ends() {
         let message = Message {
