@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1045,6 +1045,22 @@ impl SleepableRing {
         }
     }
 
+    /// RINGMQ: sleeps with the link poll of an earlier sleep still armed.
+    fn sleep_linked(&mut self) -> io::Result<usize> {
+        debug_assert_eq!(
+            self.waiting_kernel_submission(),
+            0,
+            "sleeping with pending SQEs"
+        );
+        self.ring
+            .cq()
+            .wait(1)
+            .map(|_| 1)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+    }
+
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
@@ -1167,10 +1183,9 @@ impl UringCommon for SleepableRing {
         let source_map = self.source_map.clone();
         process_one_event(
             self.ring.peek_for_cqe(),
-            |source| match source.source_type {
-                SourceType::LinkRings => Some(()),
-                _ => None,
-            },
+            // RINGMQ: a link poll's completion is recorded too: it is kept armed across
+            // sleeps, and `result()` tells whether it fired.
+            |_| None,
             |mut src, res| {
                 record_stats(self, &mut src, &res);
                 if let SourceType::ForeignNotifier(_, installed) = &mut src.source_type {
@@ -1223,6 +1238,12 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// RINGMQ: when the armed latency-ring timer (the sleep's user timer) fires.
+    latency_timer_deadline: Cell<Option<Instant>>,
+    /// RINGMQ: the poll on the latency ring's fd that wakes a sleep on the main ring.
+    link_src: RefCell<Option<Source>>,
+    /// RINGMQ: when the running task queue must yield (replaces a TIMEOUT armed per turn).
+    preempt_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1354,6 +1375,9 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_timer_deadline: Cell::new(None),
+            link_src: RefCell::new(None),
+            preempt_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1727,6 +1751,11 @@ impl Reactor {
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        // RINGMQ: the link poll stays armed across sleeps until it fires.
+        let mut link = self.link_src.borrow_mut();
+        if link.as_ref().is_some_and(|src| src.result().is_none()) {
+            return ring.sleep_linked().or_else(Self::busy_ok).map(|_| {});
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1734,7 +1763,13 @@ impl Reactor {
             None,
             None,
         );
-        ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
+        // Kept only if its poll went to the kernel. It did not when the ring was out of SQEs
+        // (never enqueued) or when the submission failed (EBUSY, the SQE made a no-op that
+        // never completes the source).
+        let slept = ring.sleep(&link_rings);
+        let armed = slept.is_ok() && link_rings.inner.borrow().enqueued.is_some();
+        *link = armed.then_some(link_rings);
+        slept.or_else(Self::busy_ok).map(|_| {})
     }
 
     pub(crate) fn poll_io(&self, woke: &mut usize) -> io::Result<()> {
@@ -1821,16 +1856,28 @@ impl Reactor {
         //
         // But if we will sleep, there might be a timer registered that needs
         // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // RINGMQ: the latency-ring timer is only the sleep's user timer now (preemption is
+        // a deadline, see `preempt_due`), and it stays armed across turns (see below).
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // RINGMQ: it stays armed until it fires. Upstream cancelled and re-armed it at every
+        // turn: three SQEs and three CQEs per turn, and an io_uring_enter even in a turn that
+        // had nothing else to submit. Kept armed, it counts the main ring's completions since
+        // it was armed rather than since this turn, so it may preempt sooner; it still fires
+        // only after `ring_depth` completions.
+        let armed = self.throughput_preemption_timeout_src.take();
+        if armed.as_ref().is_some_and(|src| src.result().is_none()) {
+            self.throughput_preemption_timeout_src.set(armed);
+        } else {
+            drop(armed);
+            self.throughput_preemption_timeout_src.set(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1852,9 +1899,28 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+                let want = Instant::now() + dur;
+                let armed = self.latency_preemption_timeout_src.take();
+                let keep = match (&armed, self.latency_timer_deadline.get()) {
+                    (Some(src), Some(at)) => {
+                        src.result().is_none()
+                            && at <= want
+                            && at + Duration::from_micros(200) >= want
+                    }
+                    _ => false,
+                };
+                if keep {
+                    self.latency_preemption_timeout_src.set(armed);
+                } else {
+                    drop(armed);
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    self.latency_timer_deadline.set(Some(want));
+                    flush_cancellations!(into &mut woke; lat_ring);
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
+            } else {
+                drop(self.latency_preemption_timeout_src.take());
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1862,9 +1928,11 @@ impl Reactor {
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // details.
+            // RINGMQ: a SeqCst fence here pairs with the one in SleepNotifier::notify (each
+            // side stores, fences, then loads what the other stored), in place of upstream's
+            // membarrier syscall, which interrupts every core running this process per sleep.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1880,11 +1948,8 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
-        }
+        self.preempt_deadline
+            .set(preempt_timer().map(|preempt| Instant::now() + preempt));
 
         // A Note about `need_preempt`:
         //
@@ -1894,6 +1959,14 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// RINGMQ: whether the running task queue has used up its preemption slice.
+    #[inline(always)]
+    pub(crate) fn preempt_due(&self) -> bool {
+        self.preempt_deadline
+            .get()
+            .is_some_and(|at| Instant::now() >= at)
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
