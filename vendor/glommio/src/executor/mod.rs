@@ -1325,16 +1325,18 @@ impl LocalExecutor {
     fn run_task_queues(&self) -> bool {
         loop {
             self.reactor.sys.install_eventfd();
-            if self.need_preempt() {
-                // RINGMQ: upstream returned whether a queue had run, so a preemption that came
-                // before the first queue ran (the preempt timer firing late, or the eventfd
-                // read just installed completing at once) read as "nothing to run": the
-                // executor parked with runnable tasks and slept until an unrelated timer or
-                // I/O completion. Preempted means "poll, then come back".
-                return true;
-            }
+            // RINGMQ: upstream checked for preemption before each queue and returned whether
+            // a queue had run, so a turn preempted before its first queue (the preempt timer
+            // due already, or the eventfd read just installed completing at once) read as
+            // "nothing to run": the executor parked with runnable tasks and slept until an
+            // unrelated timer or I/O completion. Now a turn always runs the first runnable
+            // queue (and that queue at least one task, see `run_one_task_queue`), and a
+            // preemption means "poll, then come back".
             if !self.run_one_task_queue() {
                 return false;
+            }
+            if self.need_preempt() {
+                return true;
             }
         }
     }
@@ -1376,7 +1378,11 @@ impl LocalExecutor {
             let mut tasks_executed_this_loop = 0;
             loop {
                 let mut queue_ref = queue.borrow_mut();
-                if self.need_preempt() || queue_ref.yielded() {
+                // RINGMQ: preemption is honoured after the first task, not before it, so
+                // every turn makes progress however short the preempt timer (with a timer
+                // shorter than the loop's own overhead, upstream only ever polled).
+                if queue_ref.yielded() || (tasks_executed_this_loop > 0 && self.need_preempt())
+                {
                     break;
                 }
 

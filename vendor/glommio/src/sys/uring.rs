@@ -1047,11 +1047,16 @@ impl SleepableRing {
 
     /// RINGMQ: sleeps with the link poll of an earlier sleep still armed.
     fn sleep_linked(&mut self) -> io::Result<usize> {
-        debug_assert_eq!(
+        assert_eq!(
             self.waiting_kernel_submission(),
             0,
             "sleeping with pending SQEs"
         );
+        self.wait_one()
+    }
+
+    /// RINGMQ: blocks until one completion is ready (shared by both sleeps).
+    fn wait_one(&mut self) -> io::Result<usize> {
         self.ring
             .cq()
             .wait(1)
@@ -1104,13 +1109,7 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                self.wait_one()
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1241,7 +1240,7 @@ pub(crate) struct Reactor {
     /// RINGMQ: when the armed latency-ring timer (the sleep's user timer) fires.
     latency_timer_deadline: Cell<Option<Instant>>,
     /// RINGMQ: the poll on the latency ring's fd that wakes a sleep on the main ring.
-    link_src: RefCell<Option<Source>>,
+    link_src: Cell<Option<Source>>,
     /// RINGMQ: when the running task queue must yield (replaces a TIMEOUT armed per turn).
     preempt_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
@@ -1376,7 +1375,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_timer_deadline: Cell::new(None),
-            link_src: RefCell::new(None),
+            link_src: Cell::new(None),
             preempt_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
@@ -1752,10 +1751,12 @@ impl Reactor {
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
         // RINGMQ: the link poll stays armed across sleeps until it fires.
-        let mut link = self.link_src.borrow_mut();
+        let link = self.link_src.take();
         if link.as_ref().is_some_and(|src| src.result().is_none()) {
+            self.link_src.set(link);
             return ring.sleep_linked().or_else(Self::busy_ok).map(|_| {});
         }
+        drop(link);
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
@@ -1768,7 +1769,7 @@ impl Reactor {
         // never completes the source).
         let slept = ring.sleep(&link_rings);
         let armed = slept.is_ok() && link_rings.inner.borrow().enqueued.is_some();
-        *link = armed.then_some(link_rings);
+        self.link_src.set(armed.then_some(link_rings));
         slept.or_else(Self::busy_ok).map(|_| {})
     }
 
@@ -1789,6 +1790,10 @@ impl Reactor {
         }
     }
 
+    /// RINGMQ: the preempt timer below is now a deadline that `need_preempt` reads
+    /// (`preempt_due`), not a timer on the latency ring, and neither timer is re-armed at
+    /// every call any more; the upstream text is kept for the rest.
+    ///
     /// This function can be passed two timers. Because they play different
     /// roles we keep them separate instead of overloading the same
     /// parameter.
@@ -1850,14 +1855,9 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        // RINGMQ: the latency-ring timer is only the sleep's user timer now (preemption is
-        // a deadline, see `preempt_due`), and it stays armed across turns (see below).
+        // RINGMQ: upstream cancelled the latency-ring timer here at every turn. It is only
+        // the sleep's user timer now (preemption is a deadline, see `preempt_due`), and it
+        // stays armed across turns while it still fits (see below).
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
