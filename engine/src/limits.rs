@@ -33,6 +33,15 @@ pub const IO_STALL_WARN: Duration = Duration::from_secs(1);
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(500);
 
 const _: () = assert!(CONNECTION_PENDING_OUTPUT_BYTES_MAX >= 2 * FRAME_BYTES_MAX as usize);
+
+/// A connection's subscriptions send their next delivery only while its unsent responses
+/// stay under this: a consumer that does not read holds its deliveries back, and the
+/// connection still has room for the answers to its other requests.
+pub const SUBSCRIPTION_WINDOW_BYTES: usize = 4 << 20;
+/// How long a subscription's wait for new records runs before it checks its connection
+/// and its partition's leader again (each also wakes it at once).
+pub const SUBSCRIPTION_WAIT: Duration = Duration::from_secs(1);
+const _: () = assert!(SUBSCRIPTION_WINDOW_BYTES < CONNECTION_PENDING_OUTPUT_BYTES_MAX);
 const _: () = assert!(CONNECTION_RECEIVE_BYTES_MAX > FRAME_BYTES_MAX as usize);
 
 /// Retention of a memory topic's partitions when neither the topic nor the profile sets

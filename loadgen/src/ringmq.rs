@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use client::{Client, ClientConfig};
 use protocol::api::{
-    ArchivedFetchResponse, ArchivedProduceResponse, CreateTopicRequest, FetchRequest,
-    FetchResponse, ProduceRequest, ProduceResponse,
+    ArchivedProduceResponse, ArchivedSubscribeDelivery, CreateTopicRequest, ProduceRequest,
+    ProduceResponse, SubscribeDelivery, SubscribeRequest,
 };
 use protocol::batch::BATCH_CRC_START;
 use protocol::limits::FRAME_HEADER_BYTES;
@@ -31,12 +31,8 @@ use crate::workload::{KeyDistributor, Rate};
 /// Bytes of a key when the workload uses keys (a little-endian u64).
 const KEY_BYTES: usize = 8;
 
-/// Longest a fetch waits at the broker for data, in ms. Short enough that a consumer
-/// notices the end of a run promptly.
-const FETCH_WAIT_MS: u32 = 100;
-
-/// Bytes one fetch asks for per partition.
-const FETCH_BYTES: u32 = 1 << 20;
+/// Most bytes of one delivery of a consumer's subscription.
+const DELIVERY_BYTES: u32 = 1 << 20;
 
 /// Most messages one producer takes from its schedule per loop turn, so one far-behind
 /// producer cannot starve the ring's completions.
@@ -288,7 +284,8 @@ struct Consumer {
     topic_name: String,
     partition: u32,
     position: u64,
-    fetching: bool,
+    /// A subscription runs (or its `Subscribe` is on its way); an error delivery ends it.
+    subscribed: bool,
     retry_at_ns: Nanos,
 }
 
@@ -587,7 +584,7 @@ impl<'p> Worker<'p> {
                 topic_name: topic_name(&plan.run_id, *topic),
                 partition: *partition,
                 position: 0,
-                fetching: false,
+                subscribed: false,
                 retry_at_ns: 0,
             });
         }
@@ -663,7 +660,7 @@ impl<'p> Worker<'p> {
                 plan.producer_finished();
             }
             if plan.backlog_reached() {
-                self.fetch(now);
+                self.subscribe(now);
             }
             let progress_before = self.stats.acked + self.stats.received;
             let timeout = self.timeout(now, sending, &window);
@@ -917,23 +914,25 @@ impl<'p> Worker<'p> {
         Live::add(&self.plan.live.sent, messages.len() as u64);
     }
 
-    /// Sends a fetch for every consumer without one in flight.
-    fn fetch(&mut self, now: Nanos) {
+    /// Subscribes every consumer without a subscription from its position: the broker
+    /// then pushes each committed stretch of the partition, with no request per delivery.
+    fn subscribe(&mut self, now: Nanos) {
         for consumer in &mut self.consumers {
-            if consumer.fetching || now < consumer.retry_at_ns {
+            if consumer.subscribed || now < consumer.retry_at_ns {
                 continue;
             }
-            let request = FetchRequest {
+            let request = SubscribeRequest {
                 topic: consumer.topic_name.clone(),
                 partition: consumer.partition,
                 offset: consumer.position,
-                max_bytes: FETCH_BYTES,
-                max_wait_ms: FETCH_WAIT_MS,
+                max_bytes: DELIVERY_BYTES,
             };
             self.scratch.clear();
+            // One subscription per consumer connection, so one correlation id serves; a
+            // subscription has ended by the time its error delivery arrives.
             if encode_frame(&mut self.scratch, 0, &request).is_ok() {
                 self.transport.queue(consumer.conn, &self.scratch);
-                consumer.fetching = true;
+                consumer.subscribed = true;
             }
         }
     }
@@ -1017,19 +1016,19 @@ impl<'p> Worker<'p> {
                             );
                         }
                     }
-                    (Ok(ApiKey::Fetch), Some(consumer)) => {
-                        let response = frame
-                            .access::<FetchResponse>()
-                            .map_err(|e| anyhow!("bad fetch response: {e}"))?;
+                    (Ok(ApiKey::Subscribe), Some(consumer)) => {
+                        let delivery = frame
+                            .access::<SubscribeDelivery>()
+                            .map_err(|e| anyhow!("bad subscription delivery: {e}"))?;
                         let track_interval = self.acks == Acks::None;
                         if let Some(consumer) = self.consumers.get_mut(consumer) {
                             let interval = track_interval.then_some(&mut self.interval);
-                            on_fetch(
+                            on_delivery(
                                 self.plan,
                                 &mut self.stats,
                                 interval,
                                 consumer,
-                                response,
+                                delivery,
                                 now,
                             )?;
                         }
@@ -1109,23 +1108,27 @@ fn on_ack(
     }
 }
 
-/// Records every new record of one fetch response and advances the consumer.
-fn on_fetch(
+/// Records every new record of one delivery and advances the consumer; an error delivery
+/// ends its subscription.
+fn on_delivery(
     plan: &Plan,
     stats: &mut Stats,
     mut interval: Option<&mut Latency>,
     consumer: &mut Consumer,
-    response: &ArchivedFetchResponse,
+    response: &ArchivedSubscribeDelivery,
     now: Nanos,
 ) -> anyhow::Result<()> {
     let window = plan.window();
-    consumer.fetching = false;
     let error = protocol::ErrorCode(response.error.0.to_native());
     let log_start = response.log_start_offset.to_native();
+    if !error.is_ok() {
+        consumer.subscribed = false;
+    }
     if error == protocol::ErrorCode::OFFSET_OUT_OF_RANGE && log_start > consumer.position {
         // Retention deleted records this consumer had not read yet: like a Kafka consumer
         // with `auto.offset.reset = earliest`, go on from the log start, and count the loss
-        // (they are done with, so the drain does not wait for them).
+        // (they are done with, so the drain does not wait for them), subscribing again
+        // at once.
         let lost = log_start - consumer.position;
         consumer.position = log_start;
         stats.lost_to_retention += lost;
@@ -1225,7 +1228,7 @@ mod tests {
         }
     }
 
-    /// A fetch answered with `OFFSET_OUT_OF_RANGE` behind the log start (retention deleted
+    /// A subscription ended by `OFFSET_OUT_OF_RANGE` behind the log start (retention deleted
     /// what the consumer had not read) moves the consumer to the log start and counts the
     /// loss as received for the drain; one past the log's end is a transient answer.
     #[test]
@@ -1242,12 +1245,12 @@ mod tests {
             topic_name: "t".into(),
             partition: 0,
             position: 10,
-            fetching: true,
+            subscribed: true,
             retry_at_ns: 0,
         };
         // The consumer gets an OFFSET_OUT_OF_RANGE answer naming this log start.
         let out_of_range = |consumer: &mut Consumer, stats: &mut Stats, log_start_offset| {
-            let response = FetchResponse {
+            let response = SubscribeDelivery {
                 error: protocol::ErrorCode::OFFSET_OUT_OF_RANGE,
                 high_watermark: 200,
                 log_start_offset,
@@ -1256,8 +1259,8 @@ mod tests {
             let mut frame = FrameBuf::new();
             encode_frame(&mut frame, 1, &response).unwrap();
             let (frame, _) = decode_frame(&frame).unwrap().unwrap();
-            let response = frame.access::<FetchResponse>().unwrap();
-            on_fetch(&plan, stats, None, consumer, response, 5).unwrap();
+            let response = frame.access::<SubscribeDelivery>().unwrap();
+            on_delivery(&plan, stats, None, consumer, response, 5).unwrap();
         };
         let mut stats = Stats::default();
         // 100 sent, the first 10 read; retention then deletes up to offset 100.
@@ -1269,9 +1272,9 @@ mod tests {
         assert_eq!(consumer.position, 100);
         assert_eq!(stats.lost_to_retention, 90);
         assert_eq!(
-            (consumer.fetching, consumer.retry_at_ns),
+            (consumer.subscribed, consumer.retry_at_ns),
             (false, 0),
-            "fetches again now"
+            "subscribes again now"
         );
         assert!(
             plan.subscription_complete(0, 0),

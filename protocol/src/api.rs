@@ -21,10 +21,12 @@ pub enum ApiKey {
     ListOffsets = 6,
     OffsetCommit = 7,
     OffsetFetch = 8,
+    Subscribe = 9,
+    Unsubscribe = 10,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 11] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopic,
@@ -34,6 +36,8 @@ impl ApiKey {
         ApiKey::ListOffsets,
         ApiKey::OffsetCommit,
         ApiKey::OffsetFetch,
+        ApiKey::Subscribe,
+        ApiKey::Unsubscribe,
     ];
 
     /// The versions of this api this build reads and writes, `(min, max)`. Every body is
@@ -480,6 +484,35 @@ bodies! {
         /// above `max_bytes`, so a consumer never stalls behind a large batch.
         records: Vec<u8>,
     }
+
+    Subscribe => /// Push delivery: the broker answers with a stream of `SubscribeDelivery` frames,
+    /// all with this request's correlation id, each holding the whole batches committed
+    /// after the previous one, from the batch holding `offset` on. It sends a delivery as
+    /// soon as records are committed, without a request per delivery, while the
+    /// connection's unsent responses stay under its bound (a consumer that does not read
+    /// holds deliveries back; the broker buffers nothing more for it). A delivery with an
+    /// error ends the subscription, as do `Unsubscribe` and closing the connection.
+    /// Served on the partition leader's shard only: connect to its shard port.
+    struct SubscribeRequest {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        /// Most bytes of batches per delivery (at least one batch).
+        max_bytes: u32,
+    }
+    Subscribe => struct SubscribeDelivery {
+        error: ErrorCode,
+        high_watermark: u64,
+        log_start_offset: u64,
+        /// Whole batches as stored, as in `FetchResponse::records`; the first delivery's
+        /// first batch may start before the requested offset.
+        records: Vec<u8>,
+    }
+
+    Unsubscribe => /// Ends the subscription started by the `Subscribe` request with this
+    /// correlation id on this connection; answered once no more of its deliveries follow.
+    struct UnsubscribeRequest { subscription: u64 }
+    Unsubscribe => struct UnsubscribeResponse { error: ErrorCode }
 
     ListOffsets => struct ListOffsetsRequest { topic: String, partition: u32, spec: OffsetSpec }
     ListOffsets => struct ListOffsetsResponse { error: ErrorCode, offset: u64, timestamp_ms: i64 }

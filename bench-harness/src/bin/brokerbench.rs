@@ -84,7 +84,8 @@ fn parse_args() -> anyhow::Result<Args> {
                     bail!("--latency-acks none: the latency case measures acks, and none come");
                 }
             }
-            // A tuning profile (its shard section is replaced by the broker core).
+            // A tuning profile (its shard section is replaced by the broker core, except with
+            // --replication).
             "--profile" => args.profile = Some(value()?.into()),
             "--replication" => args.replication = true,
             "--help" | "-h" => {
@@ -630,7 +631,12 @@ fn replication(args: &Args) -> anyhow::Result<()> {
                 args.broker_core
             )
         })?;
-    let broker = Broker::start(Profile::default(), &args.dir)?; // cores = "all"
+    // The profile's own cores (the default: every allowed core), unlike the one-shard cases.
+    let profile = match &args.profile {
+        Some(path) => Profile::load(path)?,
+        None => Profile::default(),
+    };
+    let broker = Broker::start(profile, &args.dir)?;
     let shards = broker.handle.shards.len();
     let address = broker.address.as_str();
     pin(args.client_core);

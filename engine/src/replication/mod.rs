@@ -908,7 +908,7 @@ impl<S: Storage + 'static> Leader<S> {
 
 /// The offset after the last of `batches` (whole batches as `Log::read` returns them, each
 /// already checked against its crc there): walks the headers only.
-fn end_offset(batches: &[u8]) -> Option<u64> {
+pub(crate) fn end_offset(batches: &[u8]) -> Option<u64> {
     let mut rest = batches;
     let mut end = None;
     while let Ok(header) = BatchHeader::parse(rest) {

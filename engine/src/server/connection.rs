@@ -15,6 +15,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
+use ahash::AHashMap;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::net::{TcpListener, TcpStream};
 use protocol::api::{
@@ -27,7 +28,7 @@ use crate::limits::{CONNECTION_PENDING_OUTPUT_BYTES_MAX, CONNECTION_REQUESTS_IN_
 use crate::log::notify::Notify;
 
 use super::messages::ShardMessage;
-use super::{Shard, dispatch};
+use super::{Shard, dispatch, subscription};
 
 /// Binds this shard's listeners: the shared port (every shard, SO_REUSEPORT) and its own.
 pub fn bind_listeners(shard: &Shard) -> io::Result<Vec<TcpListener>> {
@@ -78,7 +79,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// Resolves when the shard starts shutting down.
-async fn wait_for_shutdown(shard: &Shard, mut seen: u64) {
+pub(super) async fn wait_for_shutdown(shard: &Shard, mut seen: u64) {
     while !shard.is_shutting_down() {
         shard.shutdown.changed(seen).await;
         seen = shard.shutdown.epoch();
@@ -86,16 +87,72 @@ async fn wait_for_shutdown(shard: &Shard, mut seen: u64) {
 }
 
 /// Shared state of one connection's reader, writer and request tasks.
-struct Conn {
+pub(super) struct Conn {
     outbox: RefCell<VecDeque<FrameBuf>>,
-    pending_output_bytes: Cell<usize>,
+    pub(super) pending_output_bytes: Cell<usize>,
     requests_in_flight: Cell<usize>,
-    closed: Cell<bool>,
-    changed: Notify,
+    /// False once the read loop ended: subscriptions end with it.
+    pub(super) reading: Cell<bool>,
+    pub(super) closed: Cell<bool>,
+    /// Subscriptions running on this connection by their `Subscribe` correlation id, and
+    /// whether an `Unsubscribe` cancelled each.
+    subscriptions: RefCell<AHashMap<u64, bool>>,
+    pub(super) changed: Notify,
 }
 
 impl Conn {
-    fn push(&self, frame: FrameBuf) {
+    fn new() -> Conn {
+        Conn {
+            outbox: RefCell::new(VecDeque::new()),
+            pending_output_bytes: Cell::new(0),
+            requests_in_flight: Cell::new(0),
+            reading: Cell::new(true),
+            closed: Cell::new(false),
+            subscriptions: RefCell::new(AHashMap::new()),
+            changed: Notify::default(),
+        }
+    }
+
+    /// Registers the subscription `id`; false when one with that id runs already.
+    pub(super) fn subscribe(&self, id: u64) -> bool {
+        let mut subscriptions = self.subscriptions.borrow_mut();
+        if subscriptions.contains_key(&id) {
+            return false;
+        }
+        subscriptions.insert(id, false);
+        true
+    }
+
+    /// Whether the subscription `id` runs and is not cancelled.
+    pub(super) fn is_subscribed(&self, id: u64) -> bool {
+        self.subscriptions.borrow().get(&id) == Some(&false)
+    }
+
+    /// Whether the subscription `id` still runs (cancelled or not).
+    pub(super) fn has_subscription(&self, id: u64) -> bool {
+        self.subscriptions.borrow().contains_key(&id)
+    }
+
+    /// Cancels the subscription `id`; false when none runs (or it was cancelled already).
+    pub(super) fn cancel(&self, id: u64) -> bool {
+        let cancelled = match self.subscriptions.borrow_mut().get_mut(&id) {
+            Some(cancelled) if !*cancelled => {
+                *cancelled = true;
+                true
+            }
+            _ => false,
+        };
+        self.changed.notify();
+        cancelled
+    }
+
+    /// The subscription `id` ended.
+    pub(super) fn unsubscribed(&self, id: u64) {
+        self.subscriptions.borrow_mut().remove(&id);
+        self.changed.notify();
+    }
+
+    pub(super) fn push(&self, frame: FrameBuf) {
         if self.closed.get() {
             return;
         }
@@ -131,16 +188,12 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         .unwrap_or_default();
     shard.connections.set(shard.connections.get() + 1);
     let (reader, writer) = futures_lite::io::split(stream);
-    let conn = Rc::new(Conn {
-        outbox: RefCell::new(VecDeque::new()),
-        pending_output_bytes: Cell::new(0),
-        requests_in_flight: Cell::new(0),
-        closed: Cell::new(false),
-        changed: Notify::default(),
-    });
+    let conn = Rc::new(Conn::new());
     let writer_task =
         glommio::spawn_local_into(write_loop(Rc::clone(&conn), writer), shard.hot).ok();
     let closing = read_loop(&shard, &conn, reader).await;
+    conn.reading.set(false);
+    conn.changed.notify();
     match &closing {
         Closing::PeerClosed | Closing::Shutdown => {}
         Closing::BadFrame(error) => {
@@ -379,6 +432,8 @@ fn route(shard: &Shard, api: ApiKey, frame: &protocol::Frame<'_>) -> Route {
             .map_or(Route::Local, |r| {
                 partition_of(r.topic.as_str(), r.partition.to_native())
             }),
+        // Served by this connection: a subscription streams from the shard it reached.
+        ApiKey::Subscribe | ApiKey::Unsubscribe => Route::Local,
         ApiKey::CreateTopic if frame.access::<CreateTopicRequest>().is_ok() => control,
         ApiKey::DeleteTopic if frame.access::<DeleteTopicRequest>().is_ok() => control,
         _ => Route::Local,
@@ -415,6 +470,17 @@ fn accept_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: FrameBuf) -> Result<(
     let task = async move {
         let shard = shard_ref;
         let response = match route {
+            Route::Local if matches!(api, ApiKey::Subscribe | ApiKey::Unsubscribe) => {
+                shard.stats.borrow_mut().requests += 1;
+                if let Some(decoded) = protocol::frame::trusted_frame(&frame) {
+                    if api == ApiKey::Subscribe {
+                        subscription::serve(&shard, &conn, &decoded).await;
+                    } else {
+                        subscription::unsubscribe(&conn, &decoded).await;
+                    }
+                }
+                None
+            }
             Route::Local => dispatch::handle(&shard, frame).await,
             Route::Shard(target) => {
                 shard.stats.borrow_mut().requests_forwarded += 1;
@@ -456,13 +522,7 @@ mod tests {
 
     #[test]
     fn queued_frames_join_while_they_fit_and_in_order() {
-        let conn = Conn {
-            outbox: RefCell::new(VecDeque::new()),
-            pending_output_bytes: Cell::new(0),
-            requests_in_flight: Cell::new(0),
-            closed: Cell::new(false),
-            changed: Notify::default(),
-        };
+        let conn = Conn::new();
         for (len, byte) in [(100, 1), (200, 2), (COALESCE_BYTES, 3), (50, 4)] {
             conn.push(frame(len, byte));
         }

@@ -132,6 +132,16 @@ pub fn error_response(api: ApiKey, correlation_id: u64, code: ErrorCode) -> Opti
                 timestamp_ms: -1,
             },
         ),
+        ApiKey::Subscribe => encode(
+            correlation_id,
+            &SubscribeDelivery {
+                error: code,
+                high_watermark: 0,
+                log_start_offset: 0,
+                records: vec![],
+            },
+        ),
+        ApiKey::Unsubscribe => encode(correlation_id, &UnsubscribeResponse { error: code }),
         ApiKey::OffsetCommit => encode(correlation_id, &OffsetCommitResponse { error: code }),
         ApiKey::OffsetFetch => encode(
             correlation_id,
@@ -169,8 +179,10 @@ pub async fn handle(shard: &Rc<Shard>, frame: FrameBuf) -> Option<FrameBuf> {
         ApiKey::Produce => produce(shard, &decoded).await,
         ApiKey::Fetch => fetch(shard, &decoded).await,
         ApiKey::ListOffsets => list_offsets(shard, &decoded).await,
-        // Consumer-group offsets arrive with consumer groups.
+        // Consumer-group offsets arrive with consumer groups. Subscriptions are served by
+        // the connection they came on (`subscription`), never forwarded here.
         ApiKey::OffsetCommit | ApiKey::OffsetFetch => invalid(),
+        ApiKey::Subscribe | ApiKey::Unsubscribe => invalid(),
     }
 }
 
@@ -199,7 +211,7 @@ fn api_versions() -> ApiVersionsResponse {
 
 /// The leader replica of the partition named in a request if this shard leads it, or the
 /// code to answer with.
-fn local_leader(
+pub(super) fn local_leader(
     shard: &Shard,
     topic: &str,
     partition: u32,

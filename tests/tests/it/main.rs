@@ -13,3 +13,4 @@ mod common;
 mod hostile;
 mod memory;
 mod raw;
+mod subscribe;

@@ -1,0 +1,220 @@
+//! Push subscriptions over raw frames: deliveries of the backlog and of each new record with
+//! no request per delivery, unsubscribe, refusals, shutdown, and a consumer that stops reading.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::api::*;
+use protocol::{Acks, ApiKey, BatchBuilder, Batches, ErrorCode, decode_frame};
+use ringmq_tests::{RawConn, TestBroker};
+
+use crate::raw::create_topic;
+
+/// The address of the shard leading `topic`'s partition 0, and of one that does not (when
+/// the broker has more than one shard).
+fn shards_of(
+    broker: &TestBroker,
+    conn: &mut RawConn,
+    topic: &str,
+) -> (SocketAddr, Option<SocketAddr>) {
+    conn.send(
+        2,
+        &MetadataRequest {
+            topics: vec![topic.into()],
+        },
+    );
+    let metadata: MetadataResponse = conn.recv(2);
+    let leader = metadata.topics[0].partitions[0].leader_shard as usize;
+    let other = (0..broker.shard_addresses.len()).find(|&s| s != leader);
+    (
+        broker.shard_addresses[leader],
+        other.map(|s| broker.shard_addresses[s]),
+    )
+}
+
+fn produce(conn: &mut RawConn, topic: &str, values: &[String]) {
+    let mut builder = BatchBuilder::new();
+    for value in values {
+        builder.append(0, b"", value.as_bytes(), &[]).unwrap();
+    }
+    let request = ProduceRequest {
+        topic: topic.into(),
+        partition: 0,
+        acks: Acks::Leader,
+        timeout_ms: 5000,
+        batch: builder.seal().unwrap().to_vec(),
+    };
+    conn.send(3, &request);
+    let response: ProduceResponse = conn.recv(3);
+    assert_eq!(response.error, ErrorCode::NONE);
+}
+
+fn subscribe(conn: &mut RawConn, id: u64, topic: &str, offset: u64) {
+    let request = SubscribeRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        max_bytes: 1 << 20,
+    };
+    conn.send(id, &request);
+}
+
+/// The next frame, which must be a delivery of subscription `id`.
+fn delivery(conn: &mut RawConn, id: u64) -> SubscribeDelivery {
+    let frame = conn.recv_frame().expect("a delivery");
+    let (decoded, _) = decode_frame(&frame).unwrap().unwrap();
+    assert_eq!(decoded.header.api(), Ok(ApiKey::Subscribe));
+    assert_eq!(decoded.header.correlation_id, id);
+    decoded.deserialize::<SubscribeDelivery>().unwrap()
+}
+
+/// Reads deliveries of `id` until `count` values from `from` on arrived; returns them.
+fn read_values(conn: &mut RawConn, id: u64, from: u64, count: usize) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut next = from;
+    while values.len() < count {
+        let delivery = delivery(conn, id);
+        assert_eq!(delivery.error, ErrorCode::NONE);
+        assert!(!delivery.records.is_empty(), "an empty delivery");
+        for batch in Batches::new(&delivery.records) {
+            for record in batch.unwrap().records() {
+                if record.offset < next {
+                    continue; // the first batch may start before the offset asked for
+                }
+                assert_eq!(record.offset, next, "records in order, none skipped");
+                next += 1;
+                values.push(String::from_utf8(record.value.to_vec()).unwrap());
+            }
+        }
+    }
+    assert_eq!(values.len(), count, "no more than produced");
+    values
+}
+
+fn values(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("v{i}")).collect()
+}
+
+#[test]
+fn a_subscription_delivers_the_backlog_then_each_new_record_without_a_request() {
+    let broker = TestBroker::start();
+    let mut admin = RawConn::connect(broker.address);
+    create_topic(&mut admin, "subs", 1);
+    let (leader, _) = shards_of(&broker, &mut admin, "subs");
+    produce(&mut admin, "subs", &values(0..3));
+
+    let mut consumer = RawConn::connect(leader);
+    subscribe(&mut consumer, 7, "subs", 1);
+    assert_eq!(read_values(&mut consumer, 7, 1, 2), values(1..3));
+    // Each later produce reaches the consumer with nothing more asked.
+    for i in 3..8 {
+        produce(&mut admin, "subs", &values(i..i + 1));
+        assert_eq!(
+            read_values(&mut consumer, 7, u64::from(i), 1),
+            values(i..i + 1)
+        );
+    }
+}
+
+#[test]
+fn unsubscribe_is_answered_after_the_last_delivery_and_none_follows() {
+    let broker = TestBroker::start();
+    let mut admin = RawConn::connect(broker.address);
+    create_topic(&mut admin, "unsub", 1);
+    let (leader, _) = shards_of(&broker, &mut admin, "unsub");
+    let mut consumer = RawConn::connect(leader);
+    subscribe(&mut consumer, 7, "unsub", 0);
+    produce(&mut admin, "unsub", &values(0..1));
+    assert_eq!(read_values(&mut consumer, 7, 0, 1), values(0..1));
+
+    // A second subscription under a running one's id is refused; the first runs on.
+    subscribe(&mut consumer, 7, "unsub", 0);
+    assert_eq!(delivery(&mut consumer, 7).error, ErrorCode::INVALID_REQUEST);
+
+    consumer.send(8, &UnsubscribeRequest { subscription: 7 });
+    let response: UnsubscribeResponse = consumer.recv(8);
+    assert_eq!(response.error, ErrorCode::NONE);
+    produce(&mut admin, "unsub", &values(1..4));
+    // Nothing more arrives: the next frame is the answer to a later request.
+    consumer.send(9, &UnsubscribeRequest { subscription: 7 });
+    let again: UnsubscribeResponse = consumer.recv(9);
+    assert_eq!(again.error, ErrorCode::INVALID_REQUEST, "it ended already");
+
+    // The id is free again: a new subscription under it starts where asked.
+    subscribe(&mut consumer, 7, "unsub", 1);
+    assert_eq!(read_values(&mut consumer, 7, 1, 3), values(1..4));
+}
+
+#[test]
+fn subscriptions_the_shard_cannot_serve_are_refused_with_a_reason() {
+    let broker = TestBroker::start();
+    let mut admin = RawConn::connect(broker.address);
+    create_topic(&mut admin, "refused", 1);
+    let (leader, other) = shards_of(&broker, &mut admin, "refused");
+    produce(&mut admin, "refused", &values(0..2));
+
+    let mut conn = RawConn::connect(leader);
+    subscribe(&mut conn, 1, "missing", 0);
+    assert_eq!(
+        delivery(&mut conn, 1).error,
+        ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
+    );
+    subscribe(&mut conn, 2, "refused", 3);
+    let past_end = delivery(&mut conn, 2);
+    assert_eq!(past_end.error, ErrorCode::OFFSET_OUT_OF_RANGE);
+    assert_eq!(past_end.high_watermark, 2);
+    // The connection serves on after each refusal.
+    subscribe(&mut conn, 3, "refused", 0);
+    assert_eq!(read_values(&mut conn, 3, 0, 2), values(0..2));
+
+    match other {
+        Some(other) => {
+            let mut elsewhere = RawConn::connect(other);
+            subscribe(&mut elsewhere, 1, "refused", 0);
+            assert_eq!(delivery(&mut elsewhere, 1).error, ErrorCode::NOT_LEADER);
+        }
+        None => eprintln!("one shard only: the not-leader refusal is not exercised"),
+    }
+}
+
+#[test]
+fn shutdown_ends_subscriptions_with_shutting_down() {
+    let mut broker = TestBroker::start();
+    let mut admin = RawConn::connect(broker.address);
+    create_topic(&mut admin, "closing", 1);
+    let (leader, _) = shards_of(&broker, &mut admin, "closing");
+    let mut consumer = RawConn::connect(leader);
+    subscribe(&mut consumer, 5, "closing", 0);
+    produce(&mut admin, "closing", &values(0..1));
+    assert_eq!(read_values(&mut consumer, 5, 0, 1), values(0..1));
+    drop(admin);
+    broker.stop();
+    assert_eq!(delivery(&mut consumer, 5).error, ErrorCode::SHUTTING_DOWN);
+    assert!(
+        consumer.recv_frame().is_none(),
+        "then the connection closes"
+    );
+}
+
+#[test]
+fn a_consumer_that_stops_reading_gets_everything_once_it_reads_again() {
+    let broker = TestBroker::start();
+    let mut admin = RawConn::connect(broker.address);
+    create_topic(&mut admin, "slow", 1);
+    let (leader, _) = shards_of(&broker, &mut admin, "slow");
+    let mut consumer = RawConn::connect(leader);
+    subscribe(&mut consumer, 4, "slow", 0);
+    // 24 MiB, far past the connection's window and the socket buffers, while the consumer
+    // reads nothing: deliveries wait, the producer is not held up.
+    let big = "x".repeat(16 << 10);
+    let total = 24 * 64;
+    for i in 0..total / 16 {
+        let batch: Vec<String> = (0..16).map(|j| format!("{:06}{big}", i * 16 + j)).collect();
+        produce(&mut admin, "slow", &batch);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let got = read_values(&mut consumer, 4, 0, total);
+    for (i, value) in got.iter().enumerate() {
+        assert_eq!(&value[..6], format!("{i:06}"), "in order, none lost");
+    }
+}
