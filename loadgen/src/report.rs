@@ -52,6 +52,8 @@ pub struct RunResult {
     pub loadgen_cpu_percent_per_100k_msgs_per_s: Option<f64>,
     pub durability: String,
     pub acks: String,
+    /// How the consumers get their messages (push subscription, pull consumer, ...).
+    pub consumer: String,
     pub message_size: usize,
     pub batch: String,
     pub duration_s: f64,
@@ -94,7 +96,7 @@ pub fn header(result: &RunResult) -> String {
     format!(
         "target {} ({}) | profile {} | {} | acks {} | durability: {} | {} B messages | batch {} \
          | rate {} | {:.0} s measured after {:.0} s warm-up | {} topic(s) x {} partition(s), {} \
-         producer(s), {} consumer(s) | loadgen cores {}, broker cores {}",
+         producer(s), {} consumer(s) ({}) | loadgen cores {}, broker cores {}",
         result.target,
         result.versions,
         result.profile,
@@ -114,6 +116,7 @@ pub fn header(result: &RunResult) -> String {
         result.partitions_per_topic,
         result.producers,
         result.consumers,
+        result.consumer,
         result.loadgen_cores,
         result.broker_cores,
     )

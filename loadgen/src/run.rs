@@ -85,6 +85,15 @@ impl Target {
             || address.starts_with("[::1]")
     }
 
+    /// How this target's consumers get their messages.
+    pub fn consumer(&self) -> &'static str {
+        match self {
+            Target::Ringmq(_) => "push subscription (Subscribe)",
+            Target::Nats(n) if n.flavour == Flavour::Core => "core queue subscription (push)",
+            Target::Nats(_) => "JetStream durable pull consumer",
+        }
+    }
+
     /// What a message's acknowledgement promises on this target with these acks.
     pub fn durability(
         &self,
@@ -269,6 +278,7 @@ pub fn run(options: &RunOptions, stop: Arc<AtomicBool>) -> anyhow::Result<RunOut
         loadgen_cpu_percent_per_100k_msgs_per_s: per_100k,
         durability,
         acks,
+        consumer: options.target.consumer().into(),
         message_size: workload.message_bytes,
         batch: workload.batch_label(),
         duration_s: seconds,

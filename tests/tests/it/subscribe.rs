@@ -10,6 +10,17 @@ use ringmq_tests::{RawConn, TestBroker};
 
 use crate::raw::create_topic;
 
+/// A broker with a one-partition `topic`: the broker, an admin connection to the shared
+/// port, the address of the shard leading the partition and of one that does not (when the
+/// broker has more than one shard).
+fn start_with(topic: &str) -> (TestBroker, RawConn, SocketAddr, Option<SocketAddr>) {
+    let broker = TestBroker::start();
+    let mut admin = RawConn::connect(broker.address);
+    create_topic(&mut admin, topic, 1);
+    let (leader, other) = shards_of(&broker, &mut admin, topic);
+    (broker, admin, leader, other)
+}
+
 /// The address of the shard leading `topic`'s partition 0, and of one that does not (when
 /// the broker has more than one shard).
 fn shards_of(
@@ -97,10 +108,7 @@ fn values(range: std::ops::Range<u32>) -> Vec<String> {
 
 #[test]
 fn a_subscription_delivers_the_backlog_then_each_new_record_without_a_request() {
-    let broker = TestBroker::start();
-    let mut admin = RawConn::connect(broker.address);
-    create_topic(&mut admin, "subs", 1);
-    let (leader, _) = shards_of(&broker, &mut admin, "subs");
+    let (_broker, mut admin, leader, _) = start_with("subs");
     produce(&mut admin, "subs", &values(0..3));
 
     let mut consumer = RawConn::connect(leader);
@@ -118,10 +126,7 @@ fn a_subscription_delivers_the_backlog_then_each_new_record_without_a_request() 
 
 #[test]
 fn unsubscribe_is_answered_after_the_last_delivery_and_none_follows() {
-    let broker = TestBroker::start();
-    let mut admin = RawConn::connect(broker.address);
-    create_topic(&mut admin, "unsub", 1);
-    let (leader, _) = shards_of(&broker, &mut admin, "unsub");
+    let (_broker, mut admin, leader, _) = start_with("unsub");
     let mut consumer = RawConn::connect(leader);
     subscribe(&mut consumer, 7, "unsub", 0);
     produce(&mut admin, "unsub", &values(0..1));
@@ -147,10 +152,7 @@ fn unsubscribe_is_answered_after_the_last_delivery_and_none_follows() {
 
 #[test]
 fn subscriptions_the_shard_cannot_serve_are_refused_with_a_reason() {
-    let broker = TestBroker::start();
-    let mut admin = RawConn::connect(broker.address);
-    create_topic(&mut admin, "refused", 1);
-    let (leader, other) = shards_of(&broker, &mut admin, "refused");
+    let (_broker, mut admin, leader, other) = start_with("refused");
     produce(&mut admin, "refused", &values(0..2));
 
     let mut conn = RawConn::connect(leader);
@@ -179,10 +181,7 @@ fn subscriptions_the_shard_cannot_serve_are_refused_with_a_reason() {
 
 #[test]
 fn shutdown_ends_subscriptions_with_shutting_down() {
-    let mut broker = TestBroker::start();
-    let mut admin = RawConn::connect(broker.address);
-    create_topic(&mut admin, "closing", 1);
-    let (leader, _) = shards_of(&broker, &mut admin, "closing");
+    let (mut broker, mut admin, leader, _) = start_with("closing");
     let mut consumer = RawConn::connect(leader);
     subscribe(&mut consumer, 5, "closing", 0);
     produce(&mut admin, "closing", &values(0..1));
@@ -198,10 +197,7 @@ fn shutdown_ends_subscriptions_with_shutting_down() {
 
 #[test]
 fn a_consumer_that_stops_reading_gets_everything_once_it_reads_again() {
-    let broker = TestBroker::start();
-    let mut admin = RawConn::connect(broker.address);
-    create_topic(&mut admin, "slow", 1);
-    let (leader, _) = shards_of(&broker, &mut admin, "slow");
+    let (_broker, mut admin, leader, _) = start_with("slow");
     let mut consumer = RawConn::connect(leader);
     subscribe(&mut consumer, 4, "slow", 0);
     // 24 MiB, far past the connection's window and the socket buffers, while the consumer
