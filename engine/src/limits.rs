@@ -38,9 +38,6 @@ const _: () = assert!(CONNECTION_PENDING_OUTPUT_BYTES_MAX >= 2 * FRAME_BYTES_MAX
 /// stay under this: a consumer that does not read holds its deliveries back, and the
 /// connection still has room for the answers to its other requests.
 pub const SUBSCRIPTION_WINDOW_BYTES: usize = 4 << 20;
-/// How long a subscription's wait for new records runs before it checks its connection
-/// and its partition's leader again (each also wakes it at once).
-pub const SUBSCRIPTION_WAIT: Duration = Duration::from_secs(1);
 const _: () = assert!(SUBSCRIPTION_WINDOW_BYTES < CONNECTION_PENDING_OUTPUT_BYTES_MAX);
 const _: () = assert!(CONNECTION_RECEIVE_BYTES_MAX > FRAME_BYTES_MAX as usize);
 

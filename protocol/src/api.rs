@@ -490,8 +490,11 @@ bodies! {
     /// after the previous one, from the batch holding `offset` on. It sends a delivery as
     /// soon as records are committed, without a request per delivery, while the
     /// connection's unsent responses stay under its bound (a consumer that does not read
-    /// holds deliveries back; the broker buffers nothing more for it). A delivery with an
-    /// error ends the subscription, as do `Unsubscribe` and closing the connection.
+    /// holds deliveries back; the broker queues at most one more for it). A delivery with an
+    /// error ends the subscription: `NotLeader` once the leader's term ended (leadership
+    /// moved or the topic was deleted: subscribe again where the metadata says), the log's
+    /// error once it failed, `ShuttingDown`. `Unsubscribe` and closing the connection end it
+    /// too.
     /// Served on the partition leader's shard only: connect to its shard port.
     struct SubscribeRequest {
         topic: String,

@@ -610,33 +610,31 @@ impl<S: Storage + 'static> Leader<S> {
 
     /// Waits until the high watermark passes `offset`, the term ends, or `max_wait` passes.
     pub async fn wait_hw_beyond(&self, offset: u64, max_wait: Duration) {
-        let rt = Rc::clone(&self.rt);
-        futures_lite::future::or(
-            async {
-                loop {
-                    let seen = self.changed.epoch();
-                    if self.stopped.get() || self.hw() > offset {
-                        return;
-                    }
-                    if self.log.health() != Health::Healthy {
-                        return;
-                    }
-                    // The leader's own writes move the watermark too: check them first.
-                    self.refresh();
-                    if self.hw() > offset {
-                        return;
-                    }
-                    let log = &self.log;
-                    futures_lite::future::or(self.changed.changed(seen), async {
-                        let _ = log.wait_written_beyond(offset).await;
-                    })
-                    .await;
-                    self.refresh();
-                }
-            },
-            rt.sleep(max_wait),
-        )
-        .await;
+        futures_lite::future::or(self.hw_beyond(offset), self.rt.sleep(max_wait)).await;
+    }
+
+    /// Waits until the high watermark passes `offset`, the term ends, or the log fails.
+    pub async fn hw_beyond(&self, offset: u64) {
+        loop {
+            let seen = self.changed.epoch();
+            if self.stopped.get() || self.hw() > offset {
+                return;
+            }
+            if self.log.health() != Health::Healthy {
+                return;
+            }
+            // The leader's own writes move the watermark too: check them first.
+            self.refresh();
+            if self.hw() > offset {
+                return;
+            }
+            let log = &self.log;
+            futures_lite::future::or(self.changed.changed(seen), async {
+                let _ = log.wait_written_beyond(offset).await;
+            })
+            .await;
+            self.refresh();
+        }
     }
 
     /// Handles a follower's answer. Never waits: called from the shard's receive loop.

@@ -400,6 +400,8 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut reader: ReadHalf<TcpS
 enum Route {
     Local,
     Shard(u16),
+    /// Served by the connection it came on: a subscription streams from the shard it reached.
+    Connection,
 }
 
 /// The shard that must handle this request: the partition leader for partition requests,
@@ -432,8 +434,7 @@ fn route(shard: &Shard, api: ApiKey, frame: &protocol::Frame<'_>) -> Route {
             .map_or(Route::Local, |r| {
                 partition_of(r.topic.as_str(), r.partition.to_native())
             }),
-        // Served by this connection: a subscription streams from the shard it reached.
-        ApiKey::Subscribe | ApiKey::Unsubscribe => Route::Local,
+        ApiKey::Subscribe | ApiKey::Unsubscribe => Route::Connection,
         ApiKey::CreateTopic if frame.access::<CreateTopicRequest>().is_ok() => control,
         ApiKey::DeleteTopic if frame.access::<DeleteTopicRequest>().is_ok() => control,
         _ => Route::Local,
@@ -470,7 +471,7 @@ fn accept_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: FrameBuf) -> Result<(
     let task = async move {
         let shard = shard_ref;
         let response = match route {
-            Route::Local if matches!(api, ApiKey::Subscribe | ApiKey::Unsubscribe) => {
+            Route::Connection => {
                 shard.stats.borrow_mut().requests += 1;
                 if let Some(decoded) = protocol::frame::trusted_frame(&frame) {
                     if api == ApiKey::Subscribe {

@@ -71,9 +71,6 @@ pub struct ShardStats {
     pub frames_rejected: u64,
     pub requests: u64,
     pub requests_forwarded: u64,
-    /// `Subscribe` requests served, and the deliveries sent for them.
-    pub subscriptions: u64,
-    pub deliveries: u64,
 }
 
 /// Replicas of one role on a shard: topic name -> partition index -> replica. Looked up by

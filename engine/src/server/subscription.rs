@@ -9,16 +9,16 @@
 //! socket stops its deliveries, and the broker holds at most one more for it.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use protocol::api::{SubscribeDelivery, SubscribeRequest, UnsubscribeRequest, UnsubscribeResponse};
+use protocol::limits::FETCH_BYTES_MAX;
 use protocol::{ApiKey, ErrorCode, Frame};
 
 use super::Shard;
 use super::connection::{Conn, wait_for_shutdown};
 use super::dispatch::{encode, error_response, local_leader, log_error_code};
-use protocol::limits::FETCH_BYTES_MAX;
-
-use crate::limits::{SUBSCRIPTION_WAIT, SUBSCRIPTION_WINDOW_BYTES};
+use crate::limits::SUBSCRIPTION_WINDOW_BYTES;
 use crate::replication::end_offset;
 
 /// Why a subscription's wait ended early.
@@ -42,7 +42,7 @@ pub(super) async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: &Frame<'_>)
         return refuse(ErrorCode::INVALID_REQUEST);
     };
     let (topic, partition) = (request.topic.as_str(), request.partition.to_native());
-    let mut leader = match local_leader(shard, topic, partition) {
+    let leader = match local_leader(shard, topic, partition) {
         Ok(leader) => leader,
         Err(code) => return refuse(code),
     };
@@ -50,7 +50,21 @@ pub(super) async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: &Frame<'_>)
     if !conn.subscribe(correlation_id) {
         return refuse(ErrorCode::INVALID_REQUEST);
     }
-    shard.stats.borrow_mut().subscriptions += 1;
+    let deliver = |delivery: &SubscribeDelivery| {
+        if let Some(frame) = encode(correlation_id, delivery) {
+            conn.push(frame);
+        }
+    };
+    // An error delivery ends the subscription; it carries the partition's offsets (a
+    // consumer overtaken by retention learns where the log starts now).
+    let end_with = |code| {
+        deliver(&SubscribeDelivery {
+            error: code,
+            high_watermark: leader.hw(),
+            log_start_offset: leader.log().offsets().log_start,
+            records: vec![],
+        });
+    };
     let max_bytes = request.max_bytes.to_native().min(FETCH_BYTES_MAX) as usize;
     let mut position = request.offset.to_native();
     let ended = loop {
@@ -58,67 +72,50 @@ pub(super) async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: &Frame<'_>)
             break interrupted;
         }
         if leader.is_stopped() {
-            // The term ended: a new one on this shard goes on where this one stopped;
-            // otherwise the consumer learns why (moved, or the topic is gone).
-            match local_leader(shard, topic, partition) {
-                Ok(next) if !Rc::ptr_eq(&next, &leader) => leader = next,
-                Ok(_) => {}
-                Err(code) => {
-                    refuse(code);
-                    break Interrupted::Ended;
-                }
-            }
+            // The term ended: leadership moved, or the topic went (a topic made again under
+            // its name is another log). The metadata says where to subscribe again.
+            end_with(ErrorCode::NOT_LEADER);
+            break Interrupted::Ended;
         }
-        let fetched = futures_lite::future::or(
-            async { Ok(leader.fetch(position, max_bytes, SUBSCRIPTION_WAIT).await) },
-            async { Err(interrupted(shard, conn, correlation_id).await) },
-        )
-        .await;
-        let delivery = match fetched {
-            Err(interrupted) => break interrupted,
-            Ok(Ok(fetched)) if fetched.records.is_empty() => continue,
-            Ok(Ok(fetched)) => {
+        match leader.fetch(position, max_bytes, Duration::ZERO).await {
+            Ok(fetched) if !fetched.records.is_empty() => {
                 position = end_offset(&fetched.records).map_or(position, |end| end.max(position));
-                SubscribeDelivery {
+                deliver(&SubscribeDelivery {
                     error: ErrorCode::NONE,
                     high_watermark: fetched.high_watermark,
                     log_start_offset: fetched.log_start_offset,
                     records: fetched.records,
-                }
+                });
+                continue;
             }
-            Ok(Err(error)) => {
-                refuse_with(conn, correlation_id, &leader, log_error_code(&error));
+            Ok(_) => {}
+            Err(error) => {
+                end_with(log_error_code(&error));
                 break Interrupted::Ended;
             }
-        };
-        shard.stats.borrow_mut().deliveries += 1;
-        if let Some(frame) = encode(correlation_id, &delivery) {
-            conn.push(frame);
+        }
+        // Everything committed went out. A failed log commits nothing more.
+        if let Err(error) = leader.log().writable() {
+            end_with(log_error_code(&error));
+            break Interrupted::Ended;
+        }
+        // No timer: everything that ends the wait early wakes it.
+        let woke = futures_lite::future::or(
+            async {
+                leader.hw_beyond(position).await;
+                Ok(())
+            },
+            async { Err(interrupted(shard, conn, correlation_id).await) },
+        )
+        .await;
+        if let Err(interrupted) = woke {
+            break interrupted;
         }
     };
     if let Interrupted::ShuttingDown = ended {
-        refuse_with(conn, correlation_id, &leader, ErrorCode::SHUTTING_DOWN);
+        end_with(ErrorCode::SHUTTING_DOWN);
     }
     conn.unsubscribed(correlation_id);
-}
-
-/// An error delivery that ends a subscription, with the partition's offsets (a consumer
-/// overtaken by retention learns where the log starts now).
-fn refuse_with(
-    conn: &Conn,
-    correlation_id: u64,
-    leader: &crate::replication::Leader<crate::log::storage::ShardStorage>,
-    code: ErrorCode,
-) {
-    let delivery = SubscribeDelivery {
-        error: code,
-        high_watermark: leader.hw(),
-        log_start_offset: leader.log().offsets().log_start,
-        records: vec![],
-    };
-    if let Some(frame) = encode(correlation_id, &delivery) {
-        conn.push(frame);
-    }
 }
 
 /// Waits until the connection has room for another delivery.

@@ -23,7 +23,7 @@ pub fn create_topic(conn: &mut RawConn, name: &str, partitions: u32) {
     assert_eq!(response.error, ErrorCode::NONE, "{}", response.message);
 }
 
-fn produce(
+pub fn produce(
     conn: &mut RawConn,
     id: u64,
     topic: &str,

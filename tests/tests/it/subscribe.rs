@@ -5,20 +5,21 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use protocol::api::*;
-use protocol::{Acks, ApiKey, BatchBuilder, Batches, ErrorCode, decode_frame};
+use protocol::{Acks, ApiKey, Batches, ErrorCode, decode_frame};
 use ringmq_tests::{RawConn, TestBroker};
 
-use crate::raw::create_topic;
+use crate::raw::{self, create_topic};
 
 /// A broker with a one-partition `topic`: the broker, an admin connection to the shared
-/// port, the address of the shard leading the partition and of one that does not (when the
-/// broker has more than one shard).
-fn start_with(topic: &str) -> (TestBroker, RawConn, SocketAddr, Option<SocketAddr>) {
+/// port, a connection to the shard leading the partition (where subscriptions are served)
+/// and the address of a shard that does not lead it (when the broker has more than one).
+fn start_with(topic: &str) -> (TestBroker, RawConn, RawConn, Option<SocketAddr>) {
     let broker = TestBroker::start();
     let mut admin = RawConn::connect(broker.address);
     create_topic(&mut admin, topic, 1);
     let (leader, other) = shards_of(&broker, &mut admin, topic);
-    (broker, admin, leader, other)
+    let consumer = RawConn::connect(leader);
+    (broker, admin, consumer, other)
 }
 
 /// The address of the shard leading `topic`'s partition 0, and of one that does not (when
@@ -43,20 +44,10 @@ fn shards_of(
     )
 }
 
+/// Produces `values` as one batch to partition 0, acknowledged by the leader.
 fn produce(conn: &mut RawConn, topic: &str, values: &[String]) {
-    let mut builder = BatchBuilder::new();
-    for value in values {
-        builder.append(0, b"", value.as_bytes(), &[]).unwrap();
-    }
-    let request = ProduceRequest {
-        topic: topic.into(),
-        partition: 0,
-        acks: Acks::Leader,
-        timeout_ms: 5000,
-        batch: builder.seal().unwrap().to_vec(),
-    };
-    conn.send(3, &request);
-    let response: ProduceResponse = conn.recv(3);
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let response = raw::produce(conn, 3, topic, 0, Acks::Leader, &values);
     assert_eq!(response.error, ErrorCode::NONE);
 }
 
@@ -108,10 +99,9 @@ fn values(range: std::ops::Range<u32>) -> Vec<String> {
 
 #[test]
 fn a_subscription_delivers_the_backlog_then_each_new_record_without_a_request() {
-    let (_broker, mut admin, leader, _) = start_with("subs");
+    let (_broker, mut admin, mut consumer, _) = start_with("subs");
     produce(&mut admin, "subs", &values(0..3));
 
-    let mut consumer = RawConn::connect(leader);
     subscribe(&mut consumer, 7, "subs", 1);
     assert_eq!(read_values(&mut consumer, 7, 1, 2), values(1..3));
     // Each later produce reaches the consumer with nothing more asked.
@@ -126,8 +116,7 @@ fn a_subscription_delivers_the_backlog_then_each_new_record_without_a_request() 
 
 #[test]
 fn unsubscribe_is_answered_after_the_last_delivery_and_none_follows() {
-    let (_broker, mut admin, leader, _) = start_with("unsub");
-    let mut consumer = RawConn::connect(leader);
+    let (_broker, mut admin, mut consumer, _) = start_with("unsub");
     subscribe(&mut consumer, 7, "unsub", 0);
     produce(&mut admin, "unsub", &values(0..1));
     assert_eq!(read_values(&mut consumer, 7, 0, 1), values(0..1));
@@ -152,10 +141,9 @@ fn unsubscribe_is_answered_after_the_last_delivery_and_none_follows() {
 
 #[test]
 fn subscriptions_the_shard_cannot_serve_are_refused_with_a_reason() {
-    let (_broker, mut admin, leader, other) = start_with("refused");
+    let (_broker, mut admin, mut conn, other) = start_with("refused");
     produce(&mut admin, "refused", &values(0..2));
 
-    let mut conn = RawConn::connect(leader);
     subscribe(&mut conn, 1, "missing", 0);
     assert_eq!(
         delivery(&mut conn, 1).error,
@@ -180,9 +168,30 @@ fn subscriptions_the_shard_cannot_serve_are_refused_with_a_reason() {
 }
 
 #[test]
+fn deleting_the_topic_ends_its_subscriptions_with_not_leader() {
+    let (_broker, mut admin, mut consumer, _) = start_with("deleted");
+    subscribe(&mut consumer, 6, "deleted", 0);
+    produce(&mut admin, "deleted", &values(0..1));
+    assert_eq!(read_values(&mut consumer, 6, 0, 1), values(0..1));
+    admin.send(
+        5,
+        &DeleteTopicRequest {
+            name: "deleted".into(),
+        },
+    );
+    let deleted: DeleteTopicResponse = admin.recv(5);
+    assert_eq!(deleted.error, ErrorCode::NONE, "{}", deleted.message);
+    // The term that served it ended; the metadata then says the topic is gone.
+    assert_eq!(delivery(&mut consumer, 6).error, ErrorCode::NOT_LEADER);
+    // It ended: nothing is left to unsubscribe, and the connection serves on.
+    consumer.send(9, &UnsubscribeRequest { subscription: 6 });
+    let response: UnsubscribeResponse = consumer.recv(9);
+    assert_eq!(response.error, ErrorCode::INVALID_REQUEST);
+}
+
+#[test]
 fn shutdown_ends_subscriptions_with_shutting_down() {
-    let (mut broker, mut admin, leader, _) = start_with("closing");
-    let mut consumer = RawConn::connect(leader);
+    let (mut broker, mut admin, mut consumer, _) = start_with("closing");
     subscribe(&mut consumer, 5, "closing", 0);
     produce(&mut admin, "closing", &values(0..1));
     assert_eq!(read_values(&mut consumer, 5, 0, 1), values(0..1));
@@ -197,8 +206,7 @@ fn shutdown_ends_subscriptions_with_shutting_down() {
 
 #[test]
 fn a_consumer_that_stops_reading_gets_everything_once_it_reads_again() {
-    let (_broker, mut admin, leader, _) = start_with("slow");
-    let mut consumer = RawConn::connect(leader);
+    let (_broker, mut admin, mut consumer, _) = start_with("slow");
     subscribe(&mut consumer, 4, "slow", 0);
     // 24 MiB, far past the connection's window and the socket buffers, while the consumer
     // reads nothing: deliveries wait, the producer is not held up.
