@@ -87,7 +87,8 @@ pub struct LogConfig {
     pub segment_bytes: u64,
     /// An index entry for every this many bytes of log.
     pub index_interval_bytes: u64,
-    /// Capacity of the tail buffer: the most one group-commit write carries.
+    /// Largest capacity of the tail buffer, which starts at 64 KiB and grows with the
+    /// writes: the most one group-commit write carries.
     pub write_buffer_bytes: u64,
     pub durability: Durability,
     pub preallocate: Preallocate,
@@ -109,8 +110,8 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WritePipeline {
     /// Most writes of one log in flight at once (1: the next write waits for the last).
-    /// Writes in flight never share a block. Each holds a tail buffer
-    /// (`write_buffer_bytes`) until it completes.
+    /// Writes in flight never share a block. Each holds the tail buffer it took (at most
+    /// `write_buffer_bytes`) until it completes.
     pub writes_in_flight: usize,
     /// Pending bytes at which an append first hands the tail to a write: writes carry about
     /// this much (plus one batch) under load, so several can overlap instead of one write

@@ -29,6 +29,12 @@ use super::{Durability, Health, LogConfig, LogError, Retention, WritePipeline};
 /// twice it, per partition with writes.
 const RECENT_BYTES: usize = 32 << 10;
 
+/// The smallest tail buffer a log starts with and shrinks back to. A tail buffer grows with
+/// what the log's writes carry (see `Core::tail_bytes`), up to `write_buffer_bytes`, so a
+/// quiet partition pins 64 KiB of the shard's registered memory instead of a whole write
+/// buffer, and a shard's partitions share its `io_memory` by how busy they are.
+const TAIL_BYTES_MIN: u64 = 64 << 10;
+
 /// Writes of zeros that prepare a spare segment, at the appends' pace. About one append in
 /// (chunk / append size) queues behind one, so larger chunks delay fewer appends, each by
 /// longer (1 MiB: about 0.4 ms here). 1 MiB keeps 4 KiB durable appends' p99 clear of them:
@@ -363,10 +369,7 @@ impl<S: Storage> Log<S> {
         let (opened, report) = recovery::open(&storage, dir, &config).await?;
         let active = opened.active;
         let tail_pos = block_floor(active.data_end);
-        let mut tail = Tail::new(
-            active.file.alloc_buffer(config.write_buffer_bytes as usize),
-            tail_pos,
-        );
+        let mut tail = Tail::new(active.file.alloc_buffer(tail_bytes(&config, 0)), tail_pos);
         // The tail starts at the block holding the end of the data, with that block's bytes:
         // the next commit rewrites it whole.
         if active.data_end > tail_pos {
@@ -537,6 +540,14 @@ impl<S: Storage> Log<S> {
             st.rolling = true;
             return Ok(AppendStep::Roll);
         }
+        // A tail buffer smaller than the largest takes more room before anything is written.
+        if (st.tail.free_bytes() as u64) < len
+            && (st.tail.capacity() as u64) < self.core.config.write_buffer_bytes
+        {
+            let larger = tail_bytes(&self.core.config, st.tail.data_end() - st.tail.pos() + len);
+            let larger = st.active.file.alloc_buffer(larger);
+            st.tail.grow(larger);
+        }
         // A full tail, or enough pending for one large write: hand it to the disk first.
         if (st.tail.free_bytes() as u64) < len
             || st.tail.dirty_bytes() as u64 >= self.core.pipeline.write_bytes_max
@@ -645,7 +656,7 @@ impl<S: Storage> Log<S> {
             .sync_dir(&self.core.dir)
             .await
             .map_err(LogError::io("sync log directory"))?;
-        let tail_buf = file.alloc_buffer(self.core.config.write_buffer_bytes as usize);
+        let tail_buf = file.alloc_buffer(tail_bytes(&self.core.config, 0));
         let capacity_bytes = file.size().await.map_err(LogError::io("stat segment"))?;
         {
             let mut st = self.core.state.borrow_mut();
@@ -1094,6 +1105,17 @@ impl<S: Storage> Log<S> {
     }
 }
 
+/// A tail buffer's length for `wanted` bytes: the next power of two, at least
+/// [`TAIL_BYTES_MIN`], at most `write_buffer_bytes` (a multiple of the block size).
+fn tail_bytes(config: &LogConfig, wanted: u64) -> usize {
+    let largest = config.write_buffer_bytes;
+    let bytes = wanted
+        .checked_next_power_of_two()
+        .unwrap_or(largest)
+        .clamp(TAIL_BYTES_MIN.min(largest), largest);
+    usize::try_from(bytes).unwrap_or(usize::MAX)
+}
+
 /// Starts one of the log's tasks in the current task queue. Scheduled to run, not polled at
 /// once as `glommio::spawn_local` would: the caller holds the state's borrow, which the task
 /// takes when its I/O completes (at once, on the simulated disk).
@@ -1403,10 +1425,13 @@ impl<S: Storage> Core<S> {
     /// becomes `written` (and, with O_DSYNC, `synced`). A failed or short write fails the
     /// log; nothing at or after it is ever reported written.
     fn start_write(self: &Rc<Self>, st: &mut State<S::File>, how: Take) {
+        // Room for twice what this write takes: a steady stream of group commits keeps the
+        // buffer it needs, and a partition that goes quiet shrinks back to the smallest.
+        let held = st.tail.data_end() - st.tail.pos();
         let fresh = st
             .active
             .file
-            .alloc_buffer(self.config.write_buffer_bytes as usize);
+            .alloc_buffer(tail_bytes(&self.config, 2 * held));
         let data = st.tail.take(fresh, how);
         if st.inflight.iter().any(|w| !w.done) {
             st.stats.writes_overlapped += 1;

@@ -82,6 +82,25 @@ impl<B: IoBuffer> Tail<B> {
         self.buf.as_ref().len() - self.len
     }
 
+    /// Bytes the tail's buffer holds in all.
+    pub fn capacity(&self) -> usize {
+        self.buf.as_ref().len()
+    }
+
+    /// Moves the tail into `larger`, a buffer longer than the bytes it holds: same position,
+    /// same bytes, more room. Nothing is handed to the disk.
+    pub fn grow(&mut self, mut larger: B) {
+        let held = self.len;
+        assert!(larger.as_ref().len() > held, "grow into a smaller buffer");
+        if let (Some(dst), Some(src)) = (
+            larger.as_mut().get_mut(..held),
+            self.buf.as_ref().get(..held),
+        ) {
+            dst.copy_from_slice(src);
+        }
+        self.buf = larger;
+    }
+
     /// Marks everything pushed so far as already on disk (the block re-read at open).
     pub fn mark_written(&mut self) {
         self.written = self.len;
@@ -314,6 +333,26 @@ mod tests {
         );
         recent.clear();
         assert!(recent.bytes(1 << 20, (1 << 20) + 1).is_none());
+    }
+
+    #[test]
+    fn grow_keeps_position_bytes_and_what_is_handed_out() {
+        let mut tail = Tail::new(VecBuf(vec![0; 8192]), 4096);
+        tail.push(&[7; 5000]);
+        let taken = tail.take(VecBuf(vec![0xee; 8192]), Take::Padded);
+        assert_eq!((taken.pos, taken.len), (4096, 5000));
+        tail.push(&[8; 3000]);
+        assert_eq!(tail.free_bytes(), 8192 - 904 - 3000);
+        tail.grow(VecBuf(vec![0xee; 32768]));
+        assert_eq!(tail.capacity(), 32768);
+        assert_eq!(tail.free_bytes(), 32768 - 3904);
+        assert_eq!(
+            (tail.pos(), tail.data_end(), tail.handed_end()),
+            (8192, 8192 + 3904, 8192 + 904)
+        );
+        let mut expected = vec![7; 904];
+        expected.extend_from_slice(&[8; 3000]);
+        assert_eq!(tail.bytes(8192, 8192 + 3904), Some(&expected[..]));
     }
 
     #[test]

@@ -45,6 +45,54 @@ fn dropped_log_reopens_with_every_written_batch() {
     });
 }
 
+/// The tail buffer starts small and grows for a batch that does not fit (up to one of the
+/// largest), then shrinks back; every batch lands whole and in order, across a reopen.
+#[test]
+fn small_and_largest_batches_interleave_through_a_growing_tail() {
+    run(|| async {
+        let tmp = tempfile::tempdir().unwrap();
+        probe_dir(tmp.path()).await.unwrap();
+        let dir = tmp.path().join("mixed-0");
+        let sizes = [
+            100,
+            (1 << 20) - 4096,
+            100,
+            100,
+            300_000,
+            70_000,
+            (1 << 20) - 4096,
+            10,
+        ];
+        let mut next = 0u32;
+        {
+            let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+            for (i, &value_bytes) in sizes.iter().enumerate() {
+                let appended = log
+                    .append(&batch(1, next, 1, value_bytes), 1)
+                    .await
+                    .unwrap();
+                assert_eq!(appended.base_offset, u64::from(next));
+                next += 1;
+                if i % 2 == 1 {
+                    log.wait_synced(appended.next_offset).await.unwrap();
+                }
+            }
+            log.wait_synced(u64::from(next)).await.unwrap();
+            let all = read_all(&log, 0).await;
+            assert_eq!(all.len(), sizes.len());
+            log.close().await.unwrap();
+        }
+        let (log, _) = Log::open(DmaStorage, &dir, small_config()).await.unwrap();
+        let all = read_all(&log, 0).await;
+        assert_eq!(all.len(), sizes.len());
+        for ((offset, value), &value_bytes) in all.iter().zip(&sizes) {
+            assert!(value.starts_with(format!("1:{offset}:").as_bytes()));
+            assert_eq!(value.len(), value_bytes.max(value.len()));
+        }
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn torn_tail_on_disk_is_cut_at_the_first_invalid_batch() {
     run(|| async {
