@@ -52,8 +52,9 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 /// batch can start in the middle of the block that the previous group commit left half full.
 pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES;
 
-/// Largest tail buffer. Every partition replica on a shard owns one, so this bounds a shard's
-/// log memory per replica; 1 MiB writes already reach the device's bandwidth (PLATFORM §2b).
+/// Largest tail buffer. Every busy partition replica's tail grows to `write_buffer_bytes`, so
+/// this bounds a shard's log memory per busy replica; 1 MiB writes already reach the device's
+/// bandwidth (PLATFORM §2b).
 pub const WRITE_BUFFER_BYTES_MAX: u64 = 64 << 20;
 
 /// Densest sparse index: one entry per block. Reads are block-aligned, so a denser index
@@ -292,7 +293,8 @@ pub struct LogSection {
     pub segment_bytes: u64,
     /// Bytes of log between two sparse-index entries.
     pub index_interval_bytes: u64,
-    /// The in-memory tail buffer per partition: the most bytes one group-commit write carries.
+    /// The largest in-memory tail buffer of a partition (it starts at 64 KiB and grows with
+    /// its writes): the most bytes one group-commit write carries.
     pub write_buffer_bytes: u64,
     /// How a new segment gets its blocks before the first append.
     pub preallocate: Preallocate,

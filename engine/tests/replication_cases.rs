@@ -18,8 +18,9 @@ use engine::control::catalog::Catalog;
 use engine::log::epochs::EpochCache;
 use engine::log::sim::{Fault, Op, SimStorage};
 use engine::replication::{
-    Follower, FollowerStatus, Leader, LeaderInit, LocalFuture, REOPEN_BACKOFF_MIN, ReplError,
-    ReplMessage, Runtime, Transport,
+    APPEND_BYTES_IN_FLIGHT_MAX, APPEND_BYTES_MAX, APPENDS_IN_FLIGHT_MAX, Follower, FollowerStatus,
+    Leader, LeaderInit, LocalFuture, REOPEN_BACKOFF_MIN, ReplError, ReplMessage, Runtime,
+    Transport,
 };
 use protocol::api::{CreateTopicRequest, ReplicaLag, ReplicaState};
 use protocol::{Acks, BatchBuilder, StorageKind};
@@ -146,6 +147,50 @@ impl Net {
         self.followers.borrow_mut()[usize::from(shard)] = Some(Rc::clone(&follower));
         follower
     }
+
+    /// Starts a leader on shard 0 over `disk` with shard 1 as its follower, where no follower
+    /// runs: the test answers for it (`answer_probe`). Pumps the messages until `stop`.
+    async fn lead_for_a_silent_follower(
+        self: &Rc<Self>,
+        disk: &SimStorage,
+        rt: &SimRt,
+    ) -> Rc<Leader<SimStorage>> {
+        glommio::spawn_local(pump(Rc::clone(self))).detach();
+        self.up.borrow_mut()[1] = false;
+        let llog = open_log(disk, 0).await;
+        let init = LeaderInit {
+            followers: vec![1],
+            ..leader_init(disk, 0, llog)
+        };
+        self.lead(init, rt).await
+    }
+
+    /// (probe, epoch) of every probe sent to shard `to`, in order.
+    fn probes_to(&self, to: u16) -> Vec<(u64, u32)> {
+        self.sent
+            .borrow()
+            .iter()
+            .filter_map(|(shard, message)| match message {
+                ReplMessage::Probe { probe, epoch, .. } if *shard == to => Some((*probe, *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Answers `leader`'s probe `(probe, epoch)` as follower 1: ready, its log written and
+/// synced up to `next`.
+fn answer_probe(leader: &Leader<SimStorage>, (probe, epoch): (u64, u32), next: u64) {
+    leader.on_message(ReplMessage::Progress {
+        key: key(),
+        epoch,
+        from: 1,
+        probe,
+        status: FollowerStatus::Ready,
+        next,
+        written: next,
+        synced: next,
+    });
 }
 
 /// Writes `batches` (all epoch 1) into a fresh log on `disk`, syncs, closes, and records
@@ -825,44 +870,18 @@ fn a_refused_follower_is_not_probed_again_in_the_term() {
         rt.start_ticking();
         let disk = SimStorage::new(1);
         let net = net(2);
-        glommio::spawn_local(pump(Rc::clone(&net))).detach();
-        net.up.borrow_mut()[1] = false; // no follower runs: the test answers for it
-        let llog = open_log(&disk, 0).await;
-        let init = LeaderInit {
-            followers: vec![1],
-            ..leader_init(&disk, 0, llog)
-        };
-        let leader = net.lead(init, &rt).await;
+        let leader = net.lead_for_a_silent_follower(&disk, &rt).await;
         leader
             .produce(&batch("A", 2), Acks::Leader, Duration::from_secs(5))
             .await
             .unwrap();
-        let probes_to_follower = || {
-            net.sent
-                .borrow()
-                .iter()
-                .filter_map(|(to, message)| match message {
-                    ReplMessage::Probe { probe, epoch, .. } if *to == 1 => Some((*probe, *epoch)),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
-        };
-        let Some(&(probe, epoch)) = probes_to_follower().last() else {
+        let Some(&probe) = net.probes_to(1).last() else {
             panic!("the leader never probed its follower");
         };
-        leader.on_message(ReplMessage::Progress {
-            key: key(),
-            epoch,
-            from: 1,
-            probe,
-            status: FollowerStatus::Ready,
-            next: 10,
-            written: 10,
-            synced: 10,
-        });
-        let before = probes_to_follower().len();
+        answer_probe(&leader, probe, 10);
+        let before = net.probes_to(1).len();
         settle(&rt, 5_000_000).await;
-        let after = probes_to_follower().len();
+        let after = net.probes_to(1).len();
         let status = leader.status();
         rt.stop_ticking();
         net.stop.set(true);
@@ -943,5 +962,62 @@ fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins
         assert_eq!(hw, 3);
         assert_eq!(records(&l_bytes), records(&f_bytes));
         assert_eq!(follower.truncations(), 1);
+    });
+}
+
+/// A follower that stops answering holds at most the leader's bounds on unanswered
+/// `Append`s: so many messages, and so many bytes plus the `Append` that crossed the bound,
+/// never everything the leader takes meanwhile.
+#[test]
+fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
+    run(|| async {
+        let rt = SimRt::default();
+        rt.start_ticking();
+        let disk = SimStorage::new(1);
+        let net = net(2);
+        let leader = net.lead_for_a_silent_follower(&disk, &rt).await;
+        let probe = loop {
+            if let Some(&probe) = net.probes_to(1).first() {
+                break probe;
+            }
+            settle(&rt, 1_000).await;
+        };
+        answer_probe(&leader, probe, 0);
+        // 6 MiB in batches of 600 KiB: more than the byte bound, in fewer batches than the
+        // count bound, and under the lag bounds (the follower stays in the session).
+        let value = vec![b'v'; 150 << 10];
+        for _ in 0..10 {
+            let mut builder = BatchBuilder::new();
+            for _ in 0..4 {
+                builder.append(1_700_000_000_000, b"", &value, &[]).unwrap();
+            }
+            let batch = builder.seal().unwrap().to_vec();
+            leader
+                .produce(&batch, Acks::Leader, Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        settle(&rt, 50_000).await;
+        let (appends, bytes) = net
+            .sent
+            .borrow()
+            .iter()
+            .filter_map(|(to, message)| match message {
+                ReplMessage::Append { batches, .. } if *to == 1 => Some(batches.len() as u64),
+                _ => None,
+            })
+            .fold((0, 0), |(n, total), len| (n + 1, total + len));
+        rt.stop_ticking();
+        net.stop.set(true);
+        leader.stop();
+        assert!(
+            appends <= APPENDS_IN_FLIGHT_MAX,
+            "{appends} Appends unanswered"
+        );
+        assert!(
+            (APPEND_BYTES_IN_FLIGHT_MAX..=APPEND_BYTES_IN_FLIGHT_MAX + APPEND_BYTES_MAX as u64)
+                .contains(&bytes),
+            "{bytes} bytes unanswered: streaming stops at the byte bound, not before or long after"
+        );
     });
 }

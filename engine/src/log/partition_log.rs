@@ -30,7 +30,7 @@ use super::{Durability, Health, LogConfig, LogError, Retention, WritePipeline};
 const RECENT_BYTES: usize = 32 << 10;
 
 /// The smallest tail buffer a log starts with and shrinks back to. A tail buffer grows with
-/// what the log's writes carry (see `Core::tail_bytes`), up to `write_buffer_bytes`, so a
+/// what the log's writes carry (see [`tail_bytes`]), up to `write_buffer_bytes`, so a
 /// quiet partition pins 64 KiB of the shard's registered memory instead of a whole write
 /// buffer, and a shard's partitions share its `io_memory` by how busy they are.
 const TAIL_BYTES_MIN: u64 = 64 << 10;
@@ -544,7 +544,7 @@ impl<S: Storage> Log<S> {
         if (st.tail.free_bytes() as u64) < len
             && (st.tail.capacity() as u64) < self.core.config.write_buffer_bytes
         {
-            let larger = tail_bytes(&self.core.config, st.tail.data_end() - st.tail.pos() + len);
+            let larger = tail_bytes(&self.core.config, st.tail.held() as u64 + len);
             let larger = st.active.file.alloc_buffer(larger);
             st.tail.grow(larger);
         }
@@ -1427,7 +1427,7 @@ impl<S: Storage> Core<S> {
     fn start_write(self: &Rc<Self>, st: &mut State<S::File>, how: Take) {
         // Room for twice what this write takes: a steady stream of group commits keeps the
         // buffer it needs, and a partition that goes quiet shrinks back to the smallest.
-        let held = st.tail.data_end() - st.tail.pos();
+        let held = st.tail.held() as u64;
         let fresh = st
             .active
             .file

@@ -82,6 +82,11 @@ impl<B: IoBuffer> Tail<B> {
         self.buf.as_ref().len() - self.len
     }
 
+    /// Bytes of batches the tail holds, from its first block on (handed out or not).
+    pub fn held(&self) -> usize {
+        self.len
+    }
+
     /// Bytes the tail's buffer holds in all.
     pub fn capacity(&self) -> usize {
         self.buf.as_ref().len()

@@ -42,8 +42,9 @@ use state::{IsrChange, LagBounds, LeaderOffsets, LeaderState, Standing, divergen
 /// memory before the follower's answers let the next `Append` go (about 250 reads of the
 /// leader's own disk a second, RF=2 `all+fsync` at ~330 MB/s); with 16 it reads none.
 pub const APPENDS_IN_FLIGHT_MAX: usize = 16;
-/// Bytes of batches one follower may have unanswered, whatever their count: a slow follower
-/// holds at most this much of the leader's memory in its mailbox and inbox.
+/// Bytes of batches one follower may have unanswered, whatever their count: no `Append` goes
+/// while this much is, so a slow follower holds at most this plus one `Append`
+/// ([`APPEND_BYTES_MAX`]) of the leader's memory in its mailbox and inbox.
 pub const APPEND_BYTES_IN_FLIGHT_MAX: u64 = 4 << 20;
 /// Most bytes of batches in one `Append` (a message is one mailbox slot; a follower far
 /// behind catches up in steps of this).
