@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fio;
+pub mod floor;
 pub mod logcases;
 pub mod machine;
 

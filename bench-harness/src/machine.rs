@@ -47,6 +47,15 @@ impl MachineFacts {
     }
 }
 
+/// Pins the calling thread to CPU `core`; does nothing if the process may not run there.
+pub fn pin(core: usize) {
+    if let Some(id) =
+        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|id| id.id == core))
+    {
+        core_affinity::set_for_current(id);
+    }
+}
+
 fn unknown3(why: &str) -> (String, String, String) {
     (format!("unknown ({why})"), String::new(), String::new())
 }

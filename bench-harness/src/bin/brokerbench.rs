@@ -8,11 +8,16 @@
 //!   *intended* time, so a stall counts against every send it delays (no coordinated
 //!   omission);
 //! - the loopback round trip alone: the latency case's client against a plain thread on the
-//!   broker's core that acks at once (no log, no disk), beside fio's write+fdatasync.
+//!   broker's core that acks at once (no log, no disk), beside fio's write+fdatasync;
+//! - the disk floor: 4 KiB O_DIRECT write+fdatasync pairs timed whole on the broker's core,
+//!   at up to the latency case's rate (`bench_harness::floor`). No durable ack can come
+//!   sooner than one pair after its record arrived.
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
-//! with `all+fsync`, throughput and produce-to-ack latency, interleaved in the same run.
+//! with `all+fsync`, throughput and produce-to-ack latency, interleaved in the same run,
+//! beside the disk floor of one replica and of two (pairs on the leader's and the
+//! follower's cores, on the one disk both write to).
 //!
 //! The cases are interleaved across runs and medians reported, since this machine is shared.
 //!
@@ -25,8 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bench_harness::machine::ScratchDir;
-use bench_harness::{fio, median};
+use bench_harness::machine::{ScratchDir, pin};
+use bench_harness::{fio, floor, median};
 use client::{Acks, Client, ClientConfig, FrameReader, Producer, ProducerConfig, ReadError};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
@@ -100,14 +105,6 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn pin(core: usize) {
-    if let Some(id) =
-        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|id| id.id == core))
-    {
-        core_affinity::set_for_current(id);
-    }
 }
 
 /// A broker started in this process, its data in a scratch directory that is removed on drop
@@ -392,6 +389,17 @@ fn median_over<R>(runs: &[R], figure: impl Fn(&R) -> f64) -> f64 {
     median(runs.iter().map(figure))
 }
 
+/// One run's disk floor, as a run line.
+fn print_pairs(run: usize, what: &str, pairs: &Histogram<u64>) {
+    println!(
+        "run {run}: disk floor, {what} timed whole: p50 {} us p99 {} us p99.9 {} us (n={})",
+        pairs.value_at_quantile(0.5),
+        pairs.value_at_quantile(0.99),
+        pairs.value_at_quantile(0.999),
+        pairs.len(),
+    );
+}
+
 fn pass(met: bool) -> &'static str {
     if met { "PASS" } else { "MISS" }
 }
@@ -405,6 +413,8 @@ struct Run {
     device_p99_us: Option<f64>,
     /// The same client against a thread that acks at once: the loopback round trip.
     floor: Latency,
+    /// The disk's 4 KiB write+fdatasync pairs on the broker's core, timed whole (us).
+    pairs: Histogram<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -472,6 +482,13 @@ fn main() -> anyhow::Result<()> {
             );
             device_p99_us = Some(bound_us);
         }
+        let pairs = floor::durable_pairs(
+            &broker.scratch.path().join("floor-pairs"),
+            args.broker_core,
+            args.rate,
+            args.seconds,
+        )?;
+        print_pairs(run, "4 KiB O_DIRECT pwrite + fdatasync pairs", &pairs);
         let floor = loopback_floor(args.broker_core, args.rate, args.seconds)?;
         println!(
             "run {run}: loopback round trip, a thread on core {} acking at once (no log, no disk), {}/s: p50 {} us p99 {} us p99.9 {} us",
@@ -528,6 +545,7 @@ fn main() -> anyhow::Result<()> {
             latency,
             device_p99_us,
             floor,
+            pairs,
         });
     }
     let p99 = median_over(&runs, |r| at(&r.latency.from_intended, 0.99));
@@ -588,12 +606,19 @@ fn main() -> anyhow::Result<()> {
         median_over(&runs, |r| at(&r.floor.from_intended, 0.99)),
         median_over(&runs, |r| at(&r.floor.from_intended, 0.999)),
     );
+    let pairs_p99 = median_over(&runs, |r| at(&r.pairs, 0.99));
+    println!(
+        "| disk floor: one 4 KiB O_DIRECT pwrite + fdatasync pair timed whole, on the broker core, at up to {}/s | fdatasync per write | p50 {:.0} us, p99 {pairs_p99:.0} us, p99.9 {:.0} us |",
+        args.rate,
+        median_over(&runs, |r| at(&r.pairs, 0.5)),
+        median_over(&runs, |r| at(&r.pairs, 0.999)),
+    );
     println!();
     // Each target is judged only on the case it is about: the latency target on durable
     // (leader+fsync) acks, the throughput target when the throughput cases ran.
     if args.latency_acks == Acks::LeaderFsync {
         println!(
-            "target: p99 produce-to-ack with fsync < 250 us: {} ({p99:.0} us)",
+            "target: p99 produce-to-ack with fsync < 250 us: {} ({p99:.0} us; the disk's write+fdatasync pair alone: p99 {pairs_p99:.0} us)",
             pass(p99 < 250.0)
         );
     }
@@ -613,6 +638,10 @@ struct ReplicationRun {
     /// Produce-to-ack from the intended send, RF=1 `leader+fsync` and RF=2 `all+fsync`.
     rf1: Histogram<u64>,
     rf2: Histogram<u64>,
+    /// The disk's write+fdatasync pairs (us): one replica's on the leader's core, and two
+    /// replicas' on the leader's and the follower's cores, timed until both are durable.
+    pairs1: Histogram<u64>,
+    pairs2: Histogram<u64>,
 }
 
 /// RF=1 `leader+fsync` against RF=2 `all+fsync` on every allowed core, interleaved per run.
@@ -622,20 +651,27 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     // shard on another core waits for a cross-core wake-up on each write and sync (single
     // records at 10k/s, leader+fsync, one shard: p50 334-340 us on the interrupt's core,
     // 434-437 us on the other). RF=1 and RF=2 then differ by the follower alone.
-    let leader_shard = engine::config::allowed_cores()
-        .iter()
-        .position(|&core| core == args.broker_core)
-        .with_context(|| {
-            format!(
-                "--broker-core {} is not a core this process may use",
-                args.broker_core
-            )
-        })?;
     // The profile's own cores (the default: every allowed core), unlike the one-shard cases.
     let profile = match &args.profile {
         Some(path) => Profile::load(path)?,
         None => Profile::default(),
     };
+    let cores: Vec<usize> = profile
+        .resolve(&engine::config::allowed_cores())?
+        .iter()
+        .map(|shard| shard.core)
+        .collect();
+    let leader_shard = cores
+        .iter()
+        .position(|&core| core == args.broker_core)
+        .with_context(|| {
+            format!(
+                "--broker-core {} runs no shard of the profile (cores {cores:?})",
+                args.broker_core
+            )
+        })?;
+    // The RF=2 topics' followers are on the next shard (see the padding below).
+    let follower_core = cores[(leader_shard + 1) % cores.len()];
     let broker = Broker::start(profile, &args.dir)?;
     let shards = broker.handle.shards.len();
     let address = broker.address.as_str();
@@ -687,6 +723,31 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             args.seconds,
         )?;
         let rf2 = latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?;
+        let scratch = broker.scratch.path();
+        let pairs1 = floor::durable_pairs(
+            &scratch.join("floor-leader"),
+            args.broker_core,
+            args.rate,
+            args.seconds,
+        )?;
+        print_pairs(run, "one replica's 4 KiB pwrite + fdatasync pairs", &pairs1);
+        let pairs2 = floor::replicated_pairs(
+            (
+                &scratch.join("floor-leader"),
+                &scratch.join("floor-follower"),
+            ),
+            (args.broker_core, follower_core),
+            args.rate,
+            args.seconds,
+        )?;
+        print_pairs(
+            run,
+            &format!(
+                "two replicas' pairs, cores {} and {follower_core}, one disk",
+                args.broker_core
+            ),
+            &pairs2,
+        );
         let stalls = (stall_report(&rf1.stalls), stall_report(&rf2.stalls));
         let (rf1, rf2) = (rf1.from_intended, rf2.from_intended);
         let (t1, t2) = match throughput {
@@ -708,6 +769,8 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             throughput,
             rf1,
             rf2,
+            pairs1,
+            pairs2,
         });
     }
     let throughputs: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.throughput).collect();
@@ -740,6 +803,26 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         "| produce-to-ack p99, single records at {}/s | {p99_1:.0} us | {p99_2:.0} us | {:.2} |",
         args.rate,
         p99_2 / p99_1.max(1.0)
+    );
+    let floor_p50 = (
+        median_over(&runs, |r| at(&r.pairs1, 0.5)),
+        median_over(&runs, |r| at(&r.pairs2, 0.5)),
+    );
+    let floor_p99 = (
+        median_over(&runs, |r| at(&r.pairs1, 0.99)),
+        median_over(&runs, |r| at(&r.pairs2, 0.99)),
+    );
+    println!(
+        "| disk floor p50: 4 KiB pwrite + fdatasync pairs, one replica / two on one disk | {:.0} us | {:.0} us | {:.2} |",
+        floor_p50.0,
+        floor_p50.1,
+        floor_p50.1 / floor_p50.0.max(1.0)
+    );
+    println!(
+        "| disk floor p99: the same pairs | {:.0} us | {:.0} us | {:.2} |",
+        floor_p99.0,
+        floor_p99.1,
+        floor_p99.1 / floor_p99.0.max(1.0)
     );
     println!();
     let p99_target = format!("RF=2 p99 <= 1.5x RF=1: {}", pass(p99_2 <= 1.5 * p99_1));
