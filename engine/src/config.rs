@@ -48,8 +48,9 @@ pub const SEGMENT_BYTES_MIN: u64 = 2 * BATCH_BYTES_MAX as u64;
 /// retention too coarse.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
-/// Smallest tail buffer: a full batch plus a partial block on either side of it, because a
-/// batch can start in the middle of the block that the previous group commit left half full.
+/// Smallest `write_buffer_bytes`, the size a tail buffer grows to: a full batch plus a partial
+/// block on either side of it, because a batch can start in the middle of the block that the
+/// previous group commit left half full.
 pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES;
 
 /// Largest tail buffer. Every busy partition replica's tail grows to `write_buffer_bytes`, so

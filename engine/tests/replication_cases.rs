@@ -176,6 +176,18 @@ impl Net {
             })
             .collect()
     }
+
+    /// Bytes of batches in every `Append` sent to shard `to`, in order.
+    fn appends_to(&self, to: u16) -> Vec<u64> {
+        self.sent
+            .borrow()
+            .iter()
+            .filter_map(|(shard, message)| match message {
+                ReplMessage::Append { batches, .. } if *shard == to => Some(batches.len() as u64),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Answers `leader`'s probe `(probe, epoch)` as follower 1: ready, its log written and
@@ -998,21 +1010,15 @@ fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
                 .unwrap();
         }
         settle(&rt, 50_000).await;
-        let (appends, bytes) = net
-            .sent
-            .borrow()
-            .iter()
-            .filter_map(|(to, message)| match message {
-                ReplMessage::Append { batches, .. } if *to == 1 => Some(batches.len() as u64),
-                _ => None,
-            })
-            .fold((0, 0), |(n, total), len| (n + 1, total + len));
+        let appends = net.appends_to(1);
+        let bytes: u64 = appends.iter().sum();
         rt.stop_ticking();
         net.stop.set(true);
         leader.stop();
         assert!(
-            appends <= APPENDS_IN_FLIGHT_MAX,
-            "{appends} Appends unanswered"
+            appends.len() <= APPENDS_IN_FLIGHT_MAX,
+            "{} Appends unanswered",
+            appends.len()
         );
         assert!(
             (APPEND_BYTES_IN_FLIGHT_MAX..=APPEND_BYTES_IN_FLIGHT_MAX + APPEND_BYTES_MAX as u64)

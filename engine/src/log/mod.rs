@@ -165,7 +165,8 @@ pub const SEGMENT_BYTES_MIN: u64 = 2 * BATCH_BYTES_MAX as u64;
 /// Largest segment: positions in the index are 32-bit, and recovery of a torn tail may scan
 /// the rest of the active segment.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
-/// Smallest tail buffer: one largest batch plus the carried partial block and padding.
+/// Smallest `write_buffer_bytes`, the size a tail buffer grows to: one largest batch plus the
+/// carried partial block and padding.
 pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES as u64;
 
 /// Longest group-commit window: past 10 ms it costs more latency than any batching saves.

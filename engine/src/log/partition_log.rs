@@ -1322,8 +1322,8 @@ impl<S: Storage> Core<S> {
     /// long that chunk is. Zeroing keeps pace with the active segment's second half so that
     /// it ends when the segment is three quarters full: a quarter segment of appends per
     /// segment zeroed. On schedule it writes `SPARE_ZERO_CHUNK_BYTES` at a time; when the
-    /// appends are a whole tail buffer ahead (a fast producer), or a roll waits for the
-    /// spare, it writes whole tail buffers at once, since small writes would only make the
+    /// appends are `write_buffer_bytes` ahead (a fast producer), or a roll waits for the
+    /// spare, it writes `write_buffer_bytes` at once, since small writes would only make the
     /// roll wait longer. `None` once the log is closed or failed: the spare is abandoned.
     ///
     /// Behind that schedule (a log that went quiet between half and three quarters full)

@@ -79,7 +79,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 }
 
 /// Resolves when the shard starts shutting down.
-pub(super) async fn wait_for_shutdown(shard: &Shard, mut seen: u64) {
+async fn wait_for_shutdown(shard: &Shard, mut seen: u64) {
     while !shard.is_shutting_down() {
         shard.shutdown.changed(seen).await;
         seen = shard.shutdown.epoch();
@@ -111,6 +111,22 @@ impl Conn {
             subscriptions: RefCell::new(AHashMap::new()),
             changed: Notify::default(),
         }
+    }
+
+    /// The epochs of this connection's changes and of the shard's shutdown, taken before
+    /// looking at what they guard, for `changed_or_shutdown`.
+    pub(super) fn epochs(&self, shard: &Shard) -> (u64, u64) {
+        (self.changed.epoch(), shard.shutdown.epoch())
+    }
+
+    /// Waits until the connection changed or the shard started shutting down since `seen`
+    /// (from `epochs`).
+    pub(super) async fn changed_or_shutdown(&self, shard: &Shard, (seen, shutdown): (u64, u64)) {
+        futures_lite::future::or(
+            self.changed.changed(seen),
+            wait_for_shutdown(shard, shutdown),
+        )
+        .await;
     }
 
     /// Registers the subscription `id`; false when one with that id runs already.
@@ -319,8 +335,12 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut reader: ReadHalf<TcpS
             if conn.closed.get() {
                 return Closing::PeerClosed;
             }
-            let seen = conn.changed.epoch();
-            conn.changed.changed(seen).await;
+            if shard.is_shutting_down() {
+                return Closing::Shutdown;
+            }
+            // A client that reads nothing holds this wait: shutdown must end it too.
+            let seen = conn.epochs(shard);
+            conn.changed_or_shutdown(shard, seen).await;
         }
         if shard.is_shutting_down() {
             return Closing::Shutdown;

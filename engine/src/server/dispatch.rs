@@ -181,8 +181,9 @@ pub async fn handle(shard: &Rc<Shard>, frame: FrameBuf) -> Option<FrameBuf> {
         ApiKey::ListOffsets => list_offsets(shard, &decoded).await,
         // Consumer-group offsets arrive with consumer groups. Subscriptions are served by
         // the connection they came on (`subscription`), never forwarded here.
-        ApiKey::OffsetCommit | ApiKey::OffsetFetch => invalid(),
-        ApiKey::Subscribe | ApiKey::Unsubscribe => invalid(),
+        ApiKey::OffsetCommit | ApiKey::OffsetFetch | ApiKey::Subscribe | ApiKey::Unsubscribe => {
+            invalid()
+        }
     }
 }
 

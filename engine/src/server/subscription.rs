@@ -16,7 +16,7 @@ use protocol::limits::FETCH_BYTES_MAX;
 use protocol::{ApiKey, ErrorCode, Frame};
 
 use super::Shard;
-use super::connection::{Conn, wait_for_shutdown};
+use super::connection::Conn;
 use super::dispatch::{encode, error_response, local_leader, log_error_code};
 use crate::limits::SUBSCRIPTION_WINDOW_BYTES;
 use crate::replication::end_offset;
@@ -105,7 +105,8 @@ pub(super) async fn serve(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: &Frame<'_>)
                 leader.hw_beyond(position).await;
                 Ok(())
             },
-            async { Err(interrupted(shard, conn, correlation_id).await) },
+            // Returns only once the subscription must end.
+            wait_until(shard, conn, correlation_id, || false),
         )
         .await;
         if let Err(interrupted) = woke {
@@ -124,13 +125,28 @@ async fn room_for_delivery(
     conn: &Conn,
     correlation_id: u64,
 ) -> Result<(), Interrupted> {
+    wait_until(shard, conn, correlation_id, || {
+        conn.pending_output_bytes.get() < SUBSCRIPTION_WINDOW_BYTES
+    })
+    .await
+}
+
+/// Waits until `ready` holds, or until the subscription must end: the connection changed
+/// (unsubscribed, its reading stopped, closed), or the shard started shutting down, which
+/// may come while the connection's reading is held at its bounds.
+async fn wait_until(
+    shard: &Shard,
+    conn: &Conn,
+    correlation_id: u64,
+    ready: impl Fn() -> bool,
+) -> Result<(), Interrupted> {
     loop {
-        let seen = conn.changed.epoch();
+        let seen = conn.epochs(shard);
         check(shard, conn, correlation_id)?;
-        if conn.pending_output_bytes.get() < SUBSCRIPTION_WINDOW_BYTES {
+        if ready() {
             return Ok(());
         }
-        conn.changed.changed(seen).await;
+        conn.changed_or_shutdown(shard, seen).await;
     }
 }
 
@@ -142,21 +158,6 @@ fn check(shard: &Shard, conn: &Conn, correlation_id: u64) -> Result<(), Interrup
         Err(Interrupted::Ended)
     } else {
         Ok(())
-    }
-}
-
-/// Completes once the subscription must end (never otherwise), saying why.
-async fn interrupted(shard: &Shard, conn: &Conn, correlation_id: u64) -> Interrupted {
-    loop {
-        let (seen, seen_shutdown) = (conn.changed.epoch(), shard.shutdown.epoch());
-        if let Err(why) = check(shard, conn, correlation_id) {
-            return why;
-        }
-        futures_lite::future::or(
-            conn.changed.changed(seen),
-            wait_for_shutdown(shard, seen_shutdown),
-        )
-        .await;
     }
 }
 

@@ -2,7 +2,10 @@
 //! no request per delivery, unsubscribe, refusals, shutdown, and a consumer that stops reading.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use engine::limits::SHUTDOWN_DRAIN_MAX;
+use protocol::limits::FETCH_BYTES_MAX;
 
 use protocol::api::*;
 use protocol::{Acks, ApiKey, Batches, ErrorCode, decode_frame};
@@ -59,6 +62,13 @@ fn subscribe(conn: &mut RawConn, id: u64, topic: &str, offset: u64) {
         max_bytes: 1 << 20,
     };
     conn.send(id, &request);
+}
+
+/// Sends `Unsubscribe` of `subscription` as request `id`; its answer's code.
+fn unsubscribe(conn: &mut RawConn, id: u64, subscription: u64) -> ErrorCode {
+    conn.send(id, &UnsubscribeRequest { subscription });
+    let response: UnsubscribeResponse = conn.recv(id);
+    response.error
 }
 
 /// The next frame, which must be a delivery of subscription `id`.
@@ -125,14 +135,14 @@ fn unsubscribe_is_answered_after_the_last_delivery_and_none_follows() {
     subscribe(&mut consumer, 7, "unsub", 0);
     assert_eq!(delivery(&mut consumer, 7).error, ErrorCode::INVALID_REQUEST);
 
-    consumer.send(8, &UnsubscribeRequest { subscription: 7 });
-    let response: UnsubscribeResponse = consumer.recv(8);
-    assert_eq!(response.error, ErrorCode::NONE);
+    assert_eq!(unsubscribe(&mut consumer, 8, 7), ErrorCode::NONE);
     produce(&mut admin, "unsub", &values(1..4));
     // Nothing more arrives: the next frame is the answer to a later request.
-    consumer.send(9, &UnsubscribeRequest { subscription: 7 });
-    let again: UnsubscribeResponse = consumer.recv(9);
-    assert_eq!(again.error, ErrorCode::INVALID_REQUEST, "it ended already");
+    assert_eq!(
+        unsubscribe(&mut consumer, 9, 7),
+        ErrorCode::INVALID_REQUEST,
+        "it ended already"
+    );
 
     // The id is free again: a new subscription under it starts where asked.
     subscribe(&mut consumer, 7, "unsub", 1);
@@ -184,9 +194,7 @@ fn deleting_the_topic_ends_its_subscriptions_with_not_leader() {
     // The term that served it ended; the metadata then says the topic is gone.
     assert_eq!(delivery(&mut consumer, 6).error, ErrorCode::NOT_LEADER);
     // It ended: nothing is left to unsubscribe, and the connection serves on.
-    consumer.send(9, &UnsubscribeRequest { subscription: 6 });
-    let response: UnsubscribeResponse = consumer.recv(9);
-    assert_eq!(response.error, ErrorCode::INVALID_REQUEST);
+    assert_eq!(unsubscribe(&mut consumer, 9, 6), ErrorCode::INVALID_REQUEST);
 }
 
 #[test]
@@ -204,18 +212,62 @@ fn shutdown_ends_subscriptions_with_shutting_down() {
     );
 }
 
-#[test]
-fn a_consumer_that_stops_reading_gets_everything_once_it_reads_again() {
-    let (_broker, mut admin, mut consumer, _) = start_with("slow");
-    subscribe(&mut consumer, 4, "slow", 0);
-    // 24 MiB, far past the connection's window and the socket buffers, while the consumer
-    // reads nothing: deliveries wait, the producer is not held up.
+/// 24 MiB in 16 KiB records, far past a connection's window of unsent deliveries and the
+/// socket buffers.
+fn produce_24_mib(admin: &mut RawConn, topic: &str) -> usize {
     let big = "x".repeat(16 << 10);
     let total = 24 * 64;
     for i in 0..total / 16 {
         let batch: Vec<String> = (0..16).map(|j| format!("{:06}{big}", i * 16 + j)).collect();
-        produce(&mut admin, "slow", &batch);
+        produce(admin, topic, &batch);
     }
+    total
+}
+
+/// A client that reads nothing stops its connection's reading at the bound of unsent
+/// responses, with its subscription waiting for room. Shutdown must still end both at once,
+/// not leave the shard to sit out its drain deadline for them.
+#[test]
+fn shutdown_is_not_held_up_by_a_client_that_reads_nothing() {
+    let (mut broker, mut admin, mut consumer, _) = start_with("unread");
+    produce_24_mib(&mut admin, "unread");
+    subscribe(&mut consumer, 1, "unread", 0);
+    // Unread answers of 4 MiB each take the connection past its 16 MiB bound of unsent
+    // responses (they were all read before their answers came).
+    for id in 2..14 {
+        let request = FetchRequest {
+            topic: "unread".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: FETCH_BYTES_MAX,
+            max_wait_ms: 0,
+        };
+        consumer.send(id, &request);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Read once the answers are queued: the connection does not take it.
+    consumer.send(
+        14,
+        &MetadataRequest {
+            topics: vec!["unread".into()],
+        },
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    broker.stop();
+    let took = started.elapsed();
+    assert!(
+        took < SHUTDOWN_DRAIN_MAX,
+        "shutdown took {took:?}: it waited out the drain deadline"
+    );
+}
+
+#[test]
+fn a_consumer_that_stops_reading_gets_everything_once_it_reads_again() {
+    let (_broker, mut admin, mut consumer, _) = start_with("slow");
+    subscribe(&mut consumer, 4, "slow", 0);
+    // While the consumer reads nothing, deliveries wait; the producer is not held up.
+    let total = produce_24_mib(&mut admin, "slow");
     std::thread::sleep(Duration::from_millis(200));
     let got = read_values(&mut consumer, 4, 0, total);
     for (i, value) in got.iter().enumerate() {
