@@ -34,24 +34,10 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 // Bounds. A profile picks values inside these; `Profile::validate` names the field otherwise.
 // ---------------------------------------------------------------------------------------------
 
-/// Direct-I/O block: segment files are written at positions and lengths aligned to this. The
-/// logical block here is 512 B but the physical sector is 4 KiB; smaller writes make the device
-/// read-modify-write (PLATFORM §1.4).
-pub const BLOCK_BYTES: u64 = 4096;
+/// Direct-I/O block (the log's `BLOCK_BYTES`, as a `u64` for the byte fields here).
+pub const BLOCK_BYTES: u64 = crate::log::storage::BLOCK_BYTES as u64;
 
-/// Smallest segment: two full batches, so a fresh segment always takes at least one batch of
-/// `BATCH_BYTES_MAX` whatever the alignment of the write before it.
-pub const SEGMENT_BYTES_MIN: u64 = 2 * BATCH_BYTES_MAX as u64;
-
-/// Largest segment. Segments are pre-zeroed in the background at about 2 GiB/s (PLATFORM §2b);
-/// 1 GiB takes about half a second, and retention deletes whole segments, so larger ones make
-/// retention too coarse.
-pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
-
-/// Smallest `write_buffer_bytes`, the size a tail buffer grows to: a full batch plus a partial
-/// block on either side of it, because a batch can start in the middle of the block that the
-/// previous group commit left half full.
-pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES;
+pub use crate::log::{SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN, WRITE_BUFFER_BYTES_MIN};
 
 /// Largest tail buffer. Every busy partition replica's tail grows to `write_buffer_bytes`, so
 /// this bounds a shard's log memory per busy replica; 1 MiB writes already reach the device's

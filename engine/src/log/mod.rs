@@ -44,7 +44,7 @@ pub mod truncate;
 use std::io;
 
 pub use partition_log::{Appended, IoInFlight, Log, LogOffsets, LogStats, MaintainReport};
-pub use recovery::{Recovery, Truncation};
+pub use recovery::{Recovery, Truncation, Untrusted};
 
 use protocol::limits::BATCH_BYTES_MAX;
 use storage::BLOCK_BYTES;
@@ -160,13 +160,18 @@ impl WritePipeline {
     }
 }
 
-/// Smallest segment: two of the largest batches, so a roll always makes room.
+/// Smallest segment: two of the largest batches, so a fresh segment always takes at least one
+/// batch of `BATCH_BYTES_MAX` whatever the alignment of the write before it, and a roll always
+/// makes room.
 pub const SEGMENT_BYTES_MIN: u64 = 2 * BATCH_BYTES_MAX as u64;
 /// Largest segment: positions in the index are 32-bit, and recovery of a torn tail may scan
-/// the rest of the active segment.
+/// the rest of the active segment. Segments are pre-zeroed in the background at about 2 GiB/s
+/// (PLATFORM §2b), so 1 GiB takes about half a second; and retention deletes whole segments,
+/// so larger ones would make it too coarse.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
-/// Smallest `write_buffer_bytes`, the size a tail buffer grows to: one largest batch plus the
-/// carried partial block and padding.
+/// Smallest `write_buffer_bytes`, the size a tail buffer grows to: a full batch plus a partial
+/// block on either side of it, because a batch can start in the middle of the block that the
+/// previous group commit left half full.
 pub const WRITE_BUFFER_BYTES_MIN: u64 = BATCH_BYTES_MAX as u64 + 2 * BLOCK_BYTES as u64;
 
 /// Longest group-commit window: past 10 ms it costs more latency than any batching saves.

@@ -74,7 +74,33 @@ pub struct Truncation {
     pub position: u64,
     /// First offset that would have been stored at `position`.
     pub offset: u64,
-    pub reason: String,
+    pub reason: Untrusted,
+}
+
+/// Bytes recovery cannot trust as the log's data: why a segment's data ends where it does
+/// (a `Truncation`, or damage when the bytes were durable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Untrusted {
+    /// A segment file whose base offset does not follow the previous segment's data.
+    #[error("segment starts at {base}, not {expected}")]
+    SegmentStart { base: u64, expected: u64 },
+    /// The bytes there are not a valid batch.
+    #[error("{0}")]
+    Invalid(protocol::BatchError),
+    /// A batch header whose length runs past the end of the file.
+    #[error("batch length {len} runs past the file")]
+    RunsPast { len: u64 },
+    /// A valid batch, but not the one due: a recycled file's old batch when `found` is below
+    /// `due` (remains of writes after a lost one carry the offsets due).
+    #[error("base offset {found} where {due} was due")]
+    Offset { found: u64, due: u64 },
+    /// Bytes after the end of the data, after an unclean stop: a recycled segment's old
+    /// batches, or the remains of writes that completed after an earlier one was lost.
+    #[error(
+        "bytes at {at} after the end of the data: a recycled segment's old batches, or the \
+         remains of writes that completed after an earlier one was lost"
+    )]
+    BytesAfterData { at: u64 },
 }
 
 /// The log state recovery hands to `Log`.
@@ -93,7 +119,7 @@ enum ScanEnd {
     /// the data ends here.
     Clean,
     /// Bytes that are not the next batch.
-    Invalid { reason: String },
+    Invalid { reason: Untrusted },
 }
 
 struct Scan {
@@ -173,14 +199,14 @@ async fn scan<F: StorageFile>(
             Ok(header) => header,
             Err(error) => {
                 break ScanEnd::Invalid {
-                    reason: error.to_string(),
+                    reason: Untrusted::Invalid(error),
                 };
             }
         };
         let len = u64::from(header.batch_len);
         if len < BATCH_HEADER_BYTES as u64 || position + len > file_size {
             break ScanEnd::Invalid {
-                reason: format!("batch length {len} runs past the file"),
+                reason: Untrusted::RunsPast { len },
             };
         }
         let bytes = reader.get(position, len).await?;
@@ -192,12 +218,15 @@ async fn scan<F: StorageFile>(
             }
             Ok(batch) => {
                 break ScanEnd::Invalid {
-                    reason: format!("base offset {} where {offset} was due", batch.base_offset()),
+                    reason: Untrusted::Offset {
+                        found: batch.base_offset(),
+                        due: offset,
+                    },
                 };
             }
             Err(error) => {
                 break ScanEnd::Invalid {
-                    reason: error.to_string(),
+                    reason: Untrusted::Invalid(error),
                 };
             }
         }
@@ -494,15 +523,8 @@ pub(crate) async fn open<S: Storage>(
             .await
             .map_err(LogError::io("open segment"))?;
         let size = file.size().await.map_err(LogError::io("stat segment"))?;
-        if let Some(expected) = expected_offset
-            && expected != base
-        {
-            health = damaged(
-                base,
-                0,
-                expected,
-                format!("segment starts at {base}, not {expected}"),
-            );
+        if let Some(damage) = misplaced(base, expected_offset) {
+            health = damage;
             break;
         }
         // The segment after this one starts at the offset this one ends with: an index whose
@@ -588,15 +610,8 @@ pub(crate) async fn open<S: Storage>(
             .map_err(LogError::io("allocate segment"))?;
         size = config.segment_bytes;
     }
-    if let Some(expected) = expected_offset
-        && expected != last_base
-    {
-        health = damaged(
-            last_base,
-            0,
-            expected,
-            format!("segment starts at {last_base}, not {expected}"),
-        );
+    if let Some(damage) = misplaced(last_base, expected_offset) {
+        health = damage;
     }
     let mut index = Index::new(last_base, config.index_interval_bytes);
     let mut start = (0, last_base);
@@ -635,10 +650,7 @@ pub(crate) async fn open<S: Storage>(
         && !closed_cleanly
         && let Some(at) = first_nonzero_after(&file, scan.data_end, size, chunk_bytes).await?
     {
-        leftover = Some(format!(
-            "bytes at {at} after the end of the data: a recycled segment's old batches, or \
-             the remains of writes that completed after an earlier one was lost"
-        ));
+        leftover = Some(Untrusted::BytesAfterData { at });
     }
     let mut segment = Segment {
         base_offset: last_base,
@@ -775,13 +787,21 @@ async fn start_after<S: Storage>(
     Ok((active, sealed))
 }
 
-fn damaged(segment_base: u64, position: u64, offset: u64, reason: String) -> Health {
+/// Damage, when a segment's base offset is not `expected`, where the previous one's data
+/// ended.
+fn misplaced(base: u64, expected: Option<u64>) -> Option<Health> {
+    let expected = expected.filter(|&expected| expected != base)?;
+    let reason = Untrusted::SegmentStart { base, expected };
+    Some(damaged(base, 0, expected, reason))
+}
+
+fn damaged(segment_base: u64, position: u64, offset: u64, reason: Untrusted) -> Health {
     tracing::error!(segment_base, position, offset, %reason, "log damaged: durable data is invalid");
     Health::Damaged {
         segment_base,
         position,
         offset,
-        reason,
+        reason: reason.to_string(),
     }
 }
 

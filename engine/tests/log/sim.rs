@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::log::sim::{CrashMode, Fault, Op, SimStorage};
-use engine::log::{Health, Log, LogConfig, LogError, LogStats, WritePipeline};
+use engine::log::{Health, Log, LogConfig, LogError, LogStats, Untrusted, WritePipeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -273,11 +273,11 @@ struct Crashed {
 
 impl Crashed {
     /// Whether recovery cut the log for a reason `why` accepts.
-    fn cut_because(&self, why: impl Fn(&str) -> bool) -> bool {
+    fn cut_because(&self, why: impl Fn(Untrusted) -> bool) -> bool {
         self.recovery
             .truncated
             .as_ref()
-            .is_some_and(|cut| why(&cut.reason))
+            .is_some_and(|cut| why(cut.reason))
     }
 }
 
@@ -447,7 +447,9 @@ fn power_loss_with_recycled_segments_keeps_every_synced_batch() {
             RECYCLED.fetch_add(crashed.stats.segments_recycled, Ordering::Relaxed);
             // A recovery that ended a segment at a recycled file's old batch: one whose base
             // offset is below the one due (remains of lost writes carry the offsets due).
-            if crashed.cut_because(old_batch) {
+            if crashed
+                .cut_because(|why| matches!(why, Untrusted::Offset { found, due } if found < due))
+            {
                 RECYCLED_RETIRED.fetch_add(1, Ordering::Relaxed);
             }
             log = crashed.log;
@@ -470,16 +472,6 @@ fn power_loss_with_recycled_segments_keeps_every_synced_batch() {
         retired > 0 || seeds(200).len() == 1,
         "no recovery met a recycled segment's old batch"
     );
-}
-
-/// Whether recovery's reason for a cut is a batch older than the one due ("base offset B
-/// where O was due", B < O): a recycled file's old batch.
-fn old_batch(reason: &str) -> bool {
-    let numbers: Vec<u64> = reason
-        .split(' ')
-        .filter_map(|word| word.parse().ok())
-        .collect();
-    reason.starts_with("base offset ") && matches!(numbers[..], [base, due] if base < due)
 }
 
 /// A recycled segment, closed cleanly, reopens as it was: its old batches past the end are
@@ -1055,7 +1047,7 @@ fn power_loss_with_writes_in_flight_cuts_at_the_hole_and_keeps_synced_batches() 
             let crashed =
                 power_loss_round(&storage, &model, &mut rng, seed, round, mode, log, life).await;
             PIPELINED_OVERLAPS.fetch_add(crashed.stats.writes_overlapped, Ordering::Relaxed);
-            if crashed.cut_because(|reason| reason.contains("after the end of the data")) {
+            if crashed.cut_because(|why| matches!(why, Untrusted::BytesAfterData { .. })) {
                 HOLES_CUT.fetch_add(1, Ordering::Relaxed);
             }
             log = crashed.log;
