@@ -148,23 +148,6 @@ impl Net {
         follower
     }
 
-    /// Starts a leader on shard 0 over `disk` with shard 1 as its follower, where no follower
-    /// runs: the test answers for it (`answer_probe`). Pumps the messages until `stop`.
-    async fn lead_for_a_silent_follower(
-        self: &Rc<Self>,
-        disk: &SimStorage,
-        rt: &SimRt,
-    ) -> Rc<Leader<SimStorage>> {
-        glommio::spawn_local(pump(Rc::clone(self))).detach();
-        self.up.borrow_mut()[1] = false;
-        let llog = open_log(disk, 0).await;
-        let init = LeaderInit {
-            followers: vec![1],
-            ..leader_init(disk, 0, llog)
-        };
-        self.lead(init, rt).await
-    }
-
     /// (probe, epoch) of every probe sent to shard `to`, in order.
     fn probes_to(&self, to: u16) -> Vec<(u64, u32)> {
         self.sent
@@ -188,6 +171,32 @@ impl Net {
             })
             .collect()
     }
+}
+
+/// A leader on shard 0 of a two-shard net with shard 1 as its follower, where no follower
+/// runs: the test answers for it (`answer_probe`). The clock ticks and the messages are
+/// pumped until `stop_all`.
+async fn lead_for_a_silent_follower() -> (SimRt, Rc<Net>, Rc<Leader<SimStorage>>) {
+    let rt = SimRt::default();
+    rt.start_ticking();
+    let disk = SimStorage::new(1);
+    let net = net(2);
+    glommio::spawn_local(pump(Rc::clone(&net))).detach();
+    net.up.borrow_mut()[1] = false;
+    let llog = open_log(&disk, 0).await;
+    let init = LeaderInit {
+        followers: vec![1],
+        ..leader_init(&disk, 0, llog)
+    };
+    let leader = net.lead(init, &rt).await;
+    (rt, net, leader)
+}
+
+/// Stops the clock, the message pump and `leader`'s replication.
+fn stop_all(rt: &SimRt, net: &Net, leader: &Leader<SimStorage>) {
+    rt.stop_ticking();
+    net.stop.set(true);
+    leader.stop();
 }
 
 /// Answers `leader`'s probe `(probe, epoch)` as follower 1: ready, its log written and
@@ -319,9 +328,7 @@ fn restarted_leader_never_acks_all_for_a_record_the_follower_holds_otherwise() {
             records(&f_bytes),
             follower.truncations()
         );
-        rt.stop_ticking();
-        net.stop.set(true);
-        leader.stop();
+        stop_all(&rt, &net, &leader);
         follower.stop();
         assert!(
             result.is_ok(),
@@ -510,9 +517,7 @@ fn a_stale_report_does_not_fail_a_healthy_follower() {
             "leader status {status:?}; follower log {:?}; view {view:?}",
             follower.log().offsets()
         );
-        rt.stop_ticking();
-        net.stop.set(true);
-        leader.stop();
+        stop_all(&rt, &net, &leader);
         follower.stop();
         assert_eq!(
             status.isr,
@@ -781,9 +786,7 @@ fn status_reports_how_far_each_follower_is_behind() {
         let rejoined = leader.status();
         let reopens = follower.reopens();
 
-        rt.stop_ticking();
-        net.stop.set(true);
-        leader.stop();
+        stop_all(&rt, &net, &leader);
         follower.stop();
         assert_eq!(
             caught_up.followers,
@@ -878,11 +881,7 @@ fn the_watermark_follows_an_acks_none_write_without_waiting_for_the_tick() {
 #[test]
 fn a_refused_follower_is_not_probed_again_in_the_term() {
     run(|| async {
-        let rt = SimRt::default();
-        rt.start_ticking();
-        let disk = SimStorage::new(1);
-        let net = net(2);
-        let leader = net.lead_for_a_silent_follower(&disk, &rt).await;
+        let (rt, net, leader) = lead_for_a_silent_follower().await;
         leader
             .produce(&batch("A", 2), Acks::Leader, Duration::from_secs(5))
             .await
@@ -895,9 +894,7 @@ fn a_refused_follower_is_not_probed_again_in_the_term() {
         settle(&rt, 5_000_000).await;
         let after = net.probes_to(1).len();
         let status = leader.status();
-        rt.stop_ticking();
-        net.stop.set(true);
-        leader.stop();
+        stop_all(&rt, &net, &leader);
         assert_eq!(status.isr, vec![0]);
         assert_eq!(status.followers[0].state, ReplicaState::Failed);
         assert_eq!(after, before, "a refused follower was probed again");
@@ -956,9 +953,7 @@ fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins
             records(&l_bytes),
             records(&f_bytes)
         );
-        rt.stop_ticking();
-        net.stop.set(true);
-        leader.stop();
+        stop_all(&rt, &net, &leader);
         follower.stop();
         assert_eq!(
             failed.isr,
@@ -983,11 +978,7 @@ fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins
 #[test]
 fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
     run(|| async {
-        let rt = SimRt::default();
-        rt.start_ticking();
-        let disk = SimStorage::new(1);
-        let net = net(2);
-        let leader = net.lead_for_a_silent_follower(&disk, &rt).await;
+        let (rt, net, leader) = lead_for_a_silent_follower().await;
         let probe = loop {
             if let Some(&probe) = net.probes_to(1).first() {
                 break probe;
@@ -1012,9 +1003,7 @@ fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
         settle(&rt, 50_000).await;
         let appends = net.appends_to(1);
         let bytes: u64 = appends.iter().sum();
-        rt.stop_ticking();
-        net.stop.set(true);
-        leader.stop();
+        stop_all(&rt, &net, &leader);
         assert!(
             appends.len() <= APPENDS_IN_FLIGHT_MAX,
             "{} Appends unanswered",

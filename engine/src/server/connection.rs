@@ -328,19 +328,17 @@ async fn read_loop(shard: &Rc<Shard>, conn: &Rc<Conn>, mut reader: ReadHalf<TcpS
     let (mut start, mut end) = (0usize, 0usize);
     loop {
         // Backpressure: a client that pipelines too much, or does not read its responses,
-        // is not read from until its responses drain.
+        // is not read from until its responses drain. Shutdown need not end this wait: the
+        // shard's drain waits for requests in flight, not for connections, and a
+        // subscription of such a client ends on shutdown by itself (`subscription`).
         while conn.requests_in_flight.get() >= CONNECTION_REQUESTS_IN_FLIGHT_MAX
             || conn.pending_output_bytes.get() >= CONNECTION_PENDING_OUTPUT_BYTES_MAX
         {
             if conn.closed.get() {
                 return Closing::PeerClosed;
             }
-            if shard.is_shutting_down() {
-                return Closing::Shutdown;
-            }
-            // A client that reads nothing holds this wait: shutdown must end it too.
-            let seen = conn.epochs(shard);
-            conn.changed_or_shutdown(shard, seen).await;
+            let seen = conn.changed.epoch();
+            conn.changed.changed(seen).await;
         }
         if shard.is_shutting_down() {
             return Closing::Shutdown;

@@ -132,8 +132,9 @@ async fn room_for_delivery(
 }
 
 /// Waits until `ready` holds, or until the subscription must end: the connection changed
-/// (unsubscribed, its reading stopped, closed), or the shard started shutting down, which
-/// may come while the connection's reading is held at its bounds.
+/// (unsubscribed, its reading stopped, closed), or the shard started shutting down. The
+/// latter must be waited for here: a connection whose reading is held at its bounds does
+/// not change on shutdown.
 async fn wait_until(
     shard: &Shard,
     conn: &Conn,

@@ -225,8 +225,9 @@ fn produce_24_mib(admin: &mut RawConn, topic: &str) -> usize {
 }
 
 /// A client that reads nothing stops its connection's reading at the bound of unsent
-/// responses, with its subscription waiting for room. Shutdown must still end both at once,
-/// not leave the shard to sit out its drain deadline for them.
+/// responses, with its subscription waiting for room. Shutdown must still end the
+/// subscription at once (nothing on the connection will), not leave the shard to sit out its
+/// drain deadline for it.
 #[test]
 fn shutdown_is_not_held_up_by_a_client_that_reads_nothing() {
     let (mut broker, mut admin, mut consumer, _) = start_with("unread");
