@@ -258,7 +258,17 @@ struct State<F: StorageFile> {
     /// wakes it.
     spare_due: u64,
     checkpoint: Option<Checkpoint>,
+    /// The log's work on its directory outside the write pipeline (see `Core::dir_op`), if
+    /// any runs: at most one at a time.
+    dir_op: Option<DirOp>,
     stats: LogStats,
+}
+
+/// A write of the checkpoint or of a segment's index, or retention's removal of segments,
+/// running in a task of the log's own.
+struct DirOp {
+    what: &'static str,
+    io: Issued,
 }
 
 impl<F: StorageFile> State<F> {
@@ -297,7 +307,12 @@ impl<F: StorageFile> State<F> {
             Spare::Preparing(task) => Some(task),
             _ => None,
         };
-        writes.chain(sync).chain(&self.background).chain(spare)
+        let dir_op = self.dir_op.as_ref().map(|op| &op.io.task);
+        writes
+            .chain(sync)
+            .chain(&self.background)
+            .chain(spare)
+            .chain(dir_op)
     }
 
     /// How many of the oldest sealed segments are past `retention` at `now_ms` (wall clock,
@@ -413,6 +428,7 @@ impl<S: Storage> Log<S> {
             },
             spare_due: u64::MAX,
             checkpoint: opened.checkpoint,
+            dir_op: None,
             stats: LogStats::default(),
         };
         state.check_invariants();
@@ -464,11 +480,11 @@ impl<S: Storage> Log<S> {
         self.core.state.borrow().writable()
     }
 
-    /// The oldest write or fdatasync still running, if any, and how long it has run: a disk
-    /// that stops completing I/O shows here (the shard's upkeep warns about it). `None`
-    /// means the disk returned every one, failed ones included: only then may a failed
-    /// log's files be reopened, since the kernel performs a write it has even when its task
-    /// is cancelled.
+    /// The oldest write, fdatasync or directory operation (a checkpoint or index write,
+    /// retention's removals) still running, if any, and how long it has run: a disk that
+    /// stops completing I/O shows here (the shard's upkeep warns about it). `None` means the
+    /// disk returned every one, failed ones included: only then may a failed log's files be
+    /// reopened, since the kernel performs a write it has even when its task is cancelled.
     pub fn io_in_flight(&self) -> Option<IoInFlight> {
         let st = self.core.state.borrow();
         let write = st.inflight.iter().find(|w| !w.done).map(|w| IoInFlight {
@@ -479,7 +495,15 @@ impl<S: Storage> Log<S> {
             op: "fdatasync",
             age: s.at.elapsed(),
         });
-        write.into_iter().chain(sync).max_by_key(|io| io.age)
+        let dir_op = st.dir_op.as_ref().map(|op| IoInFlight {
+            op: op.what,
+            age: op.io.at.elapsed(),
+        });
+        write
+            .into_iter()
+            .chain(sync)
+            .chain(dir_op)
+            .max_by_key(|io| io.age)
     }
 
     pub fn stats(&self) -> LogStats {
@@ -728,92 +752,107 @@ impl<S: Storage> Log<S> {
     /// Writes the active segment's index file (best effort: it is rebuilt when lost). Call
     /// only when the active segment's data is synced.
     async fn write_active_index(&self) {
-        let (path, image) = {
-            let st = self.core.state.borrow();
-            let path = index_path(&self.core.dir, st.active.base_offset);
-            (path, st.active.index_image())
-        };
-        if let Err(error) = recovery::write_small_file(&self.core.storage, &path, &image).await {
-            tracing::warn!(path = %path.display(), %error, "index not written; rebuilt on next open");
+        let core = Rc::clone(&self.core);
+        let written = self.core.dir_op("index write", move |st| {
+            let path = index_path(&core.dir, st.active.base_offset);
+            let image = st.active.index_image();
+            Some(async move { recovery::write_small_file(&core.storage, &path, &image).await })
+        });
+        match written.await {
+            Ok(_) | Err(LogError::Closed) => {}
+            Err(error) => {
+                tracing::warn!(dir = %self.core.dir.display(), %error, "index not written; rebuilt on next open")
+            }
         }
     }
 
-    /// Records the synced position so recovery can tell corruption from a torn tail.
+    /// Records the synced position so recovery can tell corruption from a torn tail. False
+    /// when the checkpoint on disk says it already.
     async fn write_checkpoint(&self) -> Result<bool, LogError> {
-        let point = {
-            let st = self.core.state.borrow();
+        let core = Rc::clone(&self.core);
+        let written = self.core.dir_op("checkpoint write", move |st| {
             let point = Checkpoint {
                 segment_base: st.active.base_offset,
                 position: st.synced_end,
                 next_offset: st.synced_offset,
             };
             if st.checkpoint == Some(point) {
-                return Ok(false);
+                return None;
             }
-            point
-        };
-        let path = self.core.dir.join(CHECKPOINT_FILE);
-        let existed = self.core.state.borrow().checkpoint.is_some();
-        recovery::write_small_file(&self.core.storage, &path, &point.encode(BLOCK_BYTES)).await?;
-        if !existed {
-            self.core
-                .storage
-                .sync_dir(&self.core.dir)
-                .await
-                .map_err(LogError::io("sync log directory"))?;
-        }
-        self.core.state.borrow_mut().checkpoint = Some(point);
-        Ok(true)
+            let existed = st.checkpoint.is_some();
+            Some(async move {
+                let path = core.dir.join(CHECKPOINT_FILE);
+                recovery::write_small_file(&core.storage, &path, &point.encode(BLOCK_BYTES))
+                    .await?;
+                if !existed {
+                    core.storage
+                        .sync_dir(&core.dir)
+                        .await
+                        .map_err(LogError::io("sync log directory"))?;
+                }
+                core.state.borrow_mut().checkpoint = Some(point);
+                Ok(())
+            })
+        });
+        Ok(written.await?.is_some())
     }
 
     /// Background upkeep, run by the shard in its background task queue: deletes segments
     /// past retention (`now_ms`: wall clock, ms since the epoch) and records the durable
     /// point. (The log prepares its next segment itself, once the active one is half full.)
+    /// A log closed meanwhile ends it early, with what was done.
     pub async fn maintain(&self, now_ms: i64) -> Result<MaintainReport, LogError> {
         let mut report = MaintainReport::default();
         if self.core.state.borrow().writable().is_err() {
             return Ok(report);
         }
-        report.segments_deleted = self.enforce_retention(now_ms).await?;
-        report.checkpoint_written = self.write_checkpoint().await?;
-        Ok(report)
+        let upkeep = async {
+            report.segments_deleted = self.enforce_retention(now_ms).await?;
+            report.checkpoint_written = self.write_checkpoint().await?;
+            Ok(())
+        };
+        match upkeep.await {
+            Ok(()) | Err(LogError::Closed) => Ok(report),
+            Err(error) => Err(error),
+        }
     }
 
     /// Deletes whole sealed segments past the retention bounds, oldest first. The active
     /// segment is never deleted. When no spare is on its way, one of them is recycled as the
     /// next segment instead (see `Core::take_retired`).
+    /// `Closed` once the log is closed.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
-        let (past, doomed) = {
-            let mut st = self.core.state.borrow_mut();
-            let past = st.past_retention(self.core.config.retention, now_ms);
+        let core = Rc::clone(&self.core);
+        let removed = self.core.dir_op("retention", move |st| {
+            let past = st.past_retention(core.config.retention, now_ms);
+            if past == 0 {
+                return None;
+            }
             // The oldest goes first: recycled, when the log wants a spare, else deleted.
-            let retired = self.core.take_retired(&mut st, past);
+            let retired = core.take_retired(st, past);
             let recycled = usize::from(retired.is_some());
             if retired.is_some() {
-                self.core.start_spare(&mut st, retired);
+                core.start_spare(st, retired);
             }
             let doomed: Vec<(u64, Rc<S::File>)> = (0..past - recycled)
                 .filter_map(|_| st.sealed.pop_first())
                 .map(|(base, segment)| (base, segment.file))
                 .collect();
             st.stats.segments_deleted += doomed.len() as u64;
-            (past, doomed)
-        };
-        // Readers still holding a segment's file keep reading it; the name goes now.
-        for (base, _file) in &doomed {
-            tracing::info!(dir = %self.core.dir.display(), base, "retention: deleting segment");
-            self.core
-                .storage
-                .remove(&log_path(&self.core.dir, *base))
-                .await
-                .map_err(LogError::io("remove segment"))?;
-            let _ = self
-                .core
-                .storage
-                .remove(&index_path(&self.core.dir, *base))
-                .await;
-        }
-        Ok(past)
+            // Readers still holding a segment's file keep reading it; the name goes now.
+            Some(async move {
+                for (base, _file) in &doomed {
+                    tracing::info!(dir = %core.dir.display(), base, "retention: deleting segment");
+                    core.storage
+                        .remove(&log_path(&core.dir, *base))
+                        .await
+                        .map_err(LogError::io("remove segment"))?;
+                    let _ = core.storage.remove(&index_path(&core.dir, *base)).await;
+                }
+                Ok(past)
+            })
+        });
+        Ok(removed.await?.unwrap_or(0))
     }
 
     /// Whole batches, as stored, starting with the one holding `offset`: at most `max_bytes`
@@ -1080,6 +1119,15 @@ impl<S: Storage> Log<S> {
         if let Some(task) = spare {
             let _ = task.await;
         }
+        // A directory operation started before the close (the upkeep's checkpoint) lands
+        // before close returns; none starts after.
+        loop {
+            let seen = self.core.changed.epoch();
+            if self.core.state.borrow().dir_op.is_none() {
+                break;
+            }
+            self.core.changed.changed(seen).await;
+        }
         if quiet {
             // Best effort: without the marker the next open checks the rest of the segment.
             let marked = recovery::write_small_file(
@@ -1198,6 +1246,65 @@ impl<S: Storage> Core<S> {
             } else {
                 self.changed.changed(seen).await;
             }
+        }
+    }
+
+    /// Runs the log's work on its directory outside the write pipeline: a checkpoint or index
+    /// write, retention's removals. Waits until no other such work runs, then `start` takes
+    /// the state and returns the work (`None`: nothing to do), which runs in a task of the
+    /// log's own, so that:
+    /// - one at a time, the newest checkpoint is the last one written;
+    /// - `io_in_flight` counts it, and a caller dropped midway (an upkeep given up) does not
+    ///   cancel it;
+    /// - `close` waits for it, and none starts once the log is closed (`Closed`): nothing of
+    ///   a closed log lands in its directory later, where it may be truncated and opened
+    ///   again (a late checkpoint would claim bytes durable that the cut log no longer has)
+    ///   or removed with its topic.
+    async fn dir_op<T: 'static, W>(
+        self: &Rc<Self>,
+        what: &'static str,
+        start: impl FnOnce(&mut State<S::File>) -> Option<W>,
+    ) -> Result<Option<T>, LogError>
+    where
+        W: Future<Output = Result<T, LogError>> + 'static,
+    {
+        loop {
+            let seen = self.changed.epoch();
+            {
+                let st = self.state.borrow();
+                if st.closed {
+                    return Err(LogError::Closed);
+                }
+                if st.dir_op.is_none() {
+                    break;
+                }
+            }
+            self.changed.changed(seen).await;
+        }
+        let done = Rc::new(RefCell::new(None));
+        {
+            let mut st = self.state.borrow_mut();
+            let Some(work) = start(&mut st) else {
+                return Ok(None);
+            };
+            let (core, result) = (Rc::clone(self), Rc::clone(&done));
+            let task = spawn_task(async move {
+                let outcome = work.await;
+                *result.borrow_mut() = Some(outcome);
+                core.state.borrow_mut().dir_op = None;
+                core.changed.notify();
+            });
+            st.dir_op = Some(DirOp {
+                what,
+                io: Issued::new(task),
+            });
+        }
+        loop {
+            let seen = self.changed.epoch();
+            if let Some(outcome) = done.borrow_mut().take() {
+                return outcome.map(Some);
+            }
+            self.changed.changed(seen).await;
         }
     }
 

@@ -28,6 +28,9 @@ struct Gate {
     /// Syncs of a log file wait while this is set.
     hold_syncs: Cell<bool>,
     syncs_started: Cell<u64>,
+    /// Writes of the log's small files (checkpoint, index) wait while this is set.
+    hold_small_writes: Cell<bool>,
+    small_writes_started: Cell<u64>,
 }
 
 #[derive(Clone)]
@@ -50,6 +53,11 @@ impl StorageFile for GatedFile {
     }
     async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<usize> {
         if !self.is_log {
+            let n = self.gate.small_writes_started.get();
+            self.gate.small_writes_started.set(n + 1);
+            while self.gate.hold_small_writes.get() {
+                yield_now().await;
+            }
             return self.inner.write_at(buf, pos).await;
         }
         let n = self.gate.started.get();
@@ -552,5 +560,82 @@ fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
         log.wait_synced(a.next_offset).await.unwrap();
         assert_eq!(log.io_in_flight(), None, "the sync completed");
         assert_closes(&log).await;
+    });
+}
+
+/// A checkpoint write of the upkeep that the disk holds shows in `io_in_flight`, and `close`
+/// returns only once it landed, also for a log that failed meanwhile (whose close writes
+/// nothing of its own), and no later upkeep writes one: nothing of a closed log reaches its
+/// directory after `close`, where a truncation may have removed the checkpoint (a late one
+/// would claim bytes durable that the cut log no longer has).
+#[test]
+fn close_waits_for_the_upkeeps_checkpoint_write() {
+    run(|| async {
+        let storage = gated(9);
+        let path = dir().join("checkpoint");
+        let log = Rc::new(open_small(&storage, &dir()).await);
+        let a = log.append(&batch(1, 0, 3, 100), 1).await.unwrap();
+        log.wait_synced(a.next_offset).await.unwrap();
+        storage.gate.hold_small_writes.set(true);
+        let upkeep = |log: &Rc<Log<Gated>>| {
+            let log = Rc::clone(log);
+            glommio::spawn_local(async move { log.maintain(0).await })
+        };
+        let first = upkeep(&log);
+        assert!(
+            spin_until(|| storage.gate.small_writes_started.get() == 1, 1000).await,
+            "the upkeep should write the checkpoint"
+        );
+        let held = Duration::from_millis(10);
+        glommio::timer::sleep(held).await;
+        let io = log.io_in_flight().expect("the held checkpoint write");
+        assert_eq!(io.op, "checkpoint write");
+        assert!(io.age >= held, "{io:?}");
+        // A later durable point, whose upkeep waits for the first one's write.
+        let b = log.append(&batch(1, 3, 3, 100), 1).await.unwrap();
+        log.wait_synced(b.next_offset).await.unwrap();
+        let second = upkeep(&log);
+        storage.inner.inject(Fault {
+            op: Op::Write,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 0,
+            times: 1,
+        });
+        let c = log.append(&batch(1, 6, 1, 100), 1).await.unwrap();
+        assert!(log.wait_written(c.next_offset).await.is_err());
+
+        let closed = Rc::new(Cell::new(false));
+        let closing = glommio::spawn_local({
+            let (log, closed) = (Rc::clone(&log), Rc::clone(&closed));
+            async move {
+                let result = log.close().await;
+                closed.set(true);
+                result
+            }
+        });
+        assert!(
+            !spin_until(|| closed.get(), 2000).await,
+            "close returned while the upkeep's checkpoint write was still held"
+        );
+        let written = || {
+            storage
+                .inner
+                .file_image(&path)
+                .is_some_and(|b| !b.is_empty())
+        };
+        assert!(!written(), "the held write landed");
+        storage.gate.hold_small_writes.set(false);
+        // A failed log's close only releases it.
+        closing.await.unwrap();
+        assert!(written(), "the checkpoint landed before close returned");
+        assert!(first.await.unwrap().checkpoint_written);
+        assert!(!second.await.unwrap().checkpoint_written);
+        assert_eq!(
+            storage.gate.small_writes_started.get(),
+            1,
+            "an upkeep wrote to the closed log's directory"
+        );
+        assert_eq!(log.io_in_flight(), None);
     });
 }
