@@ -11,10 +11,19 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, StartOffset,
+    Acks, Client, ClientConfig, Connection, ConnectionConfig, Consumer, ConsumerConfig, Producer,
+    ProducerConfig, StartOffset,
 };
 
 mod common;
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
 
 fn tiny() -> String {
     std::fs::read_to_string(common::TINY).unwrap()
@@ -78,11 +87,7 @@ fn sigterm_stops_cleanly_and_keeps_acknowledged_records() {
     }
     producer.flush().unwrap();
     drop(producer);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -110,6 +115,28 @@ fn sigterm_stops_cleanly_and_keeps_acknowledged_records() {
         values,
         (0..1000).map(|i| format!("v{i}")).collect::<Vec<_>>()
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A broker stopped while clients were connected starts again at once on the same port. The
+/// connections it closed linger (FIN-WAIT, then TIME-WAIT) for up to a minute, and a bind
+/// gets past them only when both the new socket and the lingering ones set SO_REUSEADDR,
+/// which an accepted connection inherits from its listener.
+#[test]
+fn a_broker_stopped_with_clients_connected_restarts_at_once_on_the_same_port() {
+    let data = tempfile::tempdir().unwrap();
+    let tiny = std::path::Path::new(common::TINY);
+    let (child, address) = common::serve(data.path(), Stdio::null());
+    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    let mut connection = Connection::connect(&address, ConnectionConfig::default()).unwrap();
+    connection.handshake("serve-test").unwrap();
+    sigterm(&child);
+    assert!(child.wait_with_output().unwrap().status.success());
+    // The broker closed first; the client closes its end after.
+    drop(connection);
+    let (mut child, again) = common::serve_on(tiny, data.path(), port, Stdio::null());
+    assert_eq!(again, address);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -26,8 +26,13 @@ pub fn serve(data: &Path, stderr: Stdio) -> (Child, String) {
 
 /// `serve` with the profile at `config`.
 pub fn serve_profile(config: &Path, data: &Path, stderr: Stdio) -> (Child, String) {
+    serve_on(config, data, 0, stderr)
+}
+
+/// `serve_profile` with the shared port `port` (0: free ports).
+pub fn serve_on(config: &Path, data: &Path, port: u16, stderr: Stdio) -> (Child, String) {
     let mut child = ringmq()
-        .args(["serve", "--port", "0", "--config"])
+        .args(["serve", "--port", &port.to_string(), "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data)
