@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use client::{
     Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
-    StartOffset,
+    StartOffset, Subscription,
 };
 use engine::broker::{self, BrokerOptions};
 use engine::config::Profile;
@@ -140,7 +140,8 @@ struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     count: Option<u64>,
-    /// Keep waiting for new records instead of stopping at the current end.
+    /// Keep waiting for new records instead of stopping at the current end: the broker
+    /// pushes them to a subscription as they are committed.
     #[arg(long)]
     follow: bool,
     #[command(flatten)]
@@ -360,8 +361,6 @@ fn produce(args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut client = connect(&args.broker.broker)?;
-    let end = client.list_offsets(&args.topic, args.partition, OffsetSpec::Latest)?;
     let from =
         match args.from.as_str() {
             "earliest" => StartOffset::Earliest,
@@ -370,13 +369,25 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 format!("--from {offset}: expected earliest, latest or an offset")
             })?),
         };
+    let client = connect(&args.broker.broker)?;
+    if args.follow {
+        follow(client, &args, from)
+    } else {
+        read_to_end(client, &args, from)
+    }
+}
+
+/// `consume` without `--follow`: long-poll fetches up to the partition's end as it was at the
+/// start (or `--count` records), then exit.
+fn read_to_end(mut client: Client, args: &ConsumeArgs, from: StartOffset) -> anyhow::Result<()> {
+    let end = client.list_offsets(&args.topic, args.partition, OffsetSpec::Latest)?;
     let mut consumer = Consumer::new(client, ConsumerConfig::default())?;
     let mut position = consumer.assign(&args.topic, args.partition, from)?;
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let done = |printed: u64, position: u64| {
-        args.count.is_some_and(|count| printed >= count) || (!args.follow && position >= end)
+        args.count.is_some_and(|count| printed >= count) || position >= end
     };
     while !done(printed, position) {
         for record in consumer.poll(Duration::from_millis(500))? {
@@ -391,5 +402,30 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// `consume --follow`: records as the broker pushes them to a subscription, from `from` on,
+/// until `--count` records (without it, until the process is stopped).
+fn follow(client: Client, args: &ConsumeArgs, from: StartOffset) -> anyhow::Result<()> {
+    let mut subscription = Subscription::new(client, &args.topic, args.partition, from)
+        .with_context(|| format!("subscribing to {}-{}", args.topic, args.partition))?;
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let done = |printed: u64| args.count.is_some_and(|count| printed >= count);
+    while !done(printed) {
+        for record in subscription.next_records(Duration::from_millis(500))? {
+            out.write_all(&record.value)?;
+            out.write_all(b"\n")?;
+            printed += 1;
+            if done(printed) {
+                break;
+            }
+        }
+        out.flush()?;
+    }
+    // Dropping the subscription closes its connection, which ends it on the broker; waiting
+    // for an Unsubscribe answer would only delay the exit.
     Ok(())
 }

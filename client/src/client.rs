@@ -242,18 +242,26 @@ impl Client {
         topic: &str,
         partition: u32,
     ) -> Result<String, ClientError> {
+        let leader = self.leader_address(topic, partition)?;
+        match self.config.routing {
+            Routing::SharedPort => Ok(self.bootstrap.clone()),
+            Routing::ShardAware => Ok(leader),
+        }
+    }
+
+    /// The `host:port` of the partition leader's own shard port, whatever the routing
+    /// (subscriptions are served only there). Refreshes stale metadata first (one attempt:
+    /// callers retry). Errors as a partition lookup in [`Metadata::partition`], and
+    /// `UnknownShard` when the metadata lists no address for the leader.
+    pub fn leader_address(&mut self, topic: &str, partition: u32) -> Result<String, ClientError> {
         if self.metadata_stale || self.metadata.topic(topic).is_none() {
             self.refresh_metadata()?;
         }
-        let metadata = &self.metadata;
-        let leader = metadata.partition(topic, partition)?.leader_shard;
-        match self.config.routing {
-            Routing::SharedPort => Ok(self.bootstrap.clone()),
-            Routing::ShardAware => metadata
-                .shard_address(leader)
-                .map(|shard| shard_endpoint(shard, &self.bootstrap))
-                .ok_or(ClientError::UnknownShard(leader)),
-        }
+        let leader = self.metadata.partition(topic, partition)?.leader_shard;
+        self.metadata
+            .shard_address(leader)
+            .map(|shard| shard_endpoint(shard, &self.bootstrap))
+            .ok_or(ClientError::UnknownShard(leader))
     }
 
     /// The connection for the partition's leader, opened if needed. One attempt: callers
@@ -308,11 +316,23 @@ impl Client {
             Entry::Vacant(slot) => {
                 // A failed connect leaves the id reserved for this address and no
                 // connection under it; nothing was sent on it, so reusing it is safe.
-                let mut connection = Connection::connect(address, self.config.connection)?;
-                connection.handshake(&self.config.client_software)?;
+                let connection = Client::open(&self.config, address)?;
                 Ok((id, slot.insert(connection)))
             }
         }
+    }
+
+    /// A new connection to `address` with this client's settings, handshake done, that the
+    /// client does not keep: for a caller that needs one of its own (a subscription, whose
+    /// stream of deliveries and whose failures must not mix with other calls'). One attempt.
+    pub(crate) fn open_connection(&self, address: &str) -> Result<Connection, ClientError> {
+        Client::open(&self.config, address)
+    }
+
+    fn open(config: &ClientConfig, address: &str) -> Result<Connection, ClientError> {
+        let mut connection = Connection::connect(address, config.connection)?;
+        connection.handshake(&config.client_software)?;
+        Ok(connection)
     }
 
     /// One request to `address` and its response; drops the connection if it failed.

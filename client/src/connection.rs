@@ -105,6 +105,11 @@ pub struct Response {
 }
 
 impl Response {
+    /// The broker that sent it.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
     /// The correlation id of the request this answers.
     pub fn correlation_id(&self) -> u64 {
         self.frame.header().correlation_id
@@ -158,8 +163,12 @@ struct Pending {
 /// matched by correlation id (`wait` for one, `recv` for whichever comes first). Responses that
 /// arrive while waiting for another are kept until asked for.
 ///
-/// Invariant: `pending.len() + ready.len() <= config.in_flight_max`; every response in `ready`
-/// answered a request that was in `pending`.
+/// A stream (`send_stream`, for `Subscribe`) is one request answered by any number of
+/// responses under its correlation id, with no deadline, until `end_stream`. Its responses
+/// come from `recv`/`poll` (or `take_received`), never `wait`.
+///
+/// Invariant: `pending.len() + streams.len() + ready.len() <= config.in_flight_max`; every
+/// response in `ready` answered a request that was in `pending` or `streams`.
 ///
 /// On error: an i/o error, a bad frame, a response nobody asked for, the peer closing, or a
 /// request outliving its timeout closes the connection. The call that saw it returns the
@@ -173,6 +182,8 @@ pub struct Connection {
     send_buf: FrameBuf,
     reader: FrameReader,
     pending: HashMap<u64, Pending>,
+    /// Open streams: correlation id -> the api of their responses.
+    streams: HashMap<u64, ApiKey>,
     ready: VecDeque<Response>,
     /// What the broker serves, once the handshake told us.
     apis: Option<Vec<ApiVersionRange>>,
@@ -213,6 +224,7 @@ impl Connection {
             send_buf: FrameBuf::new(),
             reader: FrameReader::new(),
             pending: HashMap::new(),
+            streams: HashMap::new(),
             ready: VecDeque::new(),
             apis: None,
             closed: None,
@@ -229,9 +241,10 @@ impl Connection {
         &self.config
     }
 
-    /// Requests sent whose responses have not been taken yet (pending or received).
+    /// Requests sent whose responses have not been taken yet (pending or received), open
+    /// streams included.
     pub fn in_flight(&self) -> usize {
-        self.pending.len() + self.ready.len()
+        self.pending.len() + self.streams.len() + self.ready.len()
     }
 
     /// Whether an error closed the connection.
@@ -295,6 +308,31 @@ impl Connection {
         self.write(body)
     }
 
+    /// Writes a request the broker answers with a stream of responses under its correlation
+    /// id (`Subscribe`), and returns that id. The stream has no deadline: its responses come
+    /// from [`recv`](Self::recv) or [`poll`](Self::poll) until [`end_stream`](Self::end_stream).
+    /// It takes one place among the requests in flight until then. `InFlightFull` when
+    /// `in_flight_max` requests are in flight.
+    pub fn send_stream<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
+        self.check_open()?;
+        if self.in_flight() >= self.config.in_flight_max {
+            return Err(ClientError::InFlightFull {
+                peer: self.peer,
+                in_flight_max: self.config.in_flight_max,
+            });
+        }
+        let correlation_id = self.write(body)?;
+        self.streams.insert(correlation_id, T::API);
+        Ok(correlation_id)
+    }
+
+    /// Stops expecting responses to the stream `correlation_id` (the broker said its last):
+    /// a later one is a protocol violation. Returns whether the stream was open. Responses
+    /// already received stay to be taken.
+    pub fn end_stream(&mut self, correlation_id: u64) -> bool {
+        self.streams.remove(&correlation_id).is_some()
+    }
+
     /// Sends `body`, waits for its response and deserializes it. For control messages.
     pub fn request<Req: Request, Resp: OwnedReply>(
         &mut self,
@@ -306,7 +344,9 @@ impl Connection {
 
     /// Waits for the response to `correlation_id`, keeping responses to other requests that
     /// arrive first. `Timeout` (and the connection closes) once the request's timeout passed;
-    /// `NotInFlight` for an id that is not in flight.
+    /// `NotInFlight` for an id that is not in flight (a stream's id included).
+    /// `InFlightFull` (the connection stays open) when a stream's responses kept meanwhile
+    /// would exceed `in_flight_max`: take them with `take_received` first.
     pub fn wait(&mut self, correlation_id: u64) -> Result<Response, ClientError> {
         if let Some(at) = self
             .ready
@@ -323,10 +363,18 @@ impl Connection {
                 correlation_id,
             });
         };
-        // Each turn takes one pending request off the table, so this ends within
-        // `in_flight_max` turns, or at the deadline.
+        // Each turn takes one pending request off the table or keeps one more stream response,
+        // and both are bounded by `in_flight_max`, so this ends within that many turns, or at
+        // the deadline.
         loop {
-            let Some(frame) = self.read_until(deadline)? else {
+            // A stream's response adds to what is kept: refuse before reading one too many.
+            if !self.streams.is_empty() && self.in_flight() >= self.config.in_flight_max {
+                return Err(ClientError::InFlightFull {
+                    peer: self.peer,
+                    in_flight_max: self.config.in_flight_max,
+                });
+            }
+            let Some(frame) = self.read_until(Some(deadline))? else {
                 return Err(self.time_out(correlation_id));
             };
             let response = self.accept(frame)?;
@@ -339,7 +387,8 @@ impl Connection {
 
     /// Returns the next response to any request in flight: one already received, or the
     /// first to arrive. `Ok(None)` when nothing is in flight. `Timeout` (and the connection
-    /// closes) when the oldest deadline passes first.
+    /// closes) when the oldest deadline passes first. With only streams open there is no
+    /// deadline: it waits until a response arrives or the connection fails.
     pub fn recv(&mut self) -> Result<Option<Response>, ClientError> {
         self.poll_until(None)
     }
@@ -355,15 +404,27 @@ impl Connection {
             return Ok(Some(response));
         }
         self.check_open()?;
-        let Some((&oldest, pending)) = self.pending.iter().min_by_key(|(_, p)| p.deadline) else {
+        let oldest = self
+            .pending
+            .iter()
+            .min_by_key(|(_, p)| p.deadline)
+            .map(|(&id, p)| (id, p.deadline));
+        if oldest.is_none() && self.streams.is_empty() {
             return Ok(None);
+        }
+        // `None`: only streams are open and the caller set no bound.
+        let deadline = match (until, oldest) {
+            (Some(until), Some((_, request_deadline))) => Some(until.min(request_deadline)),
+            (until, oldest) => until.or(oldest.map(|(_, request_deadline)| request_deadline)),
         };
-        let request_deadline = pending.deadline;
-        let deadline = until.map_or(request_deadline, |until| until.min(request_deadline));
         match self.read_until(deadline)? {
             Some(frame) => self.accept(frame).map(Some),
-            None if deadline < request_deadline => Ok(None),
-            None => Err(self.time_out(oldest)),
+            None => match oldest {
+                Some((id, request_deadline)) if deadline >= Some(request_deadline) => {
+                    Err(self.time_out(id))
+                }
+                _ => Ok(None),
+            },
         }
     }
 
@@ -379,6 +440,7 @@ impl Connection {
         if self.closed.is_none() {
             self.closed = Some(reason.into());
             self.pending.clear();
+            self.streams.clear();
             // The socket may already be gone; there is nothing more to do about it.
             let _ = self.stream.shutdown(Shutdown::Both);
         }
@@ -431,19 +493,24 @@ impl Connection {
         Ok(correlation_id)
     }
 
-    /// Reads one frame, or `Ok(None)` once `deadline` has passed.
-    fn read_until(&mut self, deadline: Instant) -> Result<Option<OwnedFrame>, ClientError> {
-        // Each turn reads bytes or sleeps in a read timeout, so this ends by the deadline.
+    /// Reads one frame, or `Ok(None)` once `deadline` has passed. With no deadline, blocks
+    /// until a frame arrives or the connection fails (an open stream's wait).
+    fn read_until(&mut self, deadline: Option<Instant>) -> Result<Option<OwnedFrame>, ClientError> {
+        // Each turn reads bytes or sleeps in a read timeout, so this ends by the deadline (with
+        // none, once a frame arrives or the connection fails).
         loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return Ok(None);
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    // A zero timeout means "block forever" to the socket: never pass one.
+                    Some(left.max(Duration::from_millis(1)))
+                }
             };
-            if left.is_zero() {
-                return Ok(None);
-            }
-            // A zero timeout means "block forever" to the socket: never pass one.
-            let timeout = left.max(Duration::from_millis(1));
-            if let Err(source) = self.stream.set_read_timeout(Some(timeout)) {
+            if let Err(source) = self.stream.set_read_timeout(timeout) {
                 return Err(self.fail_io(source));
             }
             match self.reader.next_frame(&mut self.stream) {
@@ -473,19 +540,27 @@ impl Connection {
         }
     }
 
-    /// Matches a frame to the request it answers.
+    /// Matches a frame to the request or stream it answers. A request leaves the table; a
+    /// stream stays until `end_stream`.
     fn accept(&mut self, frame: OwnedFrame) -> Result<Response, ClientError> {
         let header = *frame.header();
-        let reason = match self.pending.remove(&header.correlation_id) {
-            Some(pending) if pending.api as u16 == header.api_key => {
+        let expected = match self.streams.get(&header.correlation_id) {
+            Some(&api) => Some(api),
+            None => self
+                .pending
+                .remove(&header.correlation_id)
+                .map(|pending| pending.api),
+        };
+        let reason = match expected {
+            Some(api) if api as u16 == header.api_key => {
                 return Ok(Response {
                     peer: self.peer,
                     frame,
                 });
             }
-            Some(pending) => format!(
+            Some(api) => format!(
                 "response to {:?} request {} carries api {}",
-                pending.api, header.correlation_id, header.api_key
+                api, header.correlation_id, header.api_key
             ),
             None => format!(
                 "response with correlation id {}, which is not in flight",

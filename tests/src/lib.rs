@@ -5,8 +5,11 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use engine::broker::{self, BrokerHandle, BrokerOptions};
@@ -79,6 +82,83 @@ fn addresses(handle: &BrokerHandle) -> (SocketAddr, Vec<SocketAddr>) {
         .map(|s| SocketAddr::new(s.host.parse().expect("host"), s.port))
         .collect();
     (handle.address, shards)
+}
+
+/// A TCP relay on 127.0.0.1 to an address that can change: a bootstrap address that stays
+/// the same while the broker behind it restarts on new ports ([`TestBroker::restart`]).
+/// Clients find the shard ports through metadata, so only the bootstrap needs it. Each
+/// accepted connection is piped to the target of the moment; one the target refuses is
+/// closed at once, as a stopped broker's port would be.
+pub struct Relay {
+    pub address: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    stop: Arc<AtomicBool>,
+    accepting: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("relay address");
+        let target = Arc::new(Mutex::new(target));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepting = {
+            let (target, stop) = (Arc::clone(&target), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let to = *target.lock().expect("target");
+                            std::thread::spawn(move || relay(client, to));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        Relay {
+            address,
+            target,
+            stop,
+            accepting: Some(accepting),
+        }
+    }
+
+    /// Connections accepted from now on go to `target`; open ones stay where they are.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().expect("target") = target;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
+    }
+}
+
+/// Pipes `client` to `target` both ways until either side closes, then closes both.
+fn relay(client: TcpStream, target: SocketAddr) {
+    let Ok(upstream) = TcpStream::connect(target) else {
+        return; // dropping `client` closes it
+    };
+    let (Ok(mut client_in), Ok(mut upstream_in)) = (client.try_clone(), upstream.try_clone())
+    else {
+        return;
+    };
+    let (mut client_out, mut upstream_out) = (client, upstream);
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut upstream_in, &mut client_out);
+        let _ = client_out.shutdown(Shutdown::Both);
+        let _ = upstream_in.shutdown(Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut client_in, &mut upstream_out);
+    let _ = upstream_out.shutdown(Shutdown::Both);
+    let _ = client_in.shutdown(Shutdown::Both);
+    let _ = back.join();
 }
 
 /// One TCP connection speaking raw frames, with blocking reads bounded by a timeout.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use client::{ClientError, Connection, ConnectionConfig};
 use protocol::api::{
     ApiVersionRange, ApiVersionsResponse, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataResponse, ProduceRequest,
+    ListOffsetsResponse, MetadataResponse, ProduceRequest, SubscribeDelivery, SubscribeRequest,
 };
 use protocol::{Acks, ApiKey, DecodeError, ErrorCode, OffsetSpec};
 
@@ -503,5 +503,144 @@ fn answers_received_before_a_failure_can_still_be_taken() {
     let kept = connection.take_received().unwrap();
     assert_eq!((kept.correlation_id(), offset_of(&kept)), (first, 1));
     assert!(connection.take_received().is_none());
+    peer.join().unwrap();
+}
+
+fn subscribe_request() -> SubscribeRequest {
+    SubscribeRequest {
+        topic: "t".into(),
+        partition: 0,
+        offset: 0,
+        max_bytes: 1 << 20,
+    }
+}
+
+/// A delivery that carries `high_watermark`, so a test can tell deliveries apart.
+fn delivery(high_watermark: u64) -> SubscribeDelivery {
+    SubscribeDelivery {
+        error: ErrorCode::NONE,
+        high_watermark,
+        log_start_offset: 0,
+        records: vec![],
+    }
+}
+
+fn watermark_of(response: &client::Response) -> u64 {
+    response
+        .access::<SubscribeDelivery>()
+        .unwrap()
+        .high_watermark
+        .to_native()
+}
+
+#[test]
+fn a_stream_takes_responses_under_one_id_with_no_deadline_until_it_ends() {
+    let (listener, address) = listen();
+    let peer = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        let subscribe = peer.read().unwrap();
+        assert_eq!(subscribe.api(), ApiKey::Subscribe);
+        peer.reply(subscribe.id(), &delivery(1));
+        peer.reply(subscribe.id(), &delivery(2));
+        // Longer than the request timeout: a stream has no deadline.
+        thread::sleep(Duration::from_millis(400));
+        peer.reply(subscribe.id(), &delivery(3));
+        let request = peer.read().unwrap();
+        peer.reply(request.id(), &offset_reply(7));
+        // The client ended the stream: a delivery now answers nothing in flight.
+        let request = peer.read().unwrap();
+        peer.reply(subscribe.id(), &delivery(4));
+        peer.reply(request.id(), &offset_reply(8));
+        assert!(peer.read().is_none());
+    });
+    let mut connection = Connection::connect(
+        &address,
+        ConnectionConfig {
+            request_timeout: Duration::from_millis(200),
+            ..config()
+        },
+    )
+    .unwrap();
+    let stream = connection.send_stream(&subscribe_request()).unwrap();
+    assert_eq!(connection.in_flight(), 1);
+    let mut watermarks = Vec::new();
+    for _ in 0..3 {
+        let response = connection.poll(Duration::from_secs(2)).unwrap().unwrap();
+        assert_eq!(response.correlation_id(), stream);
+        watermarks.push(watermark_of(&response));
+    }
+    assert_eq!(watermarks, [1, 2, 3]);
+    // Nothing more yet: the wait ends, the stream stays open.
+    assert!(
+        connection
+            .poll(Duration::from_millis(20))
+            .unwrap()
+            .is_none()
+    );
+    assert!(!connection.is_closed());
+    assert_eq!(connection.in_flight(), 1);
+    // Requests still work beside the stream.
+    let id = connection.send(&list_offsets(0)).unwrap();
+    assert_eq!(offset_of(&connection.wait(id).unwrap()), 7);
+
+    assert!(connection.end_stream(stream));
+    assert!(!connection.end_stream(stream), "it ended already");
+    assert_eq!(connection.in_flight(), 0);
+    let id = connection.send(&list_offsets(0)).unwrap();
+    match connection.wait(id) {
+        Err(ClientError::Protocol { reason, .. }) => {
+            assert!(reason.contains("not in flight"), "{reason}")
+        }
+        other => panic!("expected Protocol, got {other:?}"),
+    }
+    drop(connection);
+    peer.join().unwrap();
+}
+
+#[test]
+fn wait_keeps_no_more_stream_responses_than_the_bound() {
+    let (listener, address) = listen();
+    let peer = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        let subscribe = peer.read().unwrap();
+        let request = peer.read().unwrap();
+        for watermark in 1..=3 {
+            peer.reply(subscribe.id(), &delivery(watermark));
+        }
+        peer.reply(request.id(), &offset_reply(9));
+        assert!(peer.read().is_none());
+    });
+    let mut connection = Connection::connect(
+        &address,
+        ConnectionConfig {
+            in_flight_max: 3,
+            ..config()
+        },
+    )
+    .unwrap();
+    connection.send_stream(&subscribe_request()).unwrap();
+    let id = connection.send(&list_offsets(0)).unwrap();
+    // Each turn either answers or takes one of the three deliveries.
+    let mut taken = Vec::new();
+    let mut answer = None;
+    for _ in 0..10 {
+        match connection.wait(id) {
+            Ok(response) => {
+                answer = Some(offset_of(&response));
+                break;
+            }
+            Err(ClientError::InFlightFull { .. }) => {
+                assert!(!connection.is_closed(), "a full table is not a failure");
+                assert_eq!(connection.in_flight(), 3);
+                taken.push(watermark_of(&connection.take_received().unwrap()));
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(answer, Some(9));
+    // One delivery fits beside the stream and the request; each take made room for the next.
+    assert_eq!(taken, [1, 2, 3]);
+    assert_eq!(connection.in_flight(), 1, "the stream");
+    drop(connection);
     peer.join().unwrap();
 }

@@ -17,7 +17,7 @@ use crate::peer::{Action, Cluster, Received, encode};
 const WAIT: Duration = Duration::from_millis(500);
 
 /// One stored batch of `count` records at `base`: value "v{offset}", key "k", one header.
-fn batch(base: u64, count: u64) -> Vec<u8> {
+pub fn batch(base: u64, count: u64) -> Vec<u8> {
     let mut builder = BatchBuilder::new();
     for offset in base..base + count {
         let value = format!("v{offset}");

@@ -13,3 +13,4 @@ mod connection;
 mod consumer;
 mod peer;
 mod producer;
+mod subscription;

@@ -14,3 +14,4 @@ mod hostile;
 mod memory;
 mod raw;
 mod subscribe;
+mod subscription;

@@ -1,0 +1,243 @@
+//! `Subscription` against a fake broker: where it subscribes, skipping, leader moves, lost
+//! connections, errors it returns, the retry bound and `close`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use client::{Client, ClientConfig, ClientError, RetryPolicy, Routing, StartOffset, Subscription};
+use protocol::api::{
+    MetadataResponse, SubscribeDelivery, SubscribeRequest, UnsubscribeRequest, UnsubscribeResponse,
+};
+use protocol::{ApiKey, ErrorCode, FrameBuf};
+
+use crate::consumer::batch;
+use crate::peer::{Action, Cluster, Received, encode};
+
+const WAIT: Duration = Duration::from_millis(500);
+
+/// Fast retries. `backoff_max` is long on purpose: a subscription that stays open that long
+/// counts as served, and a refusal must come well within it on a loaded machine.
+fn config(routing: Routing) -> ClientConfig {
+    ClientConfig {
+        routing,
+        retry: RetryPolicy {
+            attempts_max: 4,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_secs(2),
+            elapsed_max: Duration::from_secs(10),
+        },
+        ..ClientConfig::default()
+    }
+}
+
+fn subscription(cluster: &Cluster, routing: Routing, from: StartOffset) -> Subscription {
+    let client = Client::connect(&cluster.broker.shared, config(routing)).unwrap();
+    Subscription::new(client, "t", 0, from).unwrap()
+}
+
+/// The offset a `Subscribe` asked for.
+fn subscribed_at(request: &Received) -> u64 {
+    let body = request.frame().access::<SubscribeRequest>().unwrap();
+    body.offset.to_native()
+}
+
+fn delivery(
+    request: &Received,
+    error: ErrorCode,
+    records: Vec<u8>,
+    high_watermark: u64,
+) -> FrameBuf {
+    encode(
+        request.id(),
+        &SubscribeDelivery {
+            error,
+            high_watermark,
+            log_start_offset: 0,
+            records,
+        },
+    )
+}
+
+/// Several frames as one write.
+fn frames(parts: &[FrameBuf]) -> FrameBuf {
+    let mut out = FrameBuf::new();
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+fn offsets(records: &[client::ConsumedRecord]) -> Vec<u64> {
+    records.iter().map(|r| r.offset).collect()
+}
+
+#[test]
+fn not_leader_moves_the_subscription_to_the_new_leaders_shard_port_at_its_position() {
+    let metadata: Arc<OnceLock<Arc<Mutex<MetadataResponse>>>> = Arc::new(OnceLock::new());
+    let requested = Arc::new(Mutex::new(Vec::new()));
+    let (moved, seen) = (metadata.clone(), requested.clone());
+    let cluster = Cluster::start(2, "t", &[0], move |listener, request| {
+        assert_eq!(request.api(), ApiKey::Subscribe);
+        seen.lock().unwrap().push(subscribed_at(request));
+        if listener == 1 {
+            // Shard 0 serves 0..5, then loses the partition to shard 1.
+            let metadata = moved.get().unwrap();
+            metadata.lock().unwrap().topics[0].partitions[0].leader_shard = 1;
+            return Action::Reply(frames(&[
+                delivery(request, ErrorCode::NONE, batch(0, 5), 5),
+                delivery(request, ErrorCode::NOT_LEADER, vec![], 5),
+            ]));
+        }
+        // The new leader's first batch starts before the offset asked for.
+        let mut records = batch(3, 4);
+        records.extend(batch(7, 3));
+        Action::Reply(delivery(request, ErrorCode::NONE, records, 10))
+    });
+    metadata.set(cluster.metadata.clone()).unwrap();
+    // Shared-port routing still subscribes on the leader's own port.
+    let mut subscription = subscription(&cluster, Routing::SharedPort, StartOffset::Offset(0));
+    assert_eq!(
+        offsets(&subscription.next_records(WAIT).unwrap()),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(subscription.position(), 5);
+    let records = subscription.next_records(WAIT).unwrap();
+    assert_eq!(offsets(&records), [5, 6, 7, 8, 9]);
+    assert_eq!(records[0].value, b"v5");
+    assert_eq!(subscription.position(), 10);
+    assert_eq!(*requested.lock().unwrap(), [0, 5]);
+    assert_eq!(cluster.listeners(ApiKey::Subscribe), [1, 2]);
+}
+
+#[test]
+fn a_lost_connection_is_survived_by_subscribing_again() {
+    let subscribes = Arc::new(AtomicUsize::new(0));
+    let count = subscribes.clone();
+    let cluster = Cluster::start(1, "t", &[0], move |_, request| {
+        match count.fetch_add(1, Ordering::SeqCst) {
+            0 => Action::Close,
+            _ => Action::Reply(delivery(
+                request,
+                ErrorCode::NONE,
+                batch(subscribed_at(request), 3),
+                100,
+            )),
+        }
+    });
+    let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(2));
+    assert_eq!(
+        offsets(&subscription.next_records(WAIT).unwrap()),
+        [2, 3, 4]
+    );
+    assert_eq!(subscribes.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn offset_out_of_range_is_returned_and_never_silently_reset() {
+    let cluster = Cluster::start(1, "t", &[0], |_, request| {
+        let offset = subscribed_at(request);
+        if offset < 100 {
+            return Action::Reply(encode(
+                request.id(),
+                &SubscribeDelivery {
+                    error: ErrorCode::OFFSET_OUT_OF_RANGE,
+                    high_watermark: 110,
+                    log_start_offset: 100,
+                    records: vec![],
+                },
+            ));
+        }
+        Action::Reply(delivery(request, ErrorCode::NONE, batch(100, 10), 110))
+    });
+    let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(5));
+    for _ in 0..2 {
+        let result = subscription.next_records(WAIT);
+        assert!(
+            matches!(
+                result,
+                Err(ClientError::OffsetOutOfRange {
+                    offset: 5,
+                    log_start_offset: 100,
+                    high_watermark: 110,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        assert_eq!(subscription.position(), 5);
+    }
+    // Not retried: one subscribe per call.
+    assert_eq!(cluster.count(ApiKey::Subscribe), 2);
+    subscription.seek(100);
+    let records = subscription.next_records(WAIT).unwrap();
+    assert_eq!(offsets(&records), (100..110).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_delivery_that_skips_offsets_is_a_protocol_violation() {
+    let cluster = Cluster::start(1, "t", &[0], |_, request| {
+        Action::Reply(delivery(request, ErrorCode::NONE, batch(7, 3), 10))
+    });
+    let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(5));
+    let result = subscription.next_records(WAIT);
+    assert!(
+        matches!(&result, Err(ClientError::Protocol { reason, .. }) if reason.contains("offset 7 where 5")),
+        "{result:?}"
+    );
+    assert_eq!(subscription.position(), 5);
+}
+
+#[test]
+fn a_subscription_that_keeps_failing_is_reported_after_the_retry_policy() {
+    let cluster = Cluster::start(1, "t", &[0], |_, request| {
+        Action::Reply(delivery(request, ErrorCode::SHUTTING_DOWN, vec![], 0))
+    });
+    let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(0));
+    match subscription.next_records(WAIT) {
+        Err(ClientError::RetriesExhausted {
+            attempts: 4, last, ..
+        }) => assert_eq!(last.code(), Some(ErrorCode::SHUTTING_DOWN)),
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    assert_eq!(cluster.count(ApiKey::Subscribe), 4);
+}
+
+#[test]
+fn close_unsubscribes_and_waits_for_the_answer() {
+    let subscribed = Arc::new(Mutex::new(None));
+    let seen = subscribed.clone();
+    let cluster = Cluster::start(1, "t", &[0], move |_, request| match request.api() {
+        ApiKey::Subscribe => {
+            *seen.lock().unwrap() = Some(request.id());
+            Action::Reply(delivery(request, ErrorCode::NONE, batch(0, 2), 2))
+        }
+        ApiKey::Unsubscribe => {
+            let body = request.frame().access::<UnsubscribeRequest>().unwrap();
+            assert_eq!(Some(body.subscription.to_native()), *seen.lock().unwrap());
+            // A delivery still on its way comes before the answer.
+            Action::Reply(frames(&[
+                encode(
+                    body.subscription.to_native(),
+                    &SubscribeDelivery {
+                        error: ErrorCode::NONE,
+                        high_watermark: 3,
+                        log_start_offset: 0,
+                        records: batch(2, 1),
+                    },
+                ),
+                encode(
+                    request.id(),
+                    &UnsubscribeResponse {
+                        error: ErrorCode::NONE,
+                    },
+                ),
+            ]))
+        }
+        other => panic!("unexpected {other:?}"),
+    });
+    let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(0));
+    assert_eq!(offsets(&subscription.next_records(WAIT).unwrap()), [0, 1]);
+    subscription.close().unwrap();
+    assert_eq!(cluster.count(ApiKey::Unsubscribe), 1);
+}
