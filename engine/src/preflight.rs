@@ -154,6 +154,24 @@ mod tests {
         assert!(error.to_string().contains("already in use"), "{error}");
     }
 
+    /// SO_REUSEADDR, which the broker's listeners set, never lets a bind past a listening
+    /// socket: another broker's start-up check still finds the port busy.
+    #[test]
+    fn a_port_a_broker_listens_on_is_refused() {
+        let host = IpAddr::from([127, 0, 0, 1]);
+        let listened = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let listener = glommio::net::TcpListener::bind((host, 0)).unwrap();
+                let port = listener.local_addr().unwrap().port();
+                check_port_free(host, port).map_err(|error| error.to_string())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let error = listened.unwrap_err();
+        assert!(error.contains("already in use"), "{error}");
+    }
+
     #[test]
     fn io_uring_is_available_here() {
         check_io_uring().unwrap();

@@ -12,8 +12,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -25,7 +23,6 @@ use protocol::api::{
 };
 use protocol::limits::FRAME_HEADER_BYTES;
 use protocol::{ApiKey, ErrorCode, FrameBuf, FrameHeader, decode_frame};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::limits::{CONNECTION_PENDING_OUTPUT_BYTES_MAX, CONNECTION_REQUESTS_IN_FLIGHT_MAX};
 use crate::log::notify::Notify;
@@ -33,49 +30,18 @@ use crate::log::notify::Notify;
 use super::messages::ShardMessage;
 use super::{Shard, dispatch, subscription};
 
-/// Connections the kernel queues for a listener before the accept loop takes them
-/// (glommio's `TcpListener::bind` uses the same).
-const LISTEN_BACKLOG: i32 = 1024;
-
 /// Binds this shard's listeners: the shared port (every shard, SO_REUSEPORT) and its own.
+/// Both also set SO_REUSEADDR (ringmq's glommio patch, vendor/glommio/RINGMQ.md), so that a
+/// restarted broker binds past the connections it closed (FIN-WAIT, TIME-WAIT).
 pub fn bind_listeners(shard: &Shard) -> io::Result<Vec<TcpListener>> {
     let host = shard.settings.host;
     let mut listeners = Vec::new();
     for port in [shard.settings.shared_port, shard.config.port] {
-        let listener = listen(SocketAddr::new(host, port))
+        let listener = TcpListener::bind((host, port))
             .map_err(|error| io::Error::other(format!("binding {host}:{port}: {error}")))?;
         listeners.push(listener);
     }
     Ok(listeners)
-}
-
-/// A listener on `addr` with SO_REUSEPORT (the shards share the port) and SO_REUSEADDR,
-/// which glommio's `TcpListener::bind` leaves out. Every accepted connection inherits it,
-/// and the ones a stopped broker closed linger (FIN-WAIT, TIME-WAIT) for up to a minute: a
-/// restart binds past them only if they set it too.
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = listening_socket(addr)?;
-    #[allow(unsafe_code)]
-    // SAFETY: the descriptor is a bound, listening TCP socket that `into_raw_fd` hands over:
-    // nothing else owns or closes it.
-    let listener = unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) };
-    Ok(listener)
-}
-
-/// The socket `listen` makes. Another broker's start-up check (`preflight::check_port_free`)
-/// still finds the port busy: SO_REUSEADDR never lets a bind past a listening socket.
-fn listening_socket(addr: SocketAddr) -> io::Result<Socket> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket)
 }
 
 /// Accepts connections until shutdown. Past `max_connections_per_shard` a new connection is
@@ -592,14 +558,5 @@ mod tests {
         assert_eq!(joined.len(), 300, "untouched when nothing joins");
         let last = conn.outbox.borrow_mut().pop_front().unwrap();
         assert!(!conn.join_queued(&last, &mut joined));
-    }
-
-    #[test]
-    fn a_port_a_broker_listens_on_stays_busy_for_another() {
-        let host = std::net::IpAddr::from([127, 0, 0, 1]);
-        let socket = listening_socket(SocketAddr::new(host, 0)).unwrap();
-        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
-        let error = crate::preflight::check_port_free(host, port).unwrap_err();
-        assert!(error.to_string().contains("already in use"), "{error}");
     }
 }

@@ -125,6 +125,9 @@ impl TcpListener {
         let sk = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
         let addr = socket2::SockAddr::from(addr);
         sk.set_reuse_port(true)?;
+        // RINGMQ: also SO_REUSEADDR, which accepted connections inherit, so that a restarted
+        // server binds past the connections it closed (FIN-WAIT, TIME-WAIT).
+        sk.set_reuse_address(true)?;
         sk.bind(&addr)?;
         sk.listen(1024)?;
         let listener = sk.into();
