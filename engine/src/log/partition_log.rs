@@ -167,7 +167,8 @@ enum Spare {
 /// covering it completes (`wait_written`), durable once a sync covering it completes
 /// (`wait_synced`). After a failed write or sync the log fails stop.
 /// Tasks: the log runs each write and fdatasync it issues in a task of its own (see
-/// `Core::commit`), so a waiter may be dropped at any point; dropping the log cancels them.
+/// `Core::commit`), and so each write of its checkpoint and index and retention's removals
+/// (`Core::dir_op`), so a waiter may be dropped at any point; dropping the log cancels them.
 pub struct Log<S: Storage> {
     core: Rc<Core<S>>,
 }
@@ -212,7 +213,8 @@ struct PendingWrite<B> {
     io: Issued,
 }
 
-/// The oldest write or fdatasync of a log still in flight (`Log::io_in_flight`).
+/// The oldest write, fdatasync or directory operation of a log still in flight
+/// (`Log::io_in_flight`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoInFlight {
     pub op: &'static str,
@@ -258,16 +260,45 @@ struct State<F: StorageFile> {
     /// wakes it.
     spare_due: u64,
     checkpoint: Option<Checkpoint>,
-    /// The log's work on its directory outside the write pipeline (see `Core::dir_op`), if
-    /// any runs: at most one at a time.
-    dir_op: Option<DirOp>,
+    /// The log's work on its directory outside the write pipeline that runs (see
+    /// `Core::dir_op`): at most one of each kind.
+    dir_ops: Vec<DirOp>,
     stats: LogStats,
 }
 
-/// A write of the checkpoint or of a segment's index, or retention's removal of segments,
-/// running in a task of the log's own.
+/// A kind of work of the log on its directory outside the write pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirWork {
+    /// The active segment's index file.
+    Index,
+    /// The durable point.
+    Checkpoint,
+    /// Removing segments past retention.
+    Retention,
+}
+
+impl DirWork {
+    /// As `io_in_flight` names it.
+    fn op(self) -> &'static str {
+        match self {
+            DirWork::Index => "index write",
+            DirWork::Checkpoint => "checkpoint write",
+            DirWork::Retention => "retention",
+        }
+    }
+}
+
+/// What `Core::dir_op` does when work of the same kind runs already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenBusy {
+    Wait,
+    /// Do nothing (`Ok(None)`): for work a later call redoes anyway.
+    Skip,
+}
+
+/// Work of the log on its directory, running in a task of the log's own.
 struct DirOp {
-    what: &'static str,
+    work: DirWork,
     io: Issued,
 }
 
@@ -307,12 +338,12 @@ impl<F: StorageFile> State<F> {
             Spare::Preparing(task) => Some(task),
             _ => None,
         };
-        let dir_op = self.dir_op.as_ref().map(|op| &op.io.task);
+        let dir_ops = self.dir_ops.iter().map(|op| &op.io.task);
         writes
             .chain(sync)
             .chain(&self.background)
             .chain(spare)
-            .chain(dir_op)
+            .chain(dir_ops)
     }
 
     /// How many of the oldest sealed segments are past `retention` at `now_ms` (wall clock,
@@ -428,7 +459,7 @@ impl<S: Storage> Log<S> {
             },
             spare_due: u64::MAX,
             checkpoint: opened.checkpoint,
-            dir_op: None,
+            dir_ops: Vec::new(),
             stats: LogStats::default(),
         };
         state.check_invariants();
@@ -495,14 +526,14 @@ impl<S: Storage> Log<S> {
             op: "fdatasync",
             age: s.at.elapsed(),
         });
-        let dir_op = st.dir_op.as_ref().map(|op| IoInFlight {
-            op: op.what,
+        let dir_ops = st.dir_ops.iter().map(|op| IoInFlight {
+            op: op.work.op(),
             age: op.io.at.elapsed(),
         });
         write
             .into_iter()
             .chain(sync)
-            .chain(dir_op)
+            .chain(dir_ops)
             .max_by_key(|io| io.age)
     }
 
@@ -699,8 +730,10 @@ impl<S: Storage> Log<S> {
             st.stats.rolls += 1;
             st.check_invariants();
         }
-        // Best effort: a stale checkpoint only weakens damage detection.
-        let _ = self.write_checkpoint().await;
+        // Best effort: a stale checkpoint only weakens damage detection. Skipped when the
+        // upkeep writes one (in the background queue): appends wait for the roll, and the
+        // next upkeep records the new segment.
+        let _ = self.write_checkpoint(WhenBusy::Skip).await;
         // Appends wait until the roll returns (`Rolling`), checkpoint included.
         self.core.state.borrow_mut().stats.roll_us += started.elapsed().as_micros() as u64;
         Ok(())
@@ -753,7 +786,7 @@ impl<S: Storage> Log<S> {
     /// only when the active segment's data is synced.
     async fn write_active_index(&self) {
         let core = Rc::clone(&self.core);
-        let written = self.core.dir_op("index write", move |st| {
+        let written = self.core.dir_op(DirWork::Index, WhenBusy::Wait, move |st| {
             let path = index_path(&core.dir, st.active.base_offset);
             let image = st.active.index_image();
             Some(async move { recovery::write_small_file(&core.storage, &path, &image).await })
@@ -767,10 +800,11 @@ impl<S: Storage> Log<S> {
     }
 
     /// Records the synced position so recovery can tell corruption from a torn tail. False
-    /// when the checkpoint on disk says it already.
-    async fn write_checkpoint(&self) -> Result<bool, LogError> {
+    /// when the checkpoint on disk says it already (or, with `WhenBusy::Skip`, when another
+    /// checkpoint write runs).
+    async fn write_checkpoint(&self, when_busy: WhenBusy) -> Result<bool, LogError> {
         let core = Rc::clone(&self.core);
-        let written = self.core.dir_op("checkpoint write", move |st| {
+        let written = self.core.dir_op(DirWork::Checkpoint, when_busy, move |st| {
             let point = Checkpoint {
                 segment_base: st.active.base_offset,
                 position: st.synced_end,
@@ -808,7 +842,7 @@ impl<S: Storage> Log<S> {
         }
         let upkeep = async {
             report.segments_deleted = self.enforce_retention(now_ms).await?;
-            report.checkpoint_written = self.write_checkpoint().await?;
+            report.checkpoint_written = self.write_checkpoint(WhenBusy::Wait).await?;
             Ok(())
         };
         match upkeep.await {
@@ -823,7 +857,7 @@ impl<S: Storage> Log<S> {
     /// `Closed` once the log is closed.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         let core = Rc::clone(&self.core);
-        let removed = self.core.dir_op("retention", move |st| {
+        let removed = self.core.dir_op(DirWork::Retention, WhenBusy::Wait, move |st| {
             let past = st.past_retention(core.config.retention, now_ms);
             if past == 0 {
                 return None;
@@ -1084,7 +1118,7 @@ impl<S: Storage> Log<S> {
             async {
                 self.core.commit(next, true).await?;
                 self.write_active_index().await;
-                self.write_checkpoint().await.map(drop)
+                self.write_checkpoint(WhenBusy::Wait).await.map(drop)
             }
             .await
         } else {
@@ -1123,7 +1157,7 @@ impl<S: Storage> Log<S> {
         // before close returns; none starts after.
         loop {
             let seen = self.core.changed.epoch();
-            if self.core.state.borrow().dir_op.is_none() {
+            if self.core.state.borrow().dir_ops.is_empty() {
                 break;
             }
             self.core.changed.changed(seen).await;
@@ -1250,10 +1284,11 @@ impl<S: Storage> Core<S> {
     }
 
     /// Runs the log's work on its directory outside the write pipeline: a checkpoint or index
-    /// write, retention's removals. Waits until no other such work runs, then `start` takes
-    /// the state and returns the work (`None`: nothing to do), which runs in a task of the
-    /// log's own, so that:
-    /// - one at a time, the newest checkpoint is the last one written;
+    /// write, retention's removals. Once no work of the same kind runs (`when_busy` says
+    /// whether to wait for it or do nothing), `start` takes the state and returns the work
+    /// (`None`: nothing to do), which runs in a task of the log's own, so that:
+    /// - one checkpoint write at a time, the newest is the last one written (work of other
+    ///   kinds touches other files, and runs beside it: a roll never waits for retention);
     /// - `io_in_flight` counts it, and a caller dropped midway (an upkeep given up) does not
     ///   cancel it;
     /// - `close` waits for it, and none starts once the log is closed (`Closed`): nothing of
@@ -1262,7 +1297,8 @@ impl<S: Storage> Core<S> {
     ///   or removed with its topic.
     async fn dir_op<T: 'static, W>(
         self: &Rc<Self>,
-        what: &'static str,
+        work: DirWork,
+        when_busy: WhenBusy,
         start: impl FnOnce(&mut State<S::File>) -> Option<W>,
     ) -> Result<Option<T>, LogError>
     where
@@ -1275,27 +1311,30 @@ impl<S: Storage> Core<S> {
                 if st.closed {
                     return Err(LogError::Closed);
                 }
-                if st.dir_op.is_none() {
+                if st.dir_ops.iter().all(|op| op.work != work) {
                     break;
                 }
+            }
+            if when_busy == WhenBusy::Skip {
+                return Ok(None);
             }
             self.changed.changed(seen).await;
         }
         let done = Rc::new(RefCell::new(None));
         {
             let mut st = self.state.borrow_mut();
-            let Some(work) = start(&mut st) else {
+            let Some(future) = start(&mut st) else {
                 return Ok(None);
             };
             let (core, result) = (Rc::clone(self), Rc::clone(&done));
             let task = spawn_task(async move {
-                let outcome = work.await;
+                let outcome = future.await;
                 *result.borrow_mut() = Some(outcome);
-                core.state.borrow_mut().dir_op = None;
+                core.state.borrow_mut().dir_ops.retain(|op| op.work != work);
                 core.changed.notify();
             });
-            st.dir_op = Some(DirOp {
-                what,
+            st.dir_ops.push(DirOp {
+                work,
                 io: Issued::new(task),
             });
         }

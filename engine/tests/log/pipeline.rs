@@ -28,9 +28,9 @@ struct Gate {
     /// Syncs of a log file wait while this is set.
     hold_syncs: Cell<bool>,
     syncs_started: Cell<u64>,
-    /// Writes of the log's small files (checkpoint, index) wait while this is set.
-    hold_small_writes: Cell<bool>,
-    small_writes_started: Cell<u64>,
+    /// Writes of the log's checkpoint wait while this is set.
+    hold_checkpoint_writes: Cell<bool>,
+    checkpoint_writes_started: Cell<u64>,
 }
 
 #[derive(Clone)]
@@ -43,6 +43,7 @@ struct GatedFile {
     inner: SimFile,
     gate: Rc<Gate>,
     is_log: bool,
+    is_checkpoint: bool,
 }
 
 impl StorageFile for GatedFile {
@@ -52,12 +53,14 @@ impl StorageFile for GatedFile {
         self.inner.alloc_buffer(len)
     }
     async fn write_at(&self, buf: Rc<SimBuffer>, pos: u64) -> io::Result<usize> {
-        if !self.is_log {
-            let n = self.gate.small_writes_started.get();
-            self.gate.small_writes_started.set(n + 1);
-            while self.gate.hold_small_writes.get() {
+        if self.is_checkpoint {
+            let n = self.gate.checkpoint_writes_started.get();
+            self.gate.checkpoint_writes_started.set(n + 1);
+            while self.gate.hold_checkpoint_writes.get() {
                 yield_now().await;
             }
+        }
+        if !self.is_log {
             return self.inner.write_at(buf, pos).await;
         }
         let n = self.gate.started.get();
@@ -111,10 +114,12 @@ impl Storage for Gated {
     async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<GatedFile> {
         let inner = self.inner.open(path, flags).await?;
         let is_log = path.extension().is_some_and(|e| e == "log");
+        let is_checkpoint = path.file_name().is_some_and(|name| name == "checkpoint");
         Ok(GatedFile {
             inner,
             gate: Rc::clone(&self.gate),
             is_log,
+            is_checkpoint,
         })
     }
     async fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -563,11 +568,12 @@ fn io_in_flight_reports_a_held_write_and_sync_with_their_age() {
     });
 }
 
-/// A checkpoint write of the upkeep that the disk holds shows in `io_in_flight`, and `close`
-/// returns only once it landed, also for a log that failed meanwhile (whose close writes
-/// nothing of its own), and no later upkeep writes one: nothing of a closed log reaches its
-/// directory after `close`, where a truncation may have removed the checkpoint (a late one
-/// would claim bytes durable that the cut log no longer has).
+/// A checkpoint write of the upkeep that the disk holds shows in `io_in_flight`, lands
+/// although the upkeep was dropped meanwhile, and `close` returns only once it landed, also
+/// for a log that failed meanwhile (whose close writes nothing of its own); no later upkeep
+/// writes one. So nothing of a closed log reaches its directory after `close`, where a
+/// truncation may have removed the checkpoint (a late one would claim bytes durable that the
+/// cut log no longer has).
 #[test]
 fn close_waits_for_the_upkeeps_checkpoint_write() {
     run(|| async {
@@ -576,15 +582,15 @@ fn close_waits_for_the_upkeeps_checkpoint_write() {
         let log = Rc::new(open_small(&storage, &dir()).await);
         let a = log.append(&batch(1, 0, 3, 100), 1).await.unwrap();
         log.wait_synced(a.next_offset).await.unwrap();
-        storage.gate.hold_small_writes.set(true);
-        let upkeep = |log: &Rc<Log<Gated>>| {
-            let log = Rc::clone(log);
-            glommio::spawn_local(async move { log.maintain(0).await })
-        };
-        let first = upkeep(&log);
+        storage.gate.hold_checkpoint_writes.set(true);
+        let dropped = drop_once(
+            log.maintain(0),
+            || storage.gate.checkpoint_writes_started.get() == 1,
+            1000,
+        );
         assert!(
-            spin_until(|| storage.gate.small_writes_started.get() == 1, 1000).await,
-            "the upkeep should write the checkpoint"
+            dropped.await.is_none(),
+            "the upkeep should wait for its write"
         );
         let held = Duration::from_millis(10);
         glommio::timer::sleep(held).await;
@@ -594,7 +600,10 @@ fn close_waits_for_the_upkeeps_checkpoint_write() {
         // A later durable point, whose upkeep waits for the first one's write.
         let b = log.append(&batch(1, 3, 3, 100), 1).await.unwrap();
         log.wait_synced(b.next_offset).await.unwrap();
-        let second = upkeep(&log);
+        let second = glommio::spawn_local({
+            let log = Rc::clone(&log);
+            async move { log.maintain(0).await }
+        });
         storage.inner.inject(Fault {
             op: Op::Write,
             path_contains: Some(".log".into()),
@@ -625,17 +634,55 @@ fn close_waits_for_the_upkeeps_checkpoint_write() {
                 .is_some_and(|b| !b.is_empty())
         };
         assert!(!written(), "the held write landed");
-        storage.gate.hold_small_writes.set(false);
+        storage.gate.hold_checkpoint_writes.set(false);
         // A failed log's close only releases it.
         closing.await.unwrap();
-        assert!(written(), "the checkpoint landed before close returned");
-        assert!(first.await.unwrap().checkpoint_written);
+        assert!(
+            written(),
+            "the dropped upkeep's checkpoint landed before close returned"
+        );
         assert!(!second.await.unwrap().checkpoint_written);
         assert_eq!(
-            storage.gate.small_writes_started.get(),
+            storage.gate.checkpoint_writes_started.get(),
             1,
             "an upkeep wrote to the closed log's directory"
         );
         assert_eq!(log.io_in_flight(), None);
+    });
+}
+
+/// A roll does not wait for the upkeep's checkpoint write (the upkeep runs in the shard's
+/// background queue, and every append waits for the roll): it leaves the checkpoint to the
+/// next upkeep.
+#[test]
+fn a_roll_does_not_wait_for_the_upkeeps_checkpoint_write() {
+    run(|| async {
+        let storage = gated(10);
+        let log = Rc::new(open_small(&storage, &dir()).await);
+        let big = |seq| batch(1, seq, 1, 60_000);
+        let fit = small_config().segment_bytes / big(0).len() as u64;
+        for seq in 0..fit as u32 {
+            log.append(&big(seq), 1).await.unwrap();
+        }
+        log.wait_synced(fit).await.unwrap();
+        storage.gate.hold_checkpoint_writes.set(true);
+        let upkeep = glommio::spawn_local({
+            let log = Rc::clone(&log);
+            async move { log.maintain(0).await }
+        });
+        assert!(
+            spin_until(|| storage.gate.checkpoint_writes_started.get() == 1, 1000).await,
+            "the upkeep should write the checkpoint"
+        );
+        let rolled = within(20_000, log.append(&big(fit as u32), 1)).await;
+        assert!(
+            matches!(rolled, Some(Ok(_))),
+            "the roll waited for the held checkpoint write: {rolled:?}"
+        );
+        assert_eq!(log.stats().rolls, 1);
+        assert_eq!(storage.gate.checkpoint_writes_started.get(), 1);
+        storage.gate.hold_checkpoint_writes.set(false);
+        assert!(upkeep.await.unwrap().checkpoint_written);
+        assert_closes(&log).await;
     });
 }
