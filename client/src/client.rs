@@ -5,7 +5,7 @@ use std::collections::hash_map::Entry;
 
 use protocol::api::{
     CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, PartitionMetadata,
 };
 use protocol::names::validate_topic_name;
 use protocol::{ApiKey, OffsetSpec, StorageKind};
@@ -236,16 +236,22 @@ impl Client {
     }
 
     /// The `host:port` that partition requests go to under the configured routing (refreshes
-    /// stale metadata first). Errors as a partition lookup in [`Metadata::partition`].
+    /// stale metadata first): the bootstrap address with [`Routing::SharedPort`], the leader's
+    /// shard port with [`Routing::ShardAware`]. Errors as a partition lookup in
+    /// [`Metadata::partition`]; with `ShardAware` also as [`leader_address`](Self::leader_address).
     pub fn partition_address(
         &mut self,
         topic: &str,
         partition: u32,
     ) -> Result<String, ClientError> {
-        let leader = self.leader_address(topic, partition)?;
         match self.config.routing {
-            Routing::SharedPort => Ok(self.bootstrap.clone()),
-            Routing::ShardAware => Ok(leader),
+            // The broker forwards to the leader: its address is not needed, only that the
+            // partition exists.
+            Routing::SharedPort => {
+                self.fresh_partition(topic, partition)?;
+                Ok(self.bootstrap.clone())
+            }
+            Routing::ShardAware => self.leader_address(topic, partition),
         }
     }
 
@@ -254,14 +260,24 @@ impl Client {
     /// callers retry). Errors as a partition lookup in [`Metadata::partition`], and
     /// `UnknownShard` when the metadata lists no address for the leader.
     pub fn leader_address(&mut self, topic: &str, partition: u32) -> Result<String, ClientError> {
-        if self.metadata_stale || self.metadata.topic(topic).is_none() {
-            self.refresh_metadata()?;
-        }
-        let leader = self.metadata.partition(topic, partition)?.leader_shard;
+        let leader = self.fresh_partition(topic, partition)?.leader_shard;
         self.metadata
             .shard_address(leader)
             .map(|shard| shard_endpoint(shard, &self.bootstrap))
             .ok_or(ClientError::UnknownShard(leader))
+    }
+
+    /// The partition's metadata, refreshed first when stale or when the topic is not in it
+    /// (one attempt: callers retry). Errors as [`Metadata::partition`].
+    fn fresh_partition(
+        &mut self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<&PartitionMetadata, ClientError> {
+        if self.metadata_stale || self.metadata.topic(topic).is_none() {
+            self.refresh_metadata()?;
+        }
+        self.metadata.partition(topic, partition)
     }
 
     /// The connection for the partition's leader, opened if needed. One attempt: callers

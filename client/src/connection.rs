@@ -168,7 +168,11 @@ struct Pending {
 /// come from `recv`/`poll` (or `take_received`), never `wait`.
 ///
 /// Invariant: `pending.len() + streams.len() + ready.len() <= config.in_flight_max`; every
-/// response in `ready` answered a request that was in `pending` or `streams`.
+/// response in `ready` answered a request that was in `pending` or `streams`. While a stream
+/// is open, requests (`send`, `send_with_timeout`, `send_stream`) leave one place free:
+/// `pending.len() + streams.len() < config.in_flight_max`. A stream's responses may arrive
+/// before the one `wait` looks for, and each is kept, so without that place a table full of
+/// requests would let `wait` read nothing, and nothing could ever be taken.
 ///
 /// On error: an i/o error, a bad frame, a response nobody asked for, the peer closing, or a
 /// request outliving its timeout closes the connection. The call that saw it returns the
@@ -272,7 +276,8 @@ impl Connection {
     }
 
     /// Writes a request and returns its correlation id; its response is due within
-    /// `request_timeout`. `InFlightFull` when `in_flight_max` requests are in flight.
+    /// `request_timeout`. `InFlightFull` when `in_flight_max` requests are in flight, or
+    /// `in_flight_max - 1` while a stream is open (one place stays free for its responses).
     pub fn send<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
         self.send_with_timeout(body, self.config.request_timeout)
     }
@@ -285,12 +290,7 @@ impl Connection {
         response_timeout: Duration,
     ) -> Result<u64, ClientError> {
         self.check_open()?;
-        if self.in_flight() >= self.config.in_flight_max {
-            return Err(ClientError::InFlightFull {
-                peer: self.peer,
-                in_flight_max: self.config.in_flight_max,
-            });
-        }
+        self.check_room(false)?;
         let correlation_id = self.write(body)?;
         let pending = Pending {
             api: T::API,
@@ -298,11 +298,13 @@ impl Connection {
             timeout: response_timeout,
         };
         self.pending.insert(correlation_id, pending);
+        self.check_invariants();
         Ok(correlation_id)
     }
 
     /// Writes a request the broker will not answer (a produce with `Acks::None`). Returns once
-    /// the whole frame is in the socket's send buffer; nothing says the broker read it.
+    /// the whole frame is in the socket's send buffer; nothing says the broker read it. It
+    /// takes no place among the requests in flight, so it is never refused for want of one.
     pub fn send_without_response<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
         self.check_open()?;
         self.write(body)
@@ -311,18 +313,15 @@ impl Connection {
     /// Writes a request the broker answers with a stream of responses under its correlation
     /// id (`Subscribe`), and returns that id. The stream has no deadline: its responses come
     /// from [`recv`](Self::recv) or [`poll`](Self::poll) until [`end_stream`](Self::end_stream).
-    /// It takes one place among the requests in flight until then. `InFlightFull` when
-    /// `in_flight_max` requests are in flight.
+    /// It takes one place among the requests in flight until then, and one more stays free
+    /// for its responses (see the invariant). `InFlightFull` when fewer than two places are
+    /// free.
     pub fn send_stream<T: Request>(&mut self, body: &T) -> Result<u64, ClientError> {
         self.check_open()?;
-        if self.in_flight() >= self.config.in_flight_max {
-            return Err(ClientError::InFlightFull {
-                peer: self.peer,
-                in_flight_max: self.config.in_flight_max,
-            });
-        }
+        self.check_room(true)?;
         let correlation_id = self.write(body)?;
         self.streams.insert(correlation_id, T::API);
+        self.check_invariants();
         Ok(correlation_id)
     }
 
@@ -346,7 +345,8 @@ impl Connection {
     /// arrive first. `Timeout` (and the connection closes) once the request's timeout passed;
     /// `NotInFlight` for an id that is not in flight (a stream's id included).
     /// `InFlightFull` (the connection stays open) when a stream's responses kept meanwhile
-    /// would exceed `in_flight_max`: take them with `take_received` first.
+    /// would exceed `in_flight_max`: take them with `take_received` first. With none kept, it
+    /// always reads at least one frame (requests leave a place free while a stream is open).
     pub fn wait(&mut self, correlation_id: u64) -> Result<Response, ClientError> {
         if let Some(at) = self
             .ready
@@ -444,6 +444,27 @@ impl Connection {
             // The socket may already be gone; there is nothing more to do about it.
             let _ = self.stream.shutdown(Shutdown::Both);
         }
+    }
+
+    /// Whether one more request fits: `InFlightFull` when it would leave no place free while
+    /// a stream is open (`opens_stream`: this request opens one), or none at all.
+    fn check_room(&self, opens_stream: bool) -> Result<(), ClientError> {
+        let kept_free = usize::from(opens_stream || !self.streams.is_empty());
+        if self.in_flight() + 1 + kept_free > self.config.in_flight_max {
+            return Err(ClientError::InFlightFull {
+                peer: self.peer,
+                in_flight_max: self.config.in_flight_max,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.in_flight() <= self.config.in_flight_max);
+        assert!(
+            self.streams.is_empty()
+                || self.pending.len() + self.streams.len() < self.config.in_flight_max
+        );
     }
 
     fn check_open(&self) -> Result<(), ClientError> {

@@ -13,7 +13,7 @@ use crate::connection::Response;
 use crate::error::ClientError;
 use crate::limits::POLL_SLICE_MS;
 use crate::records::{ConsumedRecord, visit_records};
-use crate::retry::{RetryPolicy, exhausted};
+use crate::retry::{RetryPolicy, RetryRun};
 
 /// Where a newly assigned partition starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +96,9 @@ struct Assignment {
     /// Offset of the next record to deliver.
     position: u64,
     fetch: Option<InFlightFetch>,
-    /// Consecutive retriable failures, and when the first of them happened.
-    failures: u32,
-    first_failure_at: Option<Instant>,
-    /// No fetch is sent before this (backoff after a failure).
-    not_before: Instant,
+    /// Consecutive retriable failures of its fetches; no fetch is sent before their backoff
+    /// ends.
+    failures: RetryRun,
 }
 
 impl Assignment {
@@ -164,9 +162,7 @@ impl Consumer {
                 partition,
                 position,
                 fetch: None,
-                failures: 0,
-                first_failure_at: None,
-                not_before: Instant::now(),
+                failures: RetryRun::new(),
             }),
         }
         Ok(position)
@@ -256,8 +252,8 @@ impl Consumer {
                 let backoff_end = self
                     .assignments
                     .iter()
-                    .filter(|a| a.fetch.is_none() && a.not_before > now)
-                    .map(|a| a.not_before)
+                    .filter(|a| a.fetch.is_none() && a.failures.not_before() > now)
+                    .map(|a| a.failures.not_before())
                     .min();
                 match backoff_end {
                     Some(at) if at < poll_end => {
@@ -324,7 +320,7 @@ impl Consumer {
             let ready = self
                 .assignments
                 .get(at)
-                .is_some_and(|a| a.fetch.is_none() && a.not_before <= now);
+                .is_some_and(|a| a.fetch.is_none() && a.failures.not_before() <= now);
             if ready {
                 match self.send_fetch(at, max_wait) {
                     Ok(true) => started += 1,
@@ -436,8 +432,7 @@ impl Consumer {
         match visited {
             Ok(visited) => {
                 assignment.position = visited.position;
-                assignment.failures = 0;
-                assignment.first_failure_at = None;
+                assignment.failures.end();
                 visited.delivered
             }
             Err(source) => {
@@ -495,22 +490,12 @@ impl Consumer {
         let Some(assignment) = self.assignments.get_mut(at) else {
             return;
         };
-        if !error.is_retriable() {
+        let client = &mut self.client;
+        let failed = assignment
+            .failures
+            .fail(&policy, error, |error| client.after_failure(error));
+        if let Err(error) = failed {
             self.stash(error);
-            return;
-        }
-        let now = Instant::now();
-        assignment.failures += 1;
-        let first = *assignment.first_failure_at.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(first);
-        if policy.allows(assignment.failures, elapsed) {
-            assignment.not_before = now + policy.backoff(assignment.failures);
-            self.client.after_failure(&error);
-        } else {
-            let attempts = assignment.failures;
-            assignment.failures = 0;
-            assignment.first_failure_at = None;
-            self.stash(exhausted(attempts, elapsed, error));
         }
     }
 
@@ -526,9 +511,7 @@ impl Consumer {
 fn seek_to(assignment: &mut Assignment, offset: u64) {
     assignment.position = offset;
     assignment.fetch = None;
-    assignment.failures = 0;
-    assignment.first_failure_at = None;
-    assignment.not_before = Instant::now();
+    assignment.failures.restart();
 }
 
 #[cfg(test)]

@@ -224,6 +224,15 @@ mod tests {
         let corrupt = ClientError::broker(ApiKey::Produce, ErrorCode::CORRUPT_MESSAGE, "");
         assert!(!corrupt.is_retriable() && !corrupt.is_in_doubt());
         assert!(!ClientError::UnknownTopic("t".into()).is_retriable());
+        // A request unanswered in time (a subscription's probe included) counts as a lost
+        // connection: tried again on a new one.
+        let unanswered = ClientError::Timeout {
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            api: ApiKey::ApiVersions,
+            correlation_id: 3,
+            timeout_ms: 100,
+        };
+        assert!(unanswered.is_retriable());
         let exhausted = ClientError::RetriesExhausted {
             attempts: 3,
             elapsed_ms: 10,

@@ -15,7 +15,8 @@
 //! - [`Subscription`]: one partition's records pushed by the broker as they are committed
 //!   (`Subscribe`, no request per delivery), on a connection of its own to the leader's shard
 //!   port; resubscribes at its position after `NotLeader`, `ShuttingDown` or a lost
-//!   connection, so no record is returned twice or skipped.
+//!   connection, so no record is returned twice or skipped. A broker silent for a few seconds
+//!   is probed, so a dead host that never closed the connection counts as a lost one.
 //!
 //! Everything is blocking std sockets, owned by one thread per object. Every error is a
 //! [`ClientError`]; none of this code panics on what a broker sends.

@@ -1,6 +1,6 @@
 //! Retry policy: exponential backoff with a bound on attempts and on total time.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::ClientError;
 
@@ -102,6 +102,94 @@ impl RetryPolicy {
             before_retry(state, &error);
             std::thread::sleep(self.backoff(attempts));
         }
+    }
+}
+
+/// A run of consecutive failures of an operation that keeps going (a subscription, one
+/// partition's fetches), judged by a [`RetryPolicy`]: how many, since when, and when the next
+/// attempt may start.
+///
+/// Owner: the operation's owner (one thread).
+/// Invariant: `failures == 0` exactly when `first_failure_at` is `None`, and
+/// `failures < policy.attempts_max` between calls (the failure that reaches it ends the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryRun {
+    failures: u32,
+    first_failure_at: Option<Instant>,
+    /// No attempt starts before this (the backoff after the last failure).
+    not_before: Instant,
+}
+
+impl RetryRun {
+    /// No failures; the next attempt may start at once.
+    pub(crate) fn new() -> RetryRun {
+        RetryRun {
+            failures: 0,
+            first_failure_at: None,
+            not_before: Instant::now(),
+        }
+    }
+
+    /// When the next attempt may start.
+    pub(crate) fn not_before(&self) -> Instant {
+        self.not_before
+    }
+
+    /// Counts `error`, a failure of the operation now. `Ok` when another attempt may start
+    /// after the backoff ([`not_before`](Self::not_before)), once `before_retry` ran (refresh
+    /// metadata). Otherwise the error to report: `error` itself when it is not retriable (it
+    /// does not count), or `RetriesExhausted` when the policy is spent (the run ends, so the
+    /// next failure starts a new one).
+    pub(crate) fn fail(
+        &mut self,
+        policy: &RetryPolicy,
+        error: ClientError,
+        before_retry: impl FnOnce(&ClientError),
+    ) -> Result<(), ClientError> {
+        self.fail_at(policy, error, Instant::now(), before_retry)
+    }
+
+    fn fail_at(
+        &mut self,
+        policy: &RetryPolicy,
+        error: ClientError,
+        now: Instant,
+        before_retry: impl FnOnce(&ClientError),
+    ) -> Result<(), ClientError> {
+        if !error.is_retriable() {
+            return Err(error);
+        }
+        self.failures += 1;
+        let first = *self.first_failure_at.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(first);
+        if !policy.allows(self.failures, elapsed) {
+            let attempts = self.failures;
+            self.end();
+            return Err(exhausted(attempts, elapsed, error));
+        }
+        self.not_before = now + policy.backoff(self.failures);
+        self.check_invariants();
+        before_retry(&error);
+        Ok(())
+    }
+
+    /// The operation succeeded (or was served long enough): a later failure starts a new run.
+    /// The backoff already scheduled stays.
+    pub(crate) fn end(&mut self) {
+        self.failures = 0;
+        self.first_failure_at = None;
+        self.check_invariants();
+    }
+
+    /// Ends the run and lets the next attempt start at once (the caller moved elsewhere: a
+    /// seek).
+    pub(crate) fn restart(&mut self) {
+        self.end();
+        self.not_before = Instant::now();
+    }
+
+    fn check_invariants(&self) {
+        assert!((self.failures == 0) == self.first_failure_at.is_none());
     }
 }
 
@@ -247,6 +335,105 @@ mod tests {
         assert!(matches!(result, Err(ClientError::RetriesExhausted { .. })));
         assert!((2..=6).contains(&calls), "{calls} attempts");
         assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    fn not_leader() -> ClientError {
+        ClientError::broker(ApiKey::Fetch, ErrorCode::NOT_LEADER, "")
+    }
+
+    #[test]
+    fn a_run_backs_off_per_failure_and_ends_when_the_policy_is_spent() {
+        let p = policy();
+        let mut run = RetryRun::new();
+        let start = Instant::now();
+        let mut refreshes = 0;
+        for failure in 1..=4 {
+            run.fail_at(&p, not_leader(), start, |_| refreshes += 1)
+                .unwrap();
+            assert_eq!(run.not_before(), start + p.backoff(failure));
+        }
+        assert_eq!(refreshes, 4);
+        // The fifth failure spends the five attempts: reported, without a refresh.
+        match run.fail_at(&p, not_leader(), start, |_| refreshes += 1) {
+            Err(ClientError::RetriesExhausted { attempts, last, .. }) => {
+                assert_eq!(attempts, 5);
+                assert_eq!(last.code(), Some(ErrorCode::NOT_LEADER));
+            }
+            other => panic!("expected RetriesExhausted, got {other:?}"),
+        }
+        assert_eq!(refreshes, 4);
+        // The run ended with the report: the next failure is the first of a new one.
+        run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        assert_eq!(run.not_before(), start + p.backoff(1));
+    }
+
+    #[test]
+    fn a_run_ends_once_the_elapsed_bound_would_pass() {
+        let p = policy();
+        let mut run = RetryRun::new();
+        let start = Instant::now();
+        run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        // Timed from the run's first failure, not the last.
+        run.fail_at(&p, not_leader(), start + Duration::from_secs(5), |_| {})
+            .unwrap();
+        let result = run.fail_at(&p, not_leader(), start + Duration::from_secs(10), |_| {});
+        assert!(
+            matches!(
+                result,
+                Err(ClientError::RetriesExhausted {
+                    attempts: 3,
+                    elapsed_ms: 10_000,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        // The report ended the run: the next one is timed from its own first failure.
+        let later = start + Duration::from_secs(20);
+        run.fail_at(&p, not_leader(), later, |_| {}).unwrap();
+        run.fail_at(&p, not_leader(), later + Duration::from_secs(5), |_| {})
+            .unwrap();
+    }
+
+    #[test]
+    fn a_permanent_error_is_returned_as_it_is_and_not_counted() {
+        let p = policy();
+        let mut run = RetryRun::new();
+        let start = Instant::now();
+        run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        let mut refreshed = false;
+        let result = run.fail_at(&p, ClientError::UnknownTopic("t".into()), start, |_| {
+            refreshed = true
+        });
+        assert!(matches!(result, Err(ClientError::UnknownTopic(_))));
+        assert!(!refreshed);
+        // Still the second failure of the run.
+        run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        assert_eq!(run.not_before(), start + p.backoff(2));
+    }
+
+    #[test]
+    fn end_starts_a_new_run_and_restart_also_drops_the_backoff() {
+        let p = policy();
+        let mut run = RetryRun::new();
+        let start = Instant::now();
+        for _ in 0..3 {
+            run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        }
+        run.end();
+        assert_eq!(run.not_before(), start + p.backoff(3), "the backoff stays");
+        for _ in 0..4 {
+            run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        }
+        assert_eq!(
+            run.not_before(),
+            start + p.backoff(4),
+            "four of five, not seven"
+        );
+        run.restart();
+        assert!(run.not_before() <= Instant::now());
+        run.fail_at(&p, not_leader(), start, |_| {}).unwrap();
+        assert_eq!(run.not_before(), start + p.backoff(1));
     }
 
     #[test]

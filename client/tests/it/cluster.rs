@@ -68,6 +68,29 @@ fn shared_port_routing_sends_everything_to_the_bootstrap_address() {
 }
 
 #[test]
+fn shared_port_routing_needs_no_shard_address_in_the_metadata() {
+    let cluster = Cluster::start(2, "t", &[1], where_it_went);
+    cluster.metadata.lock().unwrap().shards.clear();
+    let mut client = Client::connect(&cluster.broker.shared, config(Routing::SharedPort)).unwrap();
+    assert_eq!(client.list_offsets("t", 0, OffsetSpec::Latest).unwrap(), 0);
+    assert_eq!(
+        client.partition_address("t", 0).unwrap(),
+        cluster.broker.shared
+    );
+    // The partition must still exist.
+    assert!(matches!(
+        client.partition_address("t", 1),
+        Err(ClientError::UnknownPartition { partition: 1, .. })
+    ));
+    // Shard-aware routing does need it.
+    let mut client = Client::connect(&cluster.broker.shared, config(Routing::ShardAware)).unwrap();
+    assert!(matches!(
+        client.partition_address("t", 0),
+        Err(ClientError::UnknownShard(1))
+    ));
+}
+
+#[test]
 fn metadata_lists_topics_and_unknown_partitions_are_named() {
     let cluster = Cluster::start(1, "orders", &[0, 0], where_it_went);
     let mut client = Client::connect(&cluster.broker.shared, config(Routing::ShardAware)).unwrap();

@@ -644,3 +644,51 @@ fn wait_keeps_no_more_stream_responses_than_the_bound() {
     drop(connection);
     peer.join().unwrap();
 }
+
+#[test]
+fn with_a_stream_open_requests_leave_a_place_for_its_responses() {
+    let (listener, address) = listen();
+    let peer = thread::spawn(move || {
+        let mut peer = Peer::accept(&listener);
+        let subscribe = peer.read().unwrap();
+        peer.reply(subscribe.id(), &delivery(1));
+        let request = peer.read().unwrap();
+        assert_eq!(request.api(), ApiKey::ListOffsets);
+        peer.reply(request.id(), &offset_reply(5));
+        assert!(
+            peer.read().is_none(),
+            "the refused requests never reached the wire"
+        );
+    });
+    let mut connection = Connection::connect(
+        &address,
+        ConnectionConfig {
+            in_flight_max: 2,
+            ..config()
+        },
+    )
+    .unwrap();
+    let stream = connection.send_stream(&subscribe_request()).unwrap();
+    // Sent, this request would fill the table: `wait` could then read nothing, and a
+    // delivery ahead of its answer could never be taken.
+    assert!(matches!(
+        connection.send(&list_offsets(0)),
+        Err(ClientError::InFlightFull {
+            in_flight_max: 2,
+            ..
+        })
+    ));
+    assert!(!connection.is_closed(), "a full table is not a failure");
+    let response = connection.poll(Duration::from_secs(2)).unwrap().unwrap();
+    assert_eq!(watermark_of(&response), 1);
+    assert!(connection.end_stream(stream));
+    // With no stream open, both places serve requests; a stream needs one free beside it.
+    let id = connection.send(&list_offsets(0)).unwrap();
+    assert!(matches!(
+        connection.send_stream(&subscribe_request()),
+        Err(ClientError::InFlightFull { .. })
+    ));
+    assert_eq!(offset_of(&connection.wait(id).unwrap()), 5);
+    drop(connection);
+    peer.join().unwrap();
+}

@@ -255,7 +255,12 @@ fn serve(
 
 /// Answers the handshake with every api at the versions this build speaks.
 pub fn api_versions(request: &Received) -> Action {
-    Action::Reply(encode(
+    Action::Reply(api_versions_answer(request))
+}
+
+/// The answer [`api_versions`] sends, as bytes.
+pub fn api_versions_answer(request: &Received) -> FrameBuf {
+    encode(
         request.id(),
         &ApiVersionsResponse {
             error: ErrorCode::NONE,
@@ -269,7 +274,14 @@ pub fn api_versions(request: &Received) -> Action {
                 })
                 .collect(),
         },
-    ))
+    )
+}
+
+/// Whether `request` is a connection's handshake: its first request, `ApiVersions` with
+/// correlation id 1 (the client numbers each connection's requests from 1). A later
+/// `ApiVersions` is a subscription's liveness probe.
+pub fn is_handshake(request: &Received) -> bool {
+    request.api() == ApiKey::ApiVersions && request.id() == 1
 }
 
 /// Metadata for one topic whose partition `p` is led by shard `leaders[p]`.
@@ -338,7 +350,8 @@ pub struct Cluster {
 
 impl Cluster {
     /// `shards` shard ports plus the shared port; partition `p` of `topic` is led by shard
-    /// `leaders[p]`. `on` answers everything but the handshake and metadata.
+    /// `leaders[p]`. `on` answers everything but the handshake and metadata (a later
+    /// `ApiVersions`, a subscription's probe, goes to `on` too).
     pub fn start(
         shards: usize,
         topic: &str,
@@ -356,7 +369,7 @@ impl Cluster {
             Arc::new(move |listener: Listener, request: &Received| {
                 log.lock().unwrap().push((listener, request.api()));
                 match request.api() {
-                    ApiKey::ApiVersions => api_versions(request),
+                    _ if is_handshake(request) => api_versions(request),
                     ApiKey::Metadata => {
                         let answer = metadata.lock().unwrap().clone();
                         Action::Reply(encode(request.id(), &answer))

@@ -3,16 +3,19 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use client::{Client, ClientConfig, ClientError, RetryPolicy, Routing, StartOffset, Subscription};
+use client::{
+    Client, ClientConfig, ClientError, ConnectionConfig, RetryPolicy, Routing, StartOffset,
+    Subscription,
+};
 use protocol::api::{
     MetadataResponse, SubscribeDelivery, SubscribeRequest, UnsubscribeRequest, UnsubscribeResponse,
 };
 use protocol::{ApiKey, ErrorCode, FrameBuf};
 
 use crate::consumer::batch;
-use crate::peer::{Action, Cluster, Received, encode};
+use crate::peer::{Action, Cluster, Received, api_versions_answer, encode};
 
 const WAIT: Duration = Duration::from_millis(500);
 
@@ -70,6 +73,31 @@ fn frames(parts: &[FrameBuf]) -> FrameBuf {
 
 fn offsets(records: &[client::ConsumedRecord]) -> Vec<u64> {
     records.iter().map(|r| r.offset).collect()
+}
+
+/// `config`, with requests (the probe's answer included) due within `request_timeout`, which
+/// is also how long a subscription's connection may stay silent before it sends a probe.
+fn config_timing_out_after(request_timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        connection: ConnectionConfig {
+            request_timeout,
+            ..ConnectionConfig::default()
+        },
+        ..config(Routing::ShardAware)
+    }
+}
+
+/// Calls `next_records` until it returns records or `limit` passes; panics on an error.
+fn first_records(subscription: &mut Subscription, limit: Duration) -> Vec<client::ConsumedRecord> {
+    let started = Instant::now();
+    // Each turn waits at most WAIT (plus a resubscription's own timeouts).
+    while started.elapsed() < limit {
+        let records = subscription.next_records(WAIT).unwrap();
+        if !records.is_empty() {
+            return records;
+        }
+    }
+    Vec::new()
 }
 
 #[test]
@@ -240,4 +268,192 @@ fn close_unsubscribes_and_waits_for_the_answer() {
     assert_eq!(offsets(&subscription.next_records(WAIT).unwrap()), [0, 1]);
     subscription.close().unwrap();
     assert_eq!(cluster.count(ApiKey::Unsubscribe), 1);
+}
+
+#[test]
+fn a_broker_gone_silent_is_found_out_by_a_probe_and_the_subscription_moves_on() {
+    let (subscribes, probes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (subscribe_count, probe_count) = (subscribes.clone(), probes.clone());
+    let cluster = Cluster::start(1, "t", &[0], move |_, request| match request.api() {
+        // A host that died without closing the connection: it reads, and answers nothing.
+        ApiKey::ApiVersions => {
+            probe_count.fetch_add(1, Ordering::SeqCst);
+            Action::NoReply
+        }
+        ApiKey::Subscribe if subscribe_count.fetch_add(1, Ordering::SeqCst) == 0 => Action::NoReply,
+        ApiKey::Subscribe => Action::Reply(delivery(
+            request,
+            ErrorCode::NONE,
+            batch(subscribed_at(request), 3),
+            100,
+        )),
+        other => panic!("unexpected {other:?}"),
+    });
+    // A probe after 400 ms of silence, lost 400 ms later.
+    let timeout = Duration::from_millis(400);
+    let client = Client::connect(&cluster.broker.shared, config_timing_out_after(timeout)).unwrap();
+    let started = Instant::now();
+    let mut subscription = Subscription::new(client, "t", 0, StartOffset::Offset(2)).unwrap();
+    let records = first_records(&mut subscription, Duration::from_secs(5));
+    assert_eq!(
+        offsets(&records),
+        [2, 3, 4],
+        "subscribed again at its position"
+    );
+    assert_eq!(subscribes.load(Ordering::SeqCst), 2);
+    assert!(probes.load(Ordering::SeqCst) >= 1);
+    assert!(
+        started.elapsed() >= timeout * 2,
+        "not before the probe timed out: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_idle_subscription_whose_broker_answers_its_probes_stays_open() {
+    let subscribed = Arc::new(Mutex::new(None));
+    let probes = Arc::new(AtomicUsize::new(0));
+    let (seen, probe_count) = (subscribed.clone(), probes.clone());
+    let cluster = Cluster::start(1, "t", &[0], move |_, request| match request.api() {
+        // Nothing to deliver yet.
+        ApiKey::Subscribe => {
+            *seen.lock().unwrap() = Some(request.id());
+            Action::NoReply
+        }
+        // The first probe is only answered; records follow the answer to the second.
+        ApiKey::ApiVersions if probe_count.fetch_add(1, Ordering::SeqCst) == 0 => {
+            Action::Reply(api_versions_answer(request))
+        }
+        ApiKey::ApiVersions => {
+            let subscription = seen.lock().unwrap().unwrap();
+            Action::Reply(frames(&[
+                api_versions_answer(request),
+                encode(
+                    subscription,
+                    &SubscribeDelivery {
+                        error: ErrorCode::NONE,
+                        high_watermark: 2,
+                        log_start_offset: 0,
+                        records: batch(0, 2),
+                    },
+                ),
+            ]))
+        }
+        other => panic!("unexpected {other:?}"),
+    });
+    let client = Client::connect(
+        &cluster.broker.shared,
+        config_timing_out_after(Duration::from_millis(200)),
+    )
+    .unwrap();
+    let mut subscription = Subscription::new(client, "t", 0, StartOffset::Offset(0)).unwrap();
+    let records = first_records(&mut subscription, Duration::from_secs(5));
+    assert_eq!(offsets(&records), [0, 1]);
+    assert_eq!(probes.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        cluster.count(ApiKey::Subscribe),
+        1,
+        "never subscribed again"
+    );
+}
+
+#[test]
+fn a_client_with_too_few_requests_in_flight_for_a_subscription_is_refused() {
+    let cluster = Cluster::start(1, "t", &[0], |_, request| {
+        panic!("unexpected {:?}", request.api())
+    });
+    let config = ClientConfig {
+        connection: ConnectionConfig {
+            in_flight_max: 3,
+            ..ConnectionConfig::default()
+        },
+        ..config(Routing::ShardAware)
+    };
+    let client = Client::connect(&cluster.broker.shared, config).unwrap();
+    let result = Subscription::new(client, "t", 0, StartOffset::Earliest);
+    assert!(
+        matches!(
+            &result,
+            Err(ClientError::Config {
+                field: "connection.in_flight_max",
+                reason,
+            }) if reason.contains("below 4")
+        ),
+        "{result:?}"
+    );
+    assert_eq!(
+        cluster.count(ApiKey::ListOffsets),
+        0,
+        "refused before asking"
+    );
+}
+
+#[test]
+fn close_fits_beside_a_probe_in_flight_with_the_least_bound() {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let probe_count = probes.clone();
+    let cluster = Cluster::start(1, "t", &[0], move |_, request| match request.api() {
+        ApiKey::Subscribe => Action::NoReply,
+        // Held: the probe is still in flight when `close` sends its Unsubscribe.
+        ApiKey::ApiVersions => {
+            probe_count.fetch_add(1, Ordering::SeqCst);
+            Action::NoReply
+        }
+        ApiKey::Unsubscribe => Action::Reply(encode(
+            request.id(),
+            &UnsubscribeResponse {
+                error: ErrorCode::NONE,
+            },
+        )),
+        other => panic!("unexpected {other:?}"),
+    });
+    // A probe after 1 s of silence, lost at 2 s: `close` comes at about 1.3 s.
+    let config = ClientConfig {
+        connection: ConnectionConfig {
+            in_flight_max: 4,
+            request_timeout: Duration::from_secs(1),
+            ..ConnectionConfig::default()
+        },
+        ..config(Routing::ShardAware)
+    };
+    let client = Client::connect(&cluster.broker.shared, config).unwrap();
+    let mut subscription = Subscription::new(client, "t", 0, StartOffset::Offset(0)).unwrap();
+    let records = subscription
+        .next_records(Duration::from_millis(1300))
+        .unwrap();
+    assert!(records.is_empty());
+    assert_eq!(probes.load(Ordering::SeqCst), 1);
+    subscription.close().unwrap();
+    assert_eq!(cluster.count(ApiKey::Unsubscribe), 1);
+    assert_eq!(cluster.count(ApiKey::Subscribe), 1);
+}
+
+#[test]
+fn a_subscription_served_for_backoff_max_ends_its_run_of_failures() {
+    let subscribes = Arc::new(AtomicUsize::new(0));
+    let count = subscribes.clone();
+    let cluster = Cluster::start(1, "t", &[0], move |_, request| {
+        assert_eq!(request.api(), ApiKey::Subscribe);
+        // Four times in a row, twice what the policy allows without a break: served (silent)
+        // for well over backoff_max, then the connection is lost.
+        if count.fetch_add(1, Ordering::SeqCst) < 4 {
+            std::thread::sleep(Duration::from_millis(200));
+            return Action::Close;
+        }
+        Action::Reply(delivery(request, ErrorCode::NONE, batch(0, 3), 3))
+    });
+    let config = ClientConfig {
+        retry: RetryPolicy {
+            attempts_max: 2,
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(50),
+            elapsed_max: Duration::from_secs(10),
+        },
+        ..config(Routing::ShardAware)
+    };
+    let client = Client::connect(&cluster.broker.shared, config).unwrap();
+    let mut subscription = Subscription::new(client, "t", 0, StartOffset::Offset(0)).unwrap();
+    let records = first_records(&mut subscription, Duration::from_secs(5));
+    assert_eq!(offsets(&records), [0, 1, 2]);
+    assert_eq!(subscribes.load(Ordering::SeqCst), 5);
 }
