@@ -127,16 +127,46 @@ fn sigterm_stops_cleanly_and_keeps_acknowledged_records() {
 fn a_broker_stopped_with_clients_connected_restarts_at_once_on_the_same_port() {
     let data = tempfile::tempdir().unwrap();
     let tiny = std::path::Path::new(common::TINY);
-    let (child, address) = common::serve(data.path(), Stdio::null());
-    let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+    // Both runs take the shared port and the shard ports after it, all fixed.
+    let port = free_ports_below_the_ephemeral_range(shard_ports_max() + 1);
+    let (child, address) = common::serve_on(tiny, data.path(), port, Stdio::inherit());
     let mut connection = Connection::connect(&address, ConnectionConfig::default()).unwrap();
     connection.handshake("serve-test").unwrap();
     sigterm(&child);
     assert!(child.wait_with_output().unwrap().status.success());
     // The broker closed first; the client closes its end after.
     drop(connection);
-    let (mut child, again) = common::serve_on(tiny, data.path(), port, Stdio::null());
+    let (mut child, again) = common::serve_on(tiny, data.path(), port, Stdio::inherit());
     assert_eq!(again, address);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Most shards the tiny profile starts (one per allowed core).
+fn shard_ports_max() -> u16 {
+    std::thread::available_parallelism().map_or(64, |n| n.get().min(64) as u16)
+}
+
+/// The first of `len` consecutive ports on 127.0.0.1 that are free now, below the kernel's
+/// ephemeral range: the other tests' brokers (`--port 0`) and every client take their ports
+/// from that range, so none of them takes these between the two runs.
+fn free_ports_below_the_ephemeral_range(len: u16) -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let (first, last) = (10_000, low.saturating_sub(len));
+    assert!(first < last, "no room below the ephemeral range {range:?}");
+    // Start somewhere the process id says, so that concurrent runs spread out.
+    let span = u32::from(last - first);
+    let start = std::process::id() % span;
+    for step in 0..span.min(1_000) {
+        let port = first + ((start + step * 97) % span) as u16;
+        let free = (port..port + len)
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok();
+        if free {
+            return port;
+        }
+    }
+    panic!("no {len} free ports below {low}");
 }
