@@ -110,6 +110,10 @@ pub(crate) struct Opened<F> {
     pub checkpoint: Option<Checkpoint>,
     pub spare_ready: bool,
     pub health: Health,
+    /// Whatever follows the last segment's data is zeros or a recycled file's old batches,
+    /// never the remains of writes (a clean close ended there, or nothing but zeros follows):
+    /// what a truncation needs to leave the log as a clean close would (`truncate`).
+    pub tail_trusted: bool,
 }
 
 /// How a scan ended.
@@ -510,6 +514,7 @@ pub(crate) async fn open<S: Storage>(
             checkpoint,
             spare_ready,
             health,
+            tail_trusted: false,
         };
         return Ok((opened, recovery));
     };
@@ -589,6 +594,7 @@ pub(crate) async fn open<S: Storage>(
                 checkpoint,
                 spare_ready,
                 health,
+                tail_trusted: false,
             },
             recovery,
         ));
@@ -652,6 +658,8 @@ pub(crate) async fn open<S: Storage>(
     {
         leftover = Some(Untrusted::BytesAfterData { at });
     }
+    let tail_trusted =
+        leftover.is_none() && health == Health::Healthy && (ends_where_closed || !closed_cleanly);
     let mut segment = Segment {
         base_offset: last_base,
         file: Rc::new(file),
@@ -709,6 +717,7 @@ pub(crate) async fn open<S: Storage>(
             checkpoint,
             spare_ready,
             health,
+            tail_trusted,
         },
         recovery,
     ))

@@ -12,6 +12,11 @@
 //!    batches again (the caller then truncates again after the restart: the divergence is
 //!    computed again) or finds bytes it cannot trust after the data and seals the segment
 //!    there, cut to its last block, so no old batch is left behind in it.
+//! 3. When nothing but zeros or a recycled file's old batches follows the data (always after
+//!    a clean close), write the new last segment's index, then the clean-close marker, then
+//!    sync the directory: the log is left as a clean close would leave it, so the next open
+//!    need not read the rest of the segment looking for remains (up to a whole segment).
+//!    A crash before the sync leaves no marker, and the next open checks the rest.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -20,8 +25,8 @@ use protocol::BatchHeader;
 use protocol::limits::BATCH_HEADER_BYTES;
 
 use super::checkpoint::CHECKPOINT_FILE;
-use super::recovery;
-use super::segment::{index_path, log_path};
+use super::recovery::{self, CLEAN_FILE};
+use super::segment::{Segment, index_path, log_path};
 use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::{Health, LogConfig, LogError};
 
@@ -51,6 +56,7 @@ pub async fn truncate_to<S: Storage>(
     let mut segments: Vec<_> = opened.sealed.into_values().collect();
     segments.push(opened.active);
     let old_end = segments.last().map_or(0, |s| s.next_offset);
+    let last = segments.len().saturating_sub(1);
     if offset >= old_end {
         return Ok(Truncated {
             old_end,
@@ -100,8 +106,39 @@ pub async fn truncate_to<S: Storage>(
         )
         .await?;
     }
+    // The new last segment: the cut one, or the one before it when the cut removed it
+    // whole. A sealed segment was synced whole before the next one existed, so only the
+    // log's last segment can hold remains after its data.
+    let new_last = if keep_target { target } else { target - 1 };
+    if (opened.tail_trusted || new_last < last)
+        && let Some(segment) = segments.get_mut(new_last)
+    {
+        if keep_target {
+            segment.index.truncate(cut_position);
+            segment.data_end = cut_position;
+            segment.next_offset = new_end;
+        }
+        // Best effort: without the marker, the next open checks the rest of the segment.
+        let _ = mark_closed_cleanly(storage, dir, segment).await;
+    }
     drop(segments);
     Ok(Truncated { old_end, new_end })
+}
+
+/// Writes `last`'s index (where its data ends), then the clean-close marker, then syncs the
+/// directory, in that order: a durable marker always has the index beside it.
+async fn mark_closed_cleanly<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    last: &Segment<S::File>,
+) -> Result<(), LogError> {
+    let index = index_path(dir, last.base_offset);
+    recovery::write_small_file(storage, &index, &last.index_image()).await?;
+    recovery::write_small_file(storage, &dir.join(CLEAN_FILE), b"closed cleanly").await?;
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(LogError::io("sync log directory"))
 }
 
 /// Walks batch headers from `position` (an index entry at or below the batch holding
