@@ -41,7 +41,8 @@ pub struct Truncated {
 
 /// Truncates the log in `dir` (not open anywhere) so it ends at `offset`, or at the start
 /// of the batch holding `offset` when it falls inside one. Nothing changes when the log
-/// ends at or before `offset`. A damaged log is refused: truncating could hide damage.
+/// ends at or before `offset` (but the clean-close marker its recovery removed is put back
+/// where it still holds). A damaged log is refused: truncating could hide damage.
 pub async fn truncate_to<S: Storage>(
     storage: &S,
     dir: &Path,
@@ -58,6 +59,12 @@ pub async fn truncate_to<S: Storage>(
     let old_end = segments.last().map_or(0, |s| s.next_offset);
     let last = segments.len().saturating_sub(1);
     if offset >= old_end {
+        // Recovery took the clean-close marker away; where it still holds, put it back.
+        if opened.tail_trusted
+            && let Some(segment) = segments.last()
+        {
+            let _ = mark_closed_cleanly(storage, dir, segment).await;
+        }
         return Ok(Truncated {
             old_end,
             new_end: old_end,

@@ -1285,6 +1285,16 @@ fn a_truncated_log_reopens_without_reading_the_rest_of_its_segment() {
         let kept = read_all(&log, 0).await[..10].to_vec();
         log.close().await.unwrap();
 
+        // Nothing to cut: the log stays as it was, marker included.
+        let cut = truncate_to(&storage, &dir(), &config, 20).await.unwrap();
+        assert_eq!((cut.old_end, cut.new_end), (20, 20));
+        let before = storage.stats().read_bytes;
+        let (log, _) = Log::open(storage.clone(), &dir(), config).await.unwrap();
+        let read = storage.stats().read_bytes - before;
+        assert!(read < config.segment_bytes, "the open read {read} bytes");
+        assert_eq!(log.offsets().next, 20);
+        log.close().await.unwrap();
+
         let cut = truncate_to(&storage, &dir(), &config, 10).await.unwrap();
         assert_eq!((cut.old_end, cut.new_end), (20, 10));
         let before = storage.stats().read_bytes;
