@@ -17,7 +17,7 @@ use protocol::{BatchHeader, BatchView};
 
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use super::notify::Notify;
-use super::recovery::{self, CLEAN_FILE, Recovery, SPARE_READY, SPARE_TMP};
+use super::recovery::{self, Recovery, SPARE_READY, SPARE_TMP};
 use super::segment::{Segment, index_path, log_path};
 use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::tail::{Inflight, Recent, Tail, Take};
@@ -186,6 +186,9 @@ struct Core<S: Storage> {
     /// due point, a roll waits for it, or the log closed, failed or found damage. Not
     /// `changed`, which every write and sync completion signals.
     spare_wake: Notify,
+    /// Wakes those waiting for directory work (`Core::dir_op`, `close`) when work ends: a
+    /// waiter only waits while work runs. Not `changed`, for the same reason.
+    dir_wake: Notify,
 }
 
 /// A write or fdatasync running in a task of the log's own, and when it was issued.
@@ -472,6 +475,7 @@ impl<S: Storage> Log<S> {
                 state: RefCell::new(state),
                 changed: Notify::default(),
                 spare_wake: Notify::default(),
+                dir_wake: Notify::default(),
             }),
         };
         Ok((log, report))
@@ -1156,30 +1160,16 @@ impl<S: Storage> Log<S> {
         // A directory operation started before the close (the upkeep's checkpoint) lands
         // before close returns; none starts after.
         loop {
-            let seen = self.core.changed.epoch();
+            let seen = self.core.dir_wake.epoch();
             if self.core.state.borrow().dir_ops.is_empty() {
                 break;
             }
-            self.core.changed.changed(seen).await;
+            self.core.dir_wake.changed(seen).await;
         }
         if quiet {
             // Best effort: without the marker the next open checks the rest of the segment.
-            let marked = recovery::write_small_file(
-                &self.core.storage,
-                &self.core.dir.join(CLEAN_FILE),
-                b"closed cleanly",
-            )
-            .await;
-            let synced = match marked {
-                Ok(()) => self
-                    .core
-                    .storage
-                    .sync_dir(&self.core.dir)
-                    .await
-                    .map_err(LogError::io("sync log directory")),
-                Err(error) => Err(error),
-            };
-            if let Err(error) = synced {
+            let marked = recovery::mark_closed_cleanly(&self.core.storage, &self.core.dir).await;
+            if let Err(error) = marked {
                 tracing::warn!(dir = %self.core.dir.display(), %error, "clean-close marker not written");
             }
         }
@@ -1305,7 +1295,7 @@ impl<S: Storage> Core<S> {
         W: Future<Output = Result<T, LogError>> + 'static,
     {
         loop {
-            let seen = self.changed.epoch();
+            let seen = self.dir_wake.epoch();
             {
                 let st = self.state.borrow();
                 if st.closed {
@@ -1318,7 +1308,7 @@ impl<S: Storage> Core<S> {
             if when_busy == WhenBusy::Skip {
                 return Ok(None);
             }
-            self.changed.changed(seen).await;
+            self.dir_wake.changed(seen).await;
         }
         let done = Rc::new(RefCell::new(None));
         {
@@ -1331,7 +1321,7 @@ impl<S: Storage> Core<S> {
                 let outcome = future.await;
                 *result.borrow_mut() = Some(outcome);
                 core.state.borrow_mut().dir_ops.retain(|op| op.work != work);
-                core.changed.notify();
+                core.dir_wake.notify();
             });
             st.dir_ops.push(DirOp {
                 work,
@@ -1339,11 +1329,11 @@ impl<S: Storage> Core<S> {
             });
         }
         loop {
-            let seen = self.changed.epoch();
+            let seen = self.dir_wake.epoch();
             if let Some(outcome) = done.borrow_mut().take() {
                 return outcome.map(Some);
             }
-            self.changed.changed(seen).await;
+            self.dir_wake.changed(seen).await;
         }
     }
 

@@ -52,6 +52,20 @@ pub(crate) const SPARE_READY: &str = "spare.ready";
 /// the log writes anything.
 pub(crate) const CLEAN_FILE: &str = "clean";
 
+/// Writes the clean-close marker and syncs the directory, so that it is durable. Call only
+/// when the last segment's index says where its data ends and nothing but zeros or a recycled
+/// file's old batches follows the data: `open` then trusts the bytes after it.
+pub(crate) async fn mark_closed_cleanly<S: Storage>(
+    storage: &S,
+    dir: &Path,
+) -> Result<(), LogError> {
+    write_small_file(storage, &dir.join(CLEAN_FILE), b"closed cleanly").await?;
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(LogError::io("sync log directory"))
+}
+
 /// What recovery found and did, for the operator and for tests.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Recovery {

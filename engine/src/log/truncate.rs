@@ -25,7 +25,7 @@ use protocol::BatchHeader;
 use protocol::limits::BATCH_HEADER_BYTES;
 
 use super::checkpoint::CHECKPOINT_FILE;
-use super::recovery::{self, CLEAN_FILE};
+use super::recovery;
 use super::segment::{Segment, index_path, log_path};
 use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::{Health, LogConfig, LogError};
@@ -63,7 +63,7 @@ pub async fn truncate_to<S: Storage>(
         if opened.tail_trusted
             && let Some(segment) = segments.last()
         {
-            let _ = mark_closed_cleanly(storage, dir, segment).await;
+            let _ = leave_closed_cleanly(storage, dir, segment).await;
         }
         return Ok(Truncated {
             old_end,
@@ -126,26 +126,22 @@ pub async fn truncate_to<S: Storage>(
             segment.next_offset = new_end;
         }
         // Best effort: without the marker, the next open checks the rest of the segment.
-        let _ = mark_closed_cleanly(storage, dir, segment).await;
+        let _ = leave_closed_cleanly(storage, dir, segment).await;
     }
     drop(segments);
     Ok(Truncated { old_end, new_end })
 }
 
-/// Writes `last`'s index (where its data ends), then the clean-close marker, then syncs the
-/// directory, in that order: a durable marker always has the index beside it.
-async fn mark_closed_cleanly<S: Storage>(
+/// Writes `last`'s index (where its data ends), then the clean-close marker, in that order:
+/// a durable marker always has the index beside it.
+async fn leave_closed_cleanly<S: Storage>(
     storage: &S,
     dir: &Path,
     last: &Segment<S::File>,
 ) -> Result<(), LogError> {
     let index = index_path(dir, last.base_offset);
     recovery::write_small_file(storage, &index, &last.index_image()).await?;
-    recovery::write_small_file(storage, &dir.join(CLEAN_FILE), b"closed cleanly").await?;
-    storage
-        .sync_dir(dir)
-        .await
-        .map_err(LogError::io("sync log directory"))
+    recovery::mark_closed_cleanly(storage, dir).await
 }
 
 /// Walks batch headers from `position` (an index entry at or below the batch holding

@@ -1288,24 +1288,13 @@ fn a_truncated_log_reopens_without_reading_the_rest_of_its_segment() {
         // Nothing to cut: the log stays as it was, marker included.
         let cut = truncate_to(&storage, &dir(), &config, 20).await.unwrap();
         assert_eq!((cut.old_end, cut.new_end), (20, 20));
-        let before = storage.stats().read_bytes;
-        let (log, _) = Log::open(storage.clone(), &dir(), config).await.unwrap();
-        let read = storage.stats().read_bytes - before;
-        assert!(read < config.segment_bytes, "the open read {read} bytes");
+        let log = open_reading_less_than_a_segment(&storage, config).await;
         assert_eq!(log.offsets().next, 20);
         log.close().await.unwrap();
 
         let cut = truncate_to(&storage, &dir(), &config, 10).await.unwrap();
         assert_eq!((cut.old_end, cut.new_end), (20, 10));
-        let before = storage.stats().read_bytes;
-        let (log, recovery) = Log::open(storage.clone(), &dir(), config).await.unwrap();
-        let read = storage.stats().read_bytes - before;
-        // Without the marker: the whole segment and more (3.1 MB), in scan chunks.
-        assert!(
-            read < config.segment_bytes,
-            "the open read {read} bytes ({recovery:?})"
-        );
-        assert_eq!(recovery.truncated, None);
+        let log = open_reading_less_than_a_segment(&storage, config).await;
         assert_eq!(log.offsets().next, 10);
         assert_eq!(read_all(&log, 0).await, kept);
         let appended = log.append(&batch(2, 0, 2, 100), 1).await.unwrap();
@@ -1318,6 +1307,24 @@ fn a_truncated_log_reopens_without_reading_the_rest_of_its_segment() {
         assert_eq!(all.len(), 12);
         assert!(all[10].1.starts_with(b"2:0:"));
     });
+}
+
+/// Opens the log in `dir()`, checking that the open read less than a segment: without the
+/// clean-close marker it reads the whole segment and more (3.1 MB of a 2 MiB one), in scan
+/// chunks, looking for remains after the data.
+async fn open_reading_less_than_a_segment(
+    storage: &SimStorage,
+    config: LogConfig,
+) -> Log<SimStorage> {
+    let before = storage.stats().read_bytes;
+    let (log, recovery) = Log::open(storage.clone(), &dir(), config).await.unwrap();
+    let read = storage.stats().read_bytes - before;
+    assert!(
+        read < config.segment_bytes,
+        "the open read {read} bytes ({recovery:?})"
+    );
+    assert_eq!(recovery.truncated, None);
+    log
 }
 
 /// Power loss at a random point of a truncation, on logs of recycled segments (old batches
