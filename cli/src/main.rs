@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetSpec, Producer, ProducerConfig,
-    StartOffset, Subscription,
+    Acks, Client, ClientConfig, ClientError, ConsumedRecord, Consumer, ConsumerConfig, OffsetSpec,
+    Producer, ProducerConfig, StartOffset, Subscription,
 };
 use engine::broker::{self, BrokerOptions};
 use engine::config::Profile;
@@ -377,20 +377,55 @@ fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Longest one wait of `consume` for records: what it printed is flushed at least this often.
+const CONSUME_WAIT: Duration = Duration::from_millis(500);
+
 /// `consume` without `--follow`: long-poll fetches up to the partition's end as it was at the
 /// start (or `--count` records), then exit.
 fn read_to_end(mut client: Client, args: &ConsumeArgs, from: StartOffset) -> anyhow::Result<()> {
     let end = client.list_offsets(&args.topic, args.partition, OffsetSpec::Latest)?;
     let mut consumer = Consumer::new(client, ConsumerConfig::default())?;
-    let mut position = consumer.assign(&args.topic, args.partition, from)?;
+    let position = consumer.assign(&args.topic, args.partition, from)?;
+    print_values(
+        args.count,
+        position,
+        |position| position >= end,
+        || consumer.poll(CONSUME_WAIT),
+    )
+}
+
+/// `consume --follow`: records as the broker pushes them to a subscription, from `from` on,
+/// until `--count` records (without it, until the process is stopped).
+fn follow(client: Client, args: &ConsumeArgs, from: StartOffset) -> anyhow::Result<()> {
+    let mut subscription = Subscription::new(client, &args.topic, args.partition, from)
+        .with_context(|| format!("subscribing to {}-{}", args.topic, args.partition))?;
+    // Dropping the subscription closes its connection, which ends it on the broker; waiting
+    // for an Unsubscribe answer would only delay the exit.
+    print_values(
+        args.count,
+        subscription.position(),
+        |_| false,
+        || subscription.next_records(CONSUME_WAIT),
+    )
+}
+
+/// Prints the value of each record `next` returns, one a line, until `count` records were
+/// printed or `at_end` holds for the position (`position` at first, then the offset after the
+/// last record printed).
+fn print_values(
+    count: Option<u64>,
+    mut position: u64,
+    at_end: impl Fn(u64) -> bool,
+    mut next: impl FnMut() -> Result<Vec<ConsumedRecord>, ClientError>,
+) -> anyhow::Result<()> {
     let mut printed = 0u64;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let done = |printed: u64, position: u64| {
-        args.count.is_some_and(|count| printed >= count) || position >= end
+        count.is_some_and(|count| printed >= count) || at_end(position)
     };
     while !done(printed, position) {
-        for record in consumer.poll(Duration::from_millis(500))? {
+        for record in next()? {
             out.write_all(&record.value)?;
             out.write_all(b"\n")?;
             printed += 1;
@@ -401,31 +436,5 @@ fn read_to_end(mut client: Client, args: &ConsumeArgs, from: StartOffset) -> any
         }
         out.flush()?;
     }
-    out.flush()?;
-    Ok(())
-}
-
-/// `consume --follow`: records as the broker pushes them to a subscription, from `from` on,
-/// until `--count` records (without it, until the process is stopped).
-fn follow(client: Client, args: &ConsumeArgs, from: StartOffset) -> anyhow::Result<()> {
-    let mut subscription = Subscription::new(client, &args.topic, args.partition, from)
-        .with_context(|| format!("subscribing to {}-{}", args.topic, args.partition))?;
-    let mut printed = 0u64;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let done = |printed: u64| args.count.is_some_and(|count| printed >= count);
-    while !done(printed) {
-        for record in subscription.next_records(Duration::from_millis(500))? {
-            out.write_all(&record.value)?;
-            out.write_all(b"\n")?;
-            printed += 1;
-            if done(printed) {
-                break;
-            }
-        }
-        out.flush()?;
-    }
-    // Dropping the subscription closes its connection, which ends it on the broker; waiting
-    // for an Unsubscribe answer would only delay the exit.
     Ok(())
 }

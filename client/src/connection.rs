@@ -413,10 +413,10 @@ impl Connection {
             return Ok(None);
         }
         // `None`: only streams are open and the caller set no bound.
-        let deadline = match (until, oldest) {
-            (Some(until), Some((_, request_deadline))) => Some(until.min(request_deadline)),
-            (until, oldest) => until.or(oldest.map(|(_, request_deadline)| request_deadline)),
-        };
+        let deadline = until
+            .into_iter()
+            .chain(oldest.map(|(_, request_deadline)| request_deadline))
+            .min();
         match self.read_until(deadline)? {
             Some(frame) => self.accept(frame).map(Some),
             None => match oldest {
@@ -531,10 +531,11 @@ impl Connection {
                     Some(left.max(Duration::from_millis(1)))
                 }
             };
-            if let Err(source) = self.stream.set_read_timeout(timeout) {
-                return Err(self.fail_io(source));
-            }
-            match self.reader.next_frame(&mut self.stream) {
+            let mut source = TimedRead {
+                stream: &self.stream,
+                timeout: Some(timeout),
+            };
+            match self.reader.next_frame(&mut source) {
                 Ok(frame) => return Ok(Some(frame)),
                 Err(ReadError::Io(source)) if is_timeout(&source) => {}
                 Err(ReadError::Io(source)) => return Err(self.fail_io(source)),
@@ -615,6 +616,24 @@ impl Connection {
             peer: self.peer,
             source,
         }
+    }
+}
+
+/// The socket as the frame reader reads it. The read timeout is set just before the first
+/// read, so a frame the reader already holds (several small ones arrive per read, a stream's
+/// deliveries among them) costs no system call.
+struct TimedRead<'a> {
+    stream: &'a TcpStream,
+    /// The timeout still to set; `Some(None)` blocks with none.
+    timeout: Option<Option<Duration>>,
+}
+
+impl io::Read for TimedRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(timeout) = self.timeout.take() {
+            self.stream.set_read_timeout(timeout)?;
+        }
+        io::Read::read(&mut self.stream, buf)
     }
 }
 

@@ -217,9 +217,8 @@ impl Subscription {
         // retry policy), or returns; `until` bounds the frames taken, and with no `until` the
         // probe's deadline bounds the wait.
         loop {
-            if !self.ensure_open(until)? {
-                return Ok(Vec::new());
-            }
+            self.ensure_open(until)?;
+            // Not open: `until` came before the backoff ended.
             let Some(open) = self.open.as_mut() else {
                 return Ok(Vec::new());
             };
@@ -239,11 +238,7 @@ impl Subscription {
                 }
             } else {
                 // Wake when `until` passes or a probe falls due, whichever comes first.
-                let wake = match (until, probe_due) {
-                    (Some(until), Some(due)) => Some(until.min(due)),
-                    (until, due) => until.or(due),
-                };
-                match wake {
+                match until.into_iter().chain(probe_due).min() {
                     Some(wake) => open.connection.poll(wake.saturating_duration_since(now)),
                     // A probe is in flight: its deadline ends the wait.
                     None => open.connection.recv(),
@@ -310,10 +305,10 @@ impl Subscription {
     }
 
     /// Subscribes if no subscription is open, retrying retriable failures per the retry
-    /// policy. `Ok(false)` when `until` has passed, or when the backoff before the next
+    /// policy. Leaves none open when `until` has passed, or when the backoff before the next
     /// attempt ends after it (it then sleeps until `until`): no attempt starts after `until`.
     /// `until` `None` waits for every backoff.
-    fn ensure_open(&mut self, until: Option<Instant>) -> Result<bool, ClientError> {
+    fn ensure_open(&mut self, until: Option<Instant>) -> Result<(), ClientError> {
         // Each failed attempt counts against the retry policy, which ends the run of them.
         while self.open.is_none() {
             let now = Instant::now();
@@ -322,7 +317,7 @@ impl Subscription {
                 && (now >= until || not_before > until)
             {
                 std::thread::sleep(until.saturating_duration_since(now));
-                return Ok(false);
+                return Ok(());
             }
             std::thread::sleep(not_before.saturating_duration_since(now));
             match self.subscribe() {
@@ -330,7 +325,7 @@ impl Subscription {
                 Err(error) => self.fail(error)?,
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// One attempt: a new connection to the leader's shard port and `Subscribe` at the

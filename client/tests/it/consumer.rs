@@ -72,7 +72,7 @@ fn consumer(cluster: &Cluster) -> Consumer {
     Consumer::new(client, config).unwrap()
 }
 
-fn offsets(records: &[client::ConsumedRecord]) -> Vec<u64> {
+pub fn offsets(records: &[client::ConsumedRecord]) -> Vec<u64> {
     records.iter().map(|r| r.offset).collect()
 }
 

@@ -14,7 +14,7 @@ use protocol::api::{
 };
 use protocol::{ApiKey, ErrorCode, FrameBuf};
 
-use crate::consumer::batch;
+use crate::consumer::{batch, offsets};
 use crate::peer::{Action, Cluster, Received, api_versions_answer, encode};
 
 const WAIT: Duration = Duration::from_millis(500);
@@ -45,14 +45,15 @@ fn subscribed_at(request: &Received) -> u64 {
     body.offset.to_native()
 }
 
+/// A delivery to the subscription that `Subscribe` request `subscription` opened.
 fn delivery(
-    request: &Received,
+    subscription: u64,
     error: ErrorCode,
     records: Vec<u8>,
     high_watermark: u64,
 ) -> FrameBuf {
     encode(
-        request.id(),
+        subscription,
         &SubscribeDelivery {
             error,
             high_watermark,
@@ -69,10 +70,6 @@ fn frames(parts: &[FrameBuf]) -> FrameBuf {
         out.extend_from_slice(part);
     }
     out
-}
-
-fn offsets(records: &[client::ConsumedRecord]) -> Vec<u64> {
-    records.iter().map(|r| r.offset).collect()
 }
 
 /// `config`, with requests (the probe's answer included) due within `request_timeout`, which
@@ -113,14 +110,14 @@ fn not_leader_moves_the_subscription_to_the_new_leaders_shard_port_at_its_positi
             let metadata = moved.get().unwrap();
             metadata.lock().unwrap().topics[0].partitions[0].leader_shard = 1;
             return Action::Reply(frames(&[
-                delivery(request, ErrorCode::NONE, batch(0, 5), 5),
-                delivery(request, ErrorCode::NOT_LEADER, vec![], 5),
+                delivery(request.id(), ErrorCode::NONE, batch(0, 5), 5),
+                delivery(request.id(), ErrorCode::NOT_LEADER, vec![], 5),
             ]));
         }
         // The new leader's first batch starts before the offset asked for.
         let mut records = batch(3, 4);
         records.extend(batch(7, 3));
-        Action::Reply(delivery(request, ErrorCode::NONE, records, 10))
+        Action::Reply(delivery(request.id(), ErrorCode::NONE, records, 10))
     });
     metadata.set(cluster.metadata.clone()).unwrap();
     // Shared-port routing still subscribes on the leader's own port.
@@ -146,7 +143,7 @@ fn a_lost_connection_is_survived_by_subscribing_again() {
         match count.fetch_add(1, Ordering::SeqCst) {
             0 => Action::Close,
             _ => Action::Reply(delivery(
-                request,
+                request.id(),
                 ErrorCode::NONE,
                 batch(subscribed_at(request), 3),
                 100,
@@ -176,7 +173,7 @@ fn offset_out_of_range_is_returned_and_never_silently_reset() {
                 },
             ));
         }
-        Action::Reply(delivery(request, ErrorCode::NONE, batch(100, 10), 110))
+        Action::Reply(delivery(request.id(), ErrorCode::NONE, batch(100, 10), 110))
     });
     let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(5));
     for _ in 0..2 {
@@ -205,7 +202,7 @@ fn offset_out_of_range_is_returned_and_never_silently_reset() {
 #[test]
 fn a_delivery_that_skips_offsets_is_a_protocol_violation() {
     let cluster = Cluster::start(1, "t", &[0], |_, request| {
-        Action::Reply(delivery(request, ErrorCode::NONE, batch(7, 3), 10))
+        Action::Reply(delivery(request.id(), ErrorCode::NONE, batch(7, 3), 10))
     });
     let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(5));
     let result = subscription.next_records(WAIT);
@@ -217,9 +214,27 @@ fn a_delivery_that_skips_offsets_is_a_protocol_violation() {
 }
 
 #[test]
+fn a_corrupt_batch_returns_nothing_of_its_delivery_and_the_position_stays() {
+    let cluster = Cluster::start(1, "t", &[0], |_, request| {
+        let mut records = batch(0, 3);
+        records.extend(batch(3, 3));
+        let last = records.len() - 1;
+        records[last] ^= 0x20;
+        Action::Reply(delivery(request.id(), ErrorCode::NONE, records, 6))
+    });
+    let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(0));
+    let result = subscription.next_records(WAIT);
+    assert!(
+        matches!(result, Err(ClientError::CorruptBatch { partition: 0, .. })),
+        "{result:?}"
+    );
+    assert_eq!(subscription.position(), 0);
+}
+
+#[test]
 fn a_subscription_that_keeps_failing_is_reported_after_the_retry_policy() {
     let cluster = Cluster::start(1, "t", &[0], |_, request| {
-        Action::Reply(delivery(request, ErrorCode::SHUTTING_DOWN, vec![], 0))
+        Action::Reply(delivery(request.id(), ErrorCode::SHUTTING_DOWN, vec![], 0))
     });
     let mut subscription = subscription(&cluster, Routing::ShardAware, StartOffset::Offset(0));
     match subscription.next_records(WAIT) {
@@ -238,21 +253,18 @@ fn close_unsubscribes_and_waits_for_the_answer() {
     let cluster = Cluster::start(1, "t", &[0], move |_, request| match request.api() {
         ApiKey::Subscribe => {
             *seen.lock().unwrap() = Some(request.id());
-            Action::Reply(delivery(request, ErrorCode::NONE, batch(0, 2), 2))
+            Action::Reply(delivery(request.id(), ErrorCode::NONE, batch(0, 2), 2))
         }
         ApiKey::Unsubscribe => {
             let body = request.frame().access::<UnsubscribeRequest>().unwrap();
             assert_eq!(Some(body.subscription.to_native()), *seen.lock().unwrap());
             // A delivery still on its way comes before the answer.
             Action::Reply(frames(&[
-                encode(
+                delivery(
                     body.subscription.to_native(),
-                    &SubscribeDelivery {
-                        error: ErrorCode::NONE,
-                        high_watermark: 3,
-                        log_start_offset: 0,
-                        records: batch(2, 1),
-                    },
+                    ErrorCode::NONE,
+                    batch(2, 1),
+                    3,
                 ),
                 encode(
                     request.id(),
@@ -282,7 +294,7 @@ fn a_broker_gone_silent_is_found_out_by_a_probe_and_the_subscription_moves_on() 
         }
         ApiKey::Subscribe if subscribe_count.fetch_add(1, Ordering::SeqCst) == 0 => Action::NoReply,
         ApiKey::Subscribe => Action::Reply(delivery(
-            request,
+            request.id(),
             ErrorCode::NONE,
             batch(subscribed_at(request), 3),
             100,
@@ -328,15 +340,7 @@ fn an_idle_subscription_whose_broker_answers_its_probes_stays_open() {
             let subscription = seen.lock().unwrap().unwrap();
             Action::Reply(frames(&[
                 api_versions_answer(request),
-                encode(
-                    subscription,
-                    &SubscribeDelivery {
-                        error: ErrorCode::NONE,
-                        high_watermark: 2,
-                        log_start_offset: 0,
-                        records: batch(0, 2),
-                    },
-                ),
+                delivery(subscription, ErrorCode::NONE, batch(0, 2), 2),
             ]))
         }
         other => panic!("unexpected {other:?}"),
@@ -407,7 +411,7 @@ fn close_fits_beside_a_probe_in_flight_with_the_least_bound() {
         )),
         other => panic!("unexpected {other:?}"),
     });
-    // A probe after 1 s of silence, lost at 2 s: `close` comes at about 1.3 s.
+    // A probe after 1 s of silence, lost at 2 s: `close` comes as soon as it is out.
     let config = ClientConfig {
         connection: ConnectionConfig {
             in_flight_max: 4,
@@ -418,12 +422,17 @@ fn close_fits_beside_a_probe_in_flight_with_the_least_bound() {
     };
     let client = Client::connect(&cluster.broker.shared, config).unwrap();
     let mut subscription = Subscription::new(client, "t", 0, StartOffset::Offset(0)).unwrap();
-    let records = subscription
-        .next_records(Duration::from_millis(1300))
-        .unwrap();
-    assert!(records.is_empty());
-    assert_eq!(probes.load(Ordering::SeqCst), 1);
+    let started = Instant::now();
+    // Each turn waits 50 ms at most.
+    while probes.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no probe");
+        let records = subscription
+            .next_records(Duration::from_millis(50))
+            .unwrap();
+        assert!(records.is_empty());
+    }
     subscription.close().unwrap();
+    assert_eq!(probes.load(Ordering::SeqCst), 1);
     assert_eq!(cluster.count(ApiKey::Unsubscribe), 1);
     assert_eq!(cluster.count(ApiKey::Subscribe), 1);
 }
@@ -440,7 +449,7 @@ fn a_subscription_served_for_backoff_max_ends_its_run_of_failures() {
             std::thread::sleep(Duration::from_millis(200));
             return Action::Close;
         }
-        Action::Reply(delivery(request, ErrorCode::NONE, batch(0, 3), 3))
+        Action::Reply(delivery(request.id(), ErrorCode::NONE, batch(0, 3), 3))
     });
     let config = ClientConfig {
         retry: RetryPolicy {
