@@ -14,6 +14,10 @@
 //! their own, and the pair ends when both have. That is the floor of `acks=all+fsync` with
 //! the replicas' data directories on the same disk.
 //!
+//! [`group_commit`] is the floor under the latency case itself: records arrive open-loop at
+//! the case's rate and are made durable the way a log's group commit does it, with no broker
+//! and no network in between.
+//!
 //! Plain blocking system calls on pinned threads: no runtime, no io_uring, no log format.
 //! The files are written full of zeros first, so every measured write overwrites (as into
 //! ringmq's pre-zeroed segments), and are then written round and round.
@@ -22,7 +26,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -80,6 +84,196 @@ pub fn replicated_pairs(
         .join()
         .map_err(|_| anyhow::anyhow!("floor follower panicked"))?;
     measured
+}
+
+/// Arrival to durable, in microseconds, for records that arrive open-loop at `rate` a second
+/// for `seconds` (record i is due `i / rate` after the start, as the latency case sends) and
+/// are made durable on every replica of `replicas` (a file and the core its threads run on)
+/// as ringmq's log does it:
+/// - a writer writes one 4 KiB block for every record that has arrived and not been written,
+///   as soon as its previous write completed, so a write runs beside the running sync;
+/// - a syncer starts an fdatasync as soon as a write has completed that no sync covers;
+/// - a record is durable when a sync that started after its write completed has returned on
+///   every replica, and its latency ends then.
+///
+/// No network, no request handling, no cross-core hand-off to a follower: whatever a broker
+/// adds comes on top. Latency runs from the record's due time, so a writer that wakes late
+/// counts, as a broker's does.
+pub fn group_commit(
+    replicas: &[(&Path, usize)],
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<Histogram<u64>> {
+    let files = replicas
+        .iter()
+        .map(|&(path, core)| {
+            let writer = PairFile::lay_out(path)?;
+            let syncer = writer
+                .file
+                .try_clone()
+                .with_context(|| format!("opening {} again", path.display()))?;
+            Ok((writer, syncer, core))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let commit = Arc::new(Commit::new(replicas.len(), rate, seconds)?);
+    let mut threads = Vec::new();
+    for (replica, (mut writer, syncer, core)) in files.into_iter().enumerate() {
+        let (at_writer, at_syncer) = (Arc::clone(&commit), Arc::clone(&commit));
+        threads.push(std::thread::spawn(move || {
+            crate::machine::pin(core);
+            let written = at_writer.write(replica, || writer.write_next());
+            at_writer.end_on_error(written);
+        }));
+        threads.push(std::thread::spawn(move || {
+            crate::machine::pin(core);
+            let synced = at_syncer.sync(replica, || syncer.sync_data());
+            at_syncer.end_on_error(synced);
+        }));
+    }
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("floor thread panicked"))?;
+    }
+    commit.finish()
+}
+
+/// What [`group_commit`]'s writers and syncers share.
+struct Commit {
+    state: Mutex<CommitState>,
+    /// Notified when a write completes, a sync returns, or a thread fails.
+    changed: Condvar,
+    /// Record i is due at `started + i * interval`, for i below `total`.
+    started: Instant,
+    interval: Duration,
+    total: u64,
+}
+
+struct CommitState {
+    /// Per replica: how many records a completed write covers, and a returned sync.
+    written: Vec<u64>,
+    synced: Vec<u64>,
+    /// How many records are durable on every replica and timed.
+    recorded: u64,
+    histogram: Histogram<u64>,
+    /// The first error of any thread; every thread ends when it is set.
+    failed: Option<io::Error>,
+}
+
+impl Commit {
+    /// `rate * seconds` records for `replicas` replicas, the first due in 10 ms.
+    fn new(replicas: usize, rate: u64, seconds: u64) -> anyhow::Result<Commit> {
+        Ok(Commit {
+            state: Mutex::new(CommitState {
+                written: vec![0; replicas],
+                synced: vec![0; replicas],
+                recorded: 0,
+                histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+                failed: None,
+            }),
+            changed: Condvar::new(),
+            started: Instant::now() + Duration::from_millis(10),
+            interval: Duration::from_nanos(1_000_000_000 / rate.max(1)),
+            total: rate * seconds,
+        })
+    }
+
+    fn due(&self, record: u64) -> Instant {
+        self.started + self.interval * record as u32
+    }
+
+    /// A replica's writer: one write for every run of arrived records, until the last.
+    fn write(&self, replica: usize, mut write: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+        let total = self.total;
+        // A sleep may overrun by the thread's timer slack (50 us by default), which would be
+        // timed as the disk's.
+        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+        let mut issued = 0;
+        while issued < total {
+            let now = Instant::now();
+            if now < self.due(issued) {
+                std::thread::sleep(self.due(issued) - now);
+                continue;
+            }
+            // Every record due by now rides this write.
+            let mut arrived = issued + 1;
+            while arrived < total && self.due(arrived) <= now {
+                arrived += 1;
+            }
+            write()?;
+            let mut state = self.lock()?;
+            state.written[replica] = arrived;
+            self.changed.notify_all();
+            issued = arrived;
+        }
+        Ok(())
+    }
+
+    /// A replica's syncer: one sync whenever a completed write is not covered, until the
+    /// last record; the one whose sync makes records durable on every replica times them.
+    fn sync(&self, replica: usize, mut sync: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+        let total = self.total;
+        loop {
+            let mut state = self.lock()?;
+            while state.written[replica] == state.synced[replica] && state.synced[replica] < total {
+                state = self.changed.wait(state).map_err(|_| poisoned())?;
+                if state.failed.is_some() {
+                    return Ok(());
+                }
+            }
+            let target = state.written[replica];
+            if state.synced[replica] == total {
+                return Ok(());
+            }
+            drop(state);
+            sync()?;
+            let now = Instant::now();
+            let mut state = self.lock()?;
+            state.synced[replica] = target;
+            let durable = state.synced.iter().copied().min().unwrap_or(0);
+            for i in state.recorded..durable {
+                let micros = now.saturating_duration_since(self.due(i)).as_micros();
+                state
+                    .histogram
+                    .record(micros.max(1) as u64)
+                    .map_err(io::Error::other)?;
+            }
+            state.recorded = state.recorded.max(durable);
+            self.changed.notify_all();
+        }
+    }
+
+    /// The state, or an error once any thread has failed.
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, CommitState>> {
+        let state = self.state.lock().map_err(|_| poisoned())?;
+        match &state.failed {
+            Some(_) => Err(io::Error::other("another floor thread failed")),
+            None => Ok(state),
+        }
+    }
+
+    /// The arrival-to-durable histogram once every thread has ended, or the first error.
+    fn finish(&self) -> anyhow::Result<Histogram<u64>> {
+        let mut state = self.state.lock().map_err(|_| poisoned())?;
+        if let Some(error) = state.failed.take() {
+            return Err(error).context("floor write or fdatasync");
+        }
+        Ok(std::mem::replace(&mut state.histogram, Histogram::new(1)?))
+    }
+
+    /// Records a thread's first error, so that every other thread ends too.
+    fn end_on_error(&self, result: io::Result<()>) {
+        if let Err(error) = result
+            && let Ok(mut state) = self.state.lock()
+        {
+            state.failed.get_or_insert(error);
+            self.changed.notify_all();
+        }
+    }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("a floor thread panicked")
 }
 
 /// Runs `work` on a thread pinned to `core` and returns its result.
@@ -157,10 +351,16 @@ impl PairFile {
 
     /// One 4 KiB write at the next position, then fdatasync.
     fn pair(&mut self) -> io::Result<()> {
+        self.write_next()?;
+        self.file.sync_data()
+    }
+
+    /// One 4 KiB write at the next position.
+    fn write_next(&mut self) -> io::Result<()> {
         let block = &self.storage[self.aligned..self.aligned + BLOCK];
         self.file.write_all_at(block, self.position)?;
         self.position = (self.position + BLOCK as u64) % FILE_BYTES;
-        self.file.sync_data()
+        Ok(())
     }
 }
 
@@ -196,6 +396,64 @@ mod tests {
         assert_eq!(bytes.len() as u64, FILE_BYTES);
         assert_eq!(block(&bytes, last), vec![b'x'; BLOCK]);
         assert_eq!(block(&bytes, last - 1), vec![0; BLOCK]);
+        Ok(())
+    }
+
+    /// Every record is timed once, on real files, and each replica's file is written.
+    #[test]
+    fn group_commit_times_every_record_once() -> anyhow::Result<()> {
+        let scratch =
+            ScratchDir::create_in(Path::new(env!("CARGO_MANIFEST_DIR")), "floor-commit-test")?;
+        let (leader, follower) = (scratch.path().join("a"), scratch.path().join("b"));
+        let core = engine::config::allowed_cores()[0];
+        let timed = group_commit(&[(&leader, core), (&follower, core)], 2_000, 1)?;
+        assert_eq!(timed.len(), 2_000);
+        for path in [&leader, &follower] {
+            let bytes = std::fs::read(path)?;
+            assert!(bytes[..BLOCK].iter().all(|&b| b == b'x'));
+        }
+        Ok(())
+    }
+
+    /// A record's time ends only when every replica has synced it: while one replica's
+    /// first sync is held, nothing is timed, however many the other replica synced.
+    #[test]
+    fn a_record_is_durable_only_once_every_replica_synced_it() -> anyhow::Result<()> {
+        let commit = Arc::new(Commit::new(2, 1_000, 1)?);
+        let (release, held) = mpsc::channel::<()>();
+        let mut held = Some(held);
+        let mut threads = Vec::new();
+        for replica in 0..2 {
+            let (writer, syncer) = (Arc::clone(&commit), Arc::clone(&commit));
+            // Replica 1's first sync waits for the test.
+            let mut first = if replica == 1 { held.take() } else { None };
+            threads.push(std::thread::spawn(move || writer.write(replica, || Ok(()))));
+            threads.push(std::thread::spawn(move || {
+                syncer.sync(replica, || match first.take() {
+                    Some(released) => released.recv().map_err(io::Error::other),
+                    None => Ok(()),
+                })
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        {
+            let state = commit.lock()?;
+            assert!(
+                state.synced[0] > 100,
+                "replica 0 synced {}",
+                state.synced[0]
+            );
+            assert_eq!(state.synced[1], 0);
+            assert_eq!(state.recorded, 0);
+        }
+        release.send(())?;
+        for thread in threads {
+            thread.join().map_err(|_| anyhow::anyhow!("panicked"))??;
+        }
+        let timed = commit.finish()?;
+        assert_eq!(timed.len(), 1_000);
+        // The first records waited for the held sync.
+        assert!(timed.max() >= 250_000, "max {} us", timed.max());
         Ok(())
     }
 }

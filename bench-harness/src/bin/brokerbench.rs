@@ -11,13 +11,16 @@
 //!   broker's core that acks at once (no log, no disk), beside fio's write+fdatasync;
 //! - the disk floor: 4 KiB O_DIRECT write+fdatasync pairs timed whole on the broker's core,
 //!   at up to the latency case's rate (`bench_harness::floor`). No durable ack can come
-//!   sooner than one pair after its record arrived.
+//!   sooner than one pair after its record arrived;
+//! - the disk floor under the latency case: records arriving as the latency case sends them,
+//!   made durable by the same group commit as the log's, with no broker and no network
+//!   (`floor::group_commit`).
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
 //! with `all+fsync`, throughput and produce-to-ack latency, interleaved in the same run,
 //! beside the disk floor of one replica and of two (pairs on the leader's and the
-//! follower's cores, on the one disk both write to).
+//! follower's cores, on the one disk both write to), and the group commit floor of each.
 //!
 //! The cases are interleaved across runs and medians reported, since this machine is shared.
 //!
@@ -390,14 +393,21 @@ fn median_over<R>(runs: &[R], figure: impl Fn(&R) -> f64) -> f64 {
 }
 
 /// One run's disk floor, as a run line.
-fn print_pairs(run: usize, what: &str, pairs: &Histogram<u64>) {
+fn print_floor(run: usize, what: &str, floor: &Histogram<u64>) {
     println!(
-        "run {run}: disk floor, {what} timed whole: p50 {} us p99 {} us p99.9 {} us (n={})",
-        pairs.value_at_quantile(0.5),
-        pairs.value_at_quantile(0.99),
-        pairs.value_at_quantile(0.999),
-        pairs.len(),
+        "run {run}: disk floor, {what}: p50 {} us p99 {} us p99.9 {} us (n={})",
+        floor.value_at_quantile(0.5),
+        floor.value_at_quantile(0.99),
+        floor.value_at_quantile(0.999),
+        floor.len(),
     );
+}
+
+/// What the group commit floor's run line says it measured.
+fn group_commit_floor(rate: u64, replicas: &str) -> String {
+    format!(
+        "records arriving at {rate}/s group-committed on {replicas} (no broker, no network), arrival to durable"
+    )
 }
 
 fn pass(met: bool) -> &'static str {
@@ -415,6 +425,8 @@ struct Run {
     floor: Latency,
     /// The disk's 4 KiB write+fdatasync pairs on the broker's core, timed whole (us).
     pairs: Histogram<u64>,
+    /// The latency case's records group-committed on the broker's core, no broker (us).
+    committed: Histogram<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -488,7 +500,24 @@ fn main() -> anyhow::Result<()> {
             args.rate,
             args.seconds,
         )?;
-        print_pairs(run, "4 KiB O_DIRECT pwrite + fdatasync pairs", &pairs);
+        print_floor(
+            run,
+            "4 KiB O_DIRECT pwrite + fdatasync pairs timed whole",
+            &pairs,
+        );
+        let committed = floor::group_commit(
+            &[(
+                &broker.scratch.path().join("floor-commit"),
+                args.broker_core,
+            )],
+            args.rate,
+            args.seconds,
+        )?;
+        print_floor(
+            run,
+            &group_commit_floor(args.rate, &format!("core {}", args.broker_core)),
+            &committed,
+        );
         let floor = loopback_floor(args.broker_core, args.rate, args.seconds)?;
         println!(
             "run {run}: loopback round trip, a thread on core {} acking at once (no log, no disk), {}/s: p50 {} us p99 {} us p99.9 {} us",
@@ -546,6 +575,7 @@ fn main() -> anyhow::Result<()> {
             device_p99_us,
             floor,
             pairs,
+            committed,
         });
     }
     let p99 = median_over(&runs, |r| at(&r.latency.from_intended, 0.99));
@@ -613,12 +643,19 @@ fn main() -> anyhow::Result<()> {
         median_over(&runs, |r| at(&r.pairs, 0.5)),
         median_over(&runs, |r| at(&r.pairs, 0.999)),
     );
+    let committed_p99 = median_over(&runs, |r| at(&r.committed, 0.99));
+    println!(
+        "| disk floor under the latency case: records arriving at {}/s, group-committed as the log does, no broker, no network | fdatasync | p50 {:.0} us, p99 {committed_p99:.0} us, p99.9 {:.0} us |",
+        args.rate,
+        median_over(&runs, |r| at(&r.committed, 0.5)),
+        median_over(&runs, |r| at(&r.committed, 0.999)),
+    );
     println!();
     // Each target is judged only on the case it is about: the latency target on durable
     // (leader+fsync) acks, the throughput target when the throughput cases ran.
     if args.latency_acks == Acks::LeaderFsync {
         println!(
-            "target: p99 produce-to-ack with fsync < 250 us: {} ({p99:.0} us; the disk's write+fdatasync pair alone: p99 {pairs_p99:.0} us)",
+            "target: p99 produce-to-ack with fsync < 250 us: {} ({p99:.0} us; the disk's write+fdatasync pair alone: p99 {pairs_p99:.0} us; the same records group-committed with no broker: p99 {committed_p99:.0} us)",
             pass(p99 < 250.0)
         );
     }
@@ -642,6 +679,9 @@ struct ReplicationRun {
     /// replicas' on the leader's and the follower's cores, timed until both are durable.
     pairs1: Histogram<u64>,
     pairs2: Histogram<u64>,
+    /// The latency case's records group-committed, no broker (us): on one replica, on two.
+    committed1: Histogram<u64>,
+    committed2: Histogram<u64>,
 }
 
 /// RF=1 `leader+fsync` against RF=2 `all+fsync` on every allowed core, interleaved per run.
@@ -730,7 +770,11 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             args.rate,
             args.seconds,
         )?;
-        print_pairs(run, "one replica's 4 KiB pwrite + fdatasync pairs", &pairs1);
+        print_floor(
+            run,
+            "one replica's 4 KiB pwrite + fdatasync pairs timed whole",
+            &pairs1,
+        );
         let pairs2 = floor::replicated_pairs(
             (
                 &scratch.join("floor-leader"),
@@ -740,13 +784,36 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             args.rate,
             args.seconds,
         )?;
-        print_pairs(
+        let both = format!("cores {} and {follower_core}, one disk", args.broker_core);
+        print_floor(
             run,
-            &format!(
-                "two replicas' pairs, cores {} and {follower_core}, one disk",
-                args.broker_core
-            ),
+            &format!("two replicas' pairs timed whole, {both}"),
             &pairs2,
+        );
+        let leader_file = scratch.join("floor-commit-leader");
+        let follower_file = scratch.join("floor-commit-follower");
+        let committed1 =
+            floor::group_commit(&[(&leader_file, args.broker_core)], args.rate, args.seconds)?;
+        print_floor(
+            run,
+            &group_commit_floor(
+                args.rate,
+                &format!("one replica, core {}", args.broker_core),
+            ),
+            &committed1,
+        );
+        let committed2 = floor::group_commit(
+            &[
+                (&leader_file, args.broker_core),
+                (&follower_file, follower_core),
+            ],
+            args.rate,
+            args.seconds,
+        )?;
+        print_floor(
+            run,
+            &group_commit_floor(args.rate, &format!("two replicas, {both}")),
+            &committed2,
         );
         let stalls = (stall_report(&rf1.stalls), stall_report(&rf2.stalls));
         let (rf1, rf2) = (rf1.from_intended, rf2.from_intended);
@@ -771,6 +838,8 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             rf2,
             pairs1,
             pairs2,
+            committed1,
+            committed2,
         });
     }
     let throughputs: Vec<(f64, f64)> = runs.iter().filter_map(|r| r.throughput).collect();
@@ -824,6 +893,15 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         floor_p99.1,
         floor_p99.1 / floor_p99.0.max(1.0)
     );
+    for (quantile, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let one = median_over(&runs, |r| at(&r.committed1, quantile));
+        let two = median_over(&runs, |r| at(&r.committed2, quantile));
+        println!(
+            "| disk floor {name} under the latency case: records arriving at {}/s, group-committed as the log does, no broker, no network | {one:.0} us | {two:.0} us | {:.2} |",
+            args.rate,
+            two / one.max(1.0)
+        );
+    }
     println!();
     let p99_target = format!("RF=2 p99 <= 1.5x RF=1: {}", pass(p99_2 <= 1.5 * p99_1));
     if args.latency_only {
