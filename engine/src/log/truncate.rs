@@ -12,11 +12,16 @@
 //!    batches again (the caller then truncates again after the restart: the divergence is
 //!    computed again) or finds bytes it cannot trust after the data and seals the segment
 //!    there, cut to its last block, so no old batch is left behind in it.
-//! 3. When nothing but zeros or a recycled file's old batches follows the data (always after
-//!    a clean close), write the new last segment's index, then the clean-close marker, then
-//!    sync the directory: the log is left as a clean close would leave it, so the next open
-//!    need not read the rest of the segment looking for remains (up to a whole segment).
-//!    A crash before the sync leaves no marker, and the next open checks the rest.
+//! 3. When nothing but zeros or a recycled file's old batches follows the data (so after a
+//!    clean close whose index write succeeded, and whenever the new last segment is sealed),
+//!    write the new last segment's index, then the clean-close marker, then sync the
+//!    directory: the log is left as a clean close would leave it, so the next open need not
+//!    read the rest of the segment looking for remains (up to a whole segment). Everything
+//!    the marker vouches for is durable before it is written (step 2 synced the zeroed cut),
+//!    so a crash at any point of this step is safe: without the marker the next open checks
+//!    the rest; with the marker but not the index (a file system may make the marker's entry
+//!    durable before the directory sync), it scans the segment from its start and stops at
+//!    the zeroed cut.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -132,8 +137,8 @@ pub async fn truncate_to<S: Storage>(
     Ok(Truncated { old_end, new_end })
 }
 
-/// Writes `last`'s index (where its data ends), then the clean-close marker, in that order:
-/// a durable marker always has the index beside it.
+/// Writes `last`'s index (where its data ends), then the clean-close marker, in that order,
+/// so a marker without its index is at worst an open that scans the segment whole.
 async fn leave_closed_cleanly<S: Storage>(
     storage: &S,
     dir: &Path,
