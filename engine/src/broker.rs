@@ -118,6 +118,9 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
             tracing::warn!(shard = shard.index, core = shard.core, "{caution}");
         }
     }
+    if let Some(advice) = preflight::IdlePolicy::read().advice() {
+        tracing::warn!("{advice}");
+    }
     preflight::check_memory_lock(&shard_configs)?;
     preflight::check_io_uring()?;
     let locks = shard_configs

@@ -147,9 +147,91 @@ pub fn reserve_port(host: IpAddr) -> std::io::Result<(socket2::Socket, u16)> {
     Err(last_error.unwrap_or_else(|| std::io::Error::other("no free port")))
 }
 
+/// How this machine's idle cores sleep, as far as produce-to-ack latency cares: the cpuidle
+/// driver, and for a virtual machine's `haltpoll` driver how long an idle core polls before
+/// it halts (`guest_halt_poll_ns`; the kernel's default is 200 us).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// `/sys/devices/system/cpu/cpuidle/current_driver`, when there is one.
+    pub driver: Option<String>,
+    /// `/sys/module/haltpoll/parameters/guest_halt_poll_ns`, when the module is there.
+    pub halt_poll_ns: Option<u64>,
+}
+
+impl IdlePolicy {
+    /// Reads it from sysfs; what is missing or unreadable is `None`.
+    pub fn read() -> IdlePolicy {
+        let read = |path: &str| std::fs::read_to_string(path).ok();
+        IdlePolicy::parse(
+            read("/sys/devices/system/cpu/cpuidle/current_driver").as_deref(),
+            read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").as_deref(),
+        )
+    }
+
+    fn parse(driver: Option<&str>, halt_poll_ns: Option<&str>) -> IdlePolicy {
+        IdlePolicy {
+            driver: driver
+                .map(str::trim)
+                .filter(|d| !d.is_empty() && *d != "none")
+                .map(str::to_owned),
+            halt_poll_ns: halt_poll_ns.and_then(|ns| ns.trim().parse().ok()),
+        }
+    }
+
+    /// What to tell an operator when idle cores halt at once on a virtual machine (as
+    /// Firecracker guests boot): every wake-up for a request, a write's or a sync's
+    /// completion then exits to the hypervisor and back, which this VM measured as most of
+    /// the gap between a durable ack and the disk (`tuning/README.md`).
+    pub fn advice(&self) -> Option<String> {
+        (self.driver.as_deref() == Some("haltpoll") && self.halt_poll_ns == Some(0)).then(|| {
+            "idle cores halt at once on this virtual machine (cpuidle haltpoll with \
+             guest_halt_poll_ns 0): each wake-up adds tens of microseconds to produce-to-ack. \
+             For low latency, as root: echo 200000 > \
+             /sys/module/haltpoll/parameters/guest_halt_poll_ns (see tuning/README.md, \
+             \"Idle cores on a virtual machine\")"
+                .to_owned()
+        })
+    }
+}
+
+impl std::fmt::Display for IdlePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.driver, self.halt_poll_ns) {
+            (Some(driver), Some(ns)) if driver == "haltpoll" => {
+                write!(f, "cpuidle {driver}, guest_halt_poll_ns {ns}")
+            }
+            (Some(driver), _) => write!(f, "cpuidle {driver}"),
+            (None, _) => write!(f, "cpuidle unknown"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a haltpoll guest that polls for nothing is advised; sysfs values carry newlines.
+    #[test]
+    fn idle_advice_only_for_a_guest_that_halts_at_once() {
+        let halts = IdlePolicy::parse(Some("haltpoll\n"), Some("0\n"));
+        assert_eq!(halts.to_string(), "cpuidle haltpoll, guest_halt_poll_ns 0");
+        assert!(halts.advice().unwrap().contains("guest_halt_poll_ns"));
+        let polls = IdlePolicy::parse(Some("haltpoll\n"), Some("200000\n"));
+        assert_eq!(polls.advice(), None);
+        let metal = IdlePolicy::parse(Some("intel_idle\n"), None);
+        assert_eq!(metal.to_string(), "cpuidle intel_idle");
+        assert_eq!(metal.advice(), None);
+        // haltpoll's module loaded but another driver in charge: its knob does nothing.
+        assert_eq!(
+            IdlePolicy::parse(Some("acpi_idle"), Some("0")).advice(),
+            None
+        );
+        assert_eq!(IdlePolicy::parse(None, None).to_string(), "cpuidle unknown");
+        assert_eq!(
+            IdlePolicy::parse(Some("none\n"), Some("x")),
+            IdlePolicy::parse(None, None)
+        );
+    }
 
     #[test]
     fn second_lock_on_a_data_dir_is_refused() {

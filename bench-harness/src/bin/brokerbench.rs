@@ -403,6 +403,12 @@ fn print_floor(run: usize, what: &str, floor: &Histogram<u64>) {
     );
 }
 
+/// How idle cores sleep: on a VM whose cores halt at once, every wake-up costs tens of
+/// microseconds, in the broker and the floors alike (tuning/README.md).
+fn print_idle_policy() {
+    println!("idle cores: {}", engine::preflight::IdlePolicy::read());
+}
+
 /// What the group commit floor's run line says it measured.
 fn group_commit_floor(rate: u64, replicas: &str) -> String {
     format!(
@@ -465,6 +471,7 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         broker.scratch.path().display()
     );
+    print_idle_policy();
     // The device's own figure in the same run: fio's 4 KiB O_DIRECT write + fdatasync on the
     // broker's core, next to the broker's durable produce-to-ack.
     let fio_file = broker.scratch.path().join("fio-write-fdatasync");
@@ -747,6 +754,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         "brokerbench --replication: broker on {shards} shards, leaders on shard {leader_shard} (core {}), client on core {}, {}-byte records, {} s per case, {} runs",
         args.broker_core, args.client_core, RECORD_BYTES, args.seconds, args.runs
     );
+    print_idle_policy();
     let mut runs: Vec<ReplicationRun> = Vec::new();
     for run in 1..=args.runs {
         let throughput = throughput_pair(
