@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 
+use crate::{OpenLoop, least_timer_slack, micros_histogram};
+
 /// O_DIRECT's alignment of buffers, offsets and lengths, and the size of each write.
 const BLOCK: usize = 4096;
 /// Size of each floor file.
@@ -87,18 +89,19 @@ pub fn replicated_pairs(
 }
 
 /// Arrival to durable, in microseconds, for records that arrive open-loop at `rate` a second
-/// for `seconds` (record i is due `i / rate` after the start, as the latency case sends) and
-/// are made durable on every replica of `replicas` (a file and the core its threads run on)
-/// as ringmq's log does it:
+/// for `seconds` (on the latency case's [`OpenLoop`] schedule) and are made durable on every
+/// replica of `replicas` (a file and the core its threads run on) by a group commit modelled
+/// on ringmq's log:
 /// - a writer writes one 4 KiB block for every record that has arrived and not been written,
 ///   as soon as its previous write completed, so a write runs beside the running sync;
 /// - a syncer starts an fdatasync as soon as a write has completed that no sync covers;
 /// - a record is durable when a sync that started after its write completed has returned on
 ///   every replica, and its latency ends then.
 ///
-/// No network, no request handling, no cross-core hand-off to a follower: whatever a broker
-/// adds comes on top. Latency runs from the record's due time, so a writer that wakes late
-/// counts, as a broker's does.
+/// Unlike the log, each write goes to a fresh block (the log rewrites its padded tail block
+/// until it fills). No network, no request handling, no cross-core hand-off to a follower:
+/// whatever a broker adds comes on top. Latency runs from the record's due time, so a
+/// writer that wakes late counts, as a broker's does.
 pub fn group_commit(
     replicas: &[(&Path, usize)],
     rate: u64,
@@ -143,12 +146,12 @@ struct Commit {
     state: Mutex<CommitState>,
     /// Notified when a write completes, a sync returns, or a thread fails.
     changed: Condvar,
-    /// Record i is due at `started + i * interval`, for i below `total`.
-    started: Instant,
-    interval: Duration,
-    total: u64,
+    /// When each record arrives.
+    arrivals: OpenLoop,
 }
 
+/// Per replica, `synced <= written <= arrivals.total`, and `recorded` is the least `synced`
+/// once its records are timed: each only grows.
 struct CommitState {
     /// Per replica: how many records a completed write covers, and a returned sync.
     written: Vec<u64>,
@@ -168,26 +171,22 @@ impl Commit {
                 written: vec![0; replicas],
                 synced: vec![0; replicas],
                 recorded: 0,
-                histogram: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+                histogram: micros_histogram()?,
                 failed: None,
             }),
             changed: Condvar::new(),
-            started: Instant::now() + Duration::from_millis(10),
-            interval: Duration::from_nanos(1_000_000_000 / rate.max(1)),
-            total: rate * seconds,
+            arrivals: OpenLoop::new(rate, seconds),
         })
     }
 
     fn due(&self, record: u64) -> Instant {
-        self.started + self.interval * record as u32
+        self.arrivals.due(record)
     }
 
     /// A replica's writer: one write for every run of arrived records, until the last.
     fn write(&self, replica: usize, mut write: impl FnMut() -> io::Result<()>) -> io::Result<()> {
-        let total = self.total;
-        // A sleep may overrun by the thread's timer slack (50 us by default), which would be
-        // timed as the disk's.
-        let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1));
+        let total = self.arrivals.total;
+        least_timer_slack("disk floor");
         let mut issued = 0;
         while issued < total {
             let now = Instant::now();
@@ -202,6 +201,7 @@ impl Commit {
             }
             write()?;
             let mut state = self.lock()?;
+            debug_assert!(arrived > state.written[replica]);
             state.written[replica] = arrived;
             self.changed.notify_all();
             issued = arrived;
@@ -212,7 +212,7 @@ impl Commit {
     /// A replica's syncer: one sync whenever a completed write is not covered, until the
     /// last record; the one whose sync makes records durable on every replica times them.
     fn sync(&self, replica: usize, mut sync: impl FnMut() -> io::Result<()>) -> io::Result<()> {
-        let total = self.total;
+        let total = self.arrivals.total;
         loop {
             let mut state = self.lock()?;
             while state.written[replica] == state.synced[replica] && state.synced[replica] < total {
@@ -227,8 +227,11 @@ impl Commit {
             }
             drop(state);
             sync()?;
-            let now = Instant::now();
             let mut state = self.lock()?;
+            // Read after the lock: when another replica's sync returned later but took the
+            // lock first, this one ends their records, and must not time them before that.
+            let now = Instant::now();
+            debug_assert!(target > state.synced[replica] && target <= state.written[replica]);
             state.synced[replica] = target;
             let durable = state.synced.iter().copied().min().unwrap_or(0);
             for i in state.recorded..durable {
@@ -295,7 +298,7 @@ fn paced(
     seconds: u64,
     mut pair: impl FnMut() -> io::Result<()>,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut histogram = micros_histogram()?;
     let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);

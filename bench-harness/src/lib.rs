@@ -7,8 +7,51 @@ pub mod floor;
 pub mod logcases;
 pub mod machine;
 
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 use protocol::api::{Acks, ProduceRequest};
 use protocol::{BatchBuilder, FrameBuf, encode_frame};
+
+/// An open-loop schedule: `total` sends (or arrivals), send i due at `started + i / rate`,
+/// whenever the one before it actually went. The latency case and the disk floor under it
+/// share it, so the floor's records arrive as the case's are sent.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenLoop {
+    pub started: Instant,
+    interval_ns: u64,
+    pub total: u64,
+}
+
+impl OpenLoop {
+    /// `rate` a second for `seconds`, the first due 10 ms from now (time to set up).
+    pub fn new(rate: u64, seconds: u64) -> OpenLoop {
+        OpenLoop {
+            started: Instant::now() + Duration::from_millis(10),
+            interval_ns: 1_000_000_000 / rate.max(1),
+            total: rate.saturating_mul(seconds),
+        }
+    }
+
+    /// When send `i` is due.
+    pub fn due(&self, i: u64) -> Instant {
+        self.started + Duration::from_nanos(self.interval_ns.saturating_mul(i))
+    }
+}
+
+/// Asks for the least timer slack for the calling thread: Linux lets a sleeping thread
+/// oversleep by it (50 us by default), and an open-loop sender or a floor's writer that wakes
+/// late is timed as the system under test.
+pub fn least_timer_slack(who: &str) {
+    if let Err(error) = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1)) {
+        eprintln!("{who}: timer slack stays at the default ({error})");
+    }
+}
+
+/// A histogram of microseconds, from 1 us to a minute.
+pub fn micros_histogram() -> Result<Histogram<u64>, hdrhistogram::CreationError> {
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+}
 
 /// A sealed batch of `records` records, each with a 16-byte key and a `value_bytes` value.
 pub fn sample_batch(records: usize, value_bytes: usize) -> Vec<u8> {

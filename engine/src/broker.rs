@@ -118,8 +118,9 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
             tracing::warn!(shard = shard.index, core = shard.core, "{caution}");
         }
     }
-    if let Some(advice) = preflight::IdlePolicy::read().advice() {
-        tracing::warn!("{advice}");
+    let idle = preflight::IdlePolicy::read();
+    if let Some(advice) = idle.advice() {
+        tracing::warn!(idle = %idle, "{advice}");
     }
     preflight::check_memory_lock(&shard_configs)?;
     preflight::check_io_uring()?;

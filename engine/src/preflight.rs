@@ -172,25 +172,25 @@ impl IdlePolicy {
         IdlePolicy {
             driver: driver
                 .map(str::trim)
-                .filter(|d| !d.is_empty() && *d != "none")
+                .filter(|d| !d.is_empty())
                 .map(str::to_owned),
             halt_poll_ns: halt_poll_ns.and_then(|ns| ns.trim().parse().ok()),
         }
     }
 
-    /// What to tell an operator when idle cores halt at once on a virtual machine (as
-    /// Firecracker guests boot): every wake-up for a request, a write's or a sync's
-    /// completion then exits to the hypervisor and back, which this VM measured as most of
-    /// the gap between a durable ack and the disk (`tuning/README.md`).
-    pub fn advice(&self) -> Option<String> {
-        (self.driver.as_deref() == Some("haltpoll") && self.halt_poll_ns == Some(0)).then(|| {
-            "idle cores halt at once on this virtual machine (cpuidle haltpoll with \
-             guest_halt_poll_ns 0): each wake-up adds tens of microseconds to produce-to-ack. \
-             For low latency, as root: echo 200000 > \
-             /sys/module/haltpoll/parameters/guest_halt_poll_ns (see tuning/README.md, \
-             \"Idle cores on a virtual machine\")"
-                .to_owned()
-        })
+    /// What to tell an operator when a virtual machine's haltpoll driver is set to halt
+    /// idle cores at once: every wake-up for a request, a write's or a sync's completion
+    /// then exits to the hypervisor and back, which a VM here measured as most of the gap
+    /// between a durable ack and the disk (`tuning/README.md`). Other drivers (or none, as
+    /// on most guests) have no such knob, so they get no advice.
+    pub fn advice(&self) -> Option<&'static str> {
+        (self.driver.as_deref() == Some("haltpoll") && self.halt_poll_ns == Some(0)).then_some(
+            "idle cores halt at once on this virtual machine: each wake-up adds tens of \
+             microseconds to produce-to-ack. For low latency, set the VM's \
+             /sys/module/haltpoll/parameters/guest_halt_poll_ns to 200000 (as root, or \
+             haltpoll.guest_halt_poll_ns=200000 on its kernel command line; see \
+             tuning/README.md, \"Idle cores on a virtual machine\")",
+        )
     }
 }
 
@@ -221,6 +221,10 @@ mod tests {
         let metal = IdlePolicy::parse(Some("intel_idle\n"), None);
         assert_eq!(metal.to_string(), "cpuidle intel_idle");
         assert_eq!(metal.advice(), None);
+        // Most guests: no driver, so a plain halt and no knob to turn.
+        let guest = IdlePolicy::parse(Some("none\n"), None);
+        assert_eq!(guest.to_string(), "cpuidle none");
+        assert_eq!(guest.advice(), None);
         // haltpoll's module loaded but another driver in charge: its knob does nothing.
         assert_eq!(
             IdlePolicy::parse(Some("acpi_idle"), Some("0")).advice(),
@@ -228,7 +232,7 @@ mod tests {
         );
         assert_eq!(IdlePolicy::parse(None, None).to_string(), "cpuidle unknown");
         assert_eq!(
-            IdlePolicy::parse(Some("none\n"), Some("x")),
+            IdlePolicy::parse(Some(""), Some("x")),
             IdlePolicy::parse(None, None)
         );
     }

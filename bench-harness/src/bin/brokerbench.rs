@@ -13,7 +13,7 @@
 //!   at up to the latency case's rate (`bench_harness::floor`). No durable ack can come
 //!   sooner than one pair after its record arrived;
 //! - the disk floor under the latency case: records arriving as the latency case sends them,
-//!   made durable by the same group commit as the log's, with no broker and no network
+//!   made durable by a group commit modelled on the log's, with no broker and no network
 //!   (`floor::group_commit`).
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bench_harness::machine::{ScratchDir, pin};
-use bench_harness::{fio, floor, median};
+use bench_harness::{OpenLoop, fio, floor, least_timer_slack, median, micros_histogram};
 use client::{Acks, Client, ClientConfig, FrameReader, Producer, ProducerConfig, ReadError};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
 use engine::config::{Cores, Profile};
@@ -265,16 +265,11 @@ fn latency_at(
     };
     let mut frame = FrameBuf::new();
     protocol::encode_frame(&mut frame, 0, &request).map_err(|e| anyhow::anyhow!("{e}"))?;
-    // Linux lets a sleeping thread oversleep by its timer slack (50 us by default); every
-    // such oversleep is counted against the broker below, so ask for the least.
-    if let Err(error) = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1)) {
-        eprintln!("brokerbench: timer slack stays at the default ({error})");
-    }
-    let interval = Duration::from_nanos(1_000_000_000 / rate.max(1));
-    let total = rate * seconds;
-    let started = Instant::now() + Duration::from_millis(10);
-    // The intended time of send i is started + i * interval: the reader needs no table.
-    let due = move |i: u64| started + interval * i as u32;
+    least_timer_slack("brokerbench");
+    // The intended time of send i comes from the schedule: the reader needs no table.
+    let schedule = OpenLoop::new(rate, seconds);
+    let (started, total) = (schedule.started, schedule.total);
+    let due = move |i: u64| schedule.due(i);
     // When each send actually left (ns after `started`): the ack reader measures from it too,
     // separating the broker's service time from the sender's own lateness.
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
@@ -342,7 +337,7 @@ const STALL: Duration = Duration::from_millis(20);
 
 impl Latency {
     fn new() -> anyhow::Result<Latency> {
-        let histogram = || Histogram::<u64>::new_with_bounds(1, 60_000_000, 3);
+        let histogram = micros_histogram;
         Ok(Latency {
             from_intended: histogram()?,
             from_sent: histogram()?,
@@ -652,7 +647,7 @@ fn main() -> anyhow::Result<()> {
     );
     let committed_p99 = median_over(&runs, |r| at(&r.committed, 0.99));
     println!(
-        "| disk floor under the latency case: records arriving at {}/s, group-committed as the log does, no broker, no network | fdatasync | p50 {:.0} us, p99 {committed_p99:.0} us, p99.9 {:.0} us |",
+        "| disk floor under the latency case: records arriving at {}/s, group-committed like the log, no broker, no network | fdatasync | p50 {:.0} us, p99 {committed_p99:.0} us, p99.9 {:.0} us |",
         args.rate,
         median_over(&runs, |r| at(&r.committed, 0.5)),
         median_over(&runs, |r| at(&r.committed, 0.999)),
@@ -905,7 +900,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         let one = median_over(&runs, |r| at(&r.committed1, quantile));
         let two = median_over(&runs, |r| at(&r.committed2, quantile));
         println!(
-            "| disk floor {name} under the latency case: records arriving at {}/s, group-committed as the log does, no broker, no network | {one:.0} us | {two:.0} us | {:.2} |",
+            "| disk floor {name} under the latency case: records arriving at {}/s, group-committed like the log, no broker, no network | {one:.0} us | {two:.0} us | {:.2} |",
             args.rate,
             two / one.max(1.0)
         );

@@ -17,8 +17,9 @@
 //!    write the new last segment's index, then the clean-close marker, then sync the
 //!    directory: the log is left as a clean close would leave it, so the next open need not
 //!    read the rest of the segment looking for remains (up to a whole segment). Everything
-//!    the marker vouches for is durable before it is written (step 2 synced the zeroed cut),
-//!    so a crash at any point of this step is safe: without the marker the next open checks
+//!    the marker vouches for is durable before it is written (step 2 synced the zeroed cut;
+//!    when the cut removed segments whole, the new last one is sealed, synced whole before
+//!    the next existed), so a crash at any point of this step is safe: without the marker the next open checks
 //!    the rest; with the marker but not the index (a file system may make the marker's entry
 //!    durable before the directory sync), it scans the segment from its start and stops at
 //!    the zeroed cut.
