@@ -387,6 +387,17 @@ fn median_over<R>(runs: &[R], figure: impl Fn(&R) -> f64) -> f64 {
     median(runs.iter().map(figure))
 }
 
+/// The medians over runs of a histogram's p50, p99 and p99.9, as a table cell.
+fn median_quantiles<R>(runs: &[R], histogram: impl Fn(&R) -> &Histogram<u64>) -> String {
+    let median_at = |quantile| median_over(runs, |r| at(histogram(r), quantile));
+    format!(
+        "p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        median_at(0.5),
+        median_at(0.99),
+        median_at(0.999)
+    )
+}
+
 /// One run's disk floor, as a run line.
 fn print_floor(run: usize, what: &str, floor: &Histogram<u64>) {
     println!(
@@ -402,6 +413,30 @@ fn print_floor(run: usize, what: &str, floor: &Histogram<u64>) {
 /// microseconds, in the broker and the floors alike (tuning/README.md).
 fn print_idle_policy() {
     println!("idle cores: {}", engine::preflight::IdlePolicy::read());
+}
+
+/// One replica's disk floors on `core`, files under `scratch`, each printed as a run line:
+/// write+fdatasync pairs timed whole, then the latency case's records group-committed.
+fn one_replica_floors(
+    run: usize,
+    scratch: &Path,
+    core: usize,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let pairs = floor::durable_pairs(&scratch.join("floor-pairs"), core, rate, seconds)?;
+    print_floor(
+        run,
+        &format!("one replica's 4 KiB O_DIRECT pwrite + fdatasync pairs timed whole, core {core}"),
+        &pairs,
+    );
+    let committed = floor::group_commit(&[(&scratch.join("floor-commit"), core)], rate, seconds)?;
+    print_floor(
+        run,
+        &group_commit_floor(rate, &format!("one replica, core {core}")),
+        &committed,
+    );
+    Ok((pairs, committed))
 }
 
 /// What the group commit floor's run line says it measured.
@@ -496,30 +531,13 @@ fn main() -> anyhow::Result<()> {
             );
             device_p99_us = Some(bound_us);
         }
-        let pairs = floor::durable_pairs(
-            &broker.scratch.path().join("floor-pairs"),
+        let (pairs, committed) = one_replica_floors(
+            run,
+            broker.scratch.path(),
             args.broker_core,
             args.rate,
             args.seconds,
         )?;
-        print_floor(
-            run,
-            "4 KiB O_DIRECT pwrite + fdatasync pairs timed whole",
-            &pairs,
-        );
-        let committed = floor::group_commit(
-            &[(
-                &broker.scratch.path().join("floor-commit"),
-                args.broker_core,
-            )],
-            args.rate,
-            args.seconds,
-        )?;
-        print_floor(
-            run,
-            &group_commit_floor(args.rate, &format!("core {}", args.broker_core)),
-            &committed,
-        );
         let floor = loopback_floor(args.broker_core, args.rate, args.seconds)?;
         println!(
             "run {run}: loopback round trip, a thread on core {} acking at once (no log, no disk), {}/s: p50 {} us p99 {} us p99.9 {} us",
@@ -607,10 +625,8 @@ fn main() -> anyhow::Result<()> {
         median_over(&runs, |r| r.latency.from_intended.max() as f64),
     );
     println!(
-        "| produce-to-ack from actual send (service time) | acks={acks} | p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us |",
-        median_over(&runs, |r| at(&r.latency.from_sent, 0.5)),
-        median_over(&runs, |r| at(&r.latency.from_sent, 0.99)),
-        median_over(&runs, |r| at(&r.latency.from_sent, 0.999)),
+        "| produce-to-ack from actual send (service time) | acks={acks} | {} |",
+        median_quantiles(&runs, |r| &r.latency.from_sent)
     );
     let stalls: Vec<Duration> = runs
         .iter()
@@ -633,25 +649,21 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "| loopback round trip: the same client, a thread on the broker core acking at once | no log, no disk | p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us |",
-        median_over(&runs, |r| at(&r.floor.from_intended, 0.5)),
-        median_over(&runs, |r| at(&r.floor.from_intended, 0.99)),
-        median_over(&runs, |r| at(&r.floor.from_intended, 0.999)),
+        "| loopback round trip: the same client, a thread on the broker core acking at once | no log, no disk | {} |",
+        median_quantiles(&runs, |r| &r.floor.from_intended)
+    );
+    println!(
+        "| disk floor: one 4 KiB O_DIRECT pwrite + fdatasync pair timed whole, on the broker core, at up to {}/s | fdatasync per write | {} |",
+        args.rate,
+        median_quantiles(&runs, |r| &r.pairs)
+    );
+    println!(
+        "| disk floor under the latency case: records arriving at {}/s, group-committed like the log, no broker, no network | fdatasync | {} |",
+        args.rate,
+        median_quantiles(&runs, |r| &r.committed)
     );
     let pairs_p99 = median_over(&runs, |r| at(&r.pairs, 0.99));
-    println!(
-        "| disk floor: one 4 KiB O_DIRECT pwrite + fdatasync pair timed whole, on the broker core, at up to {}/s | fdatasync per write | p50 {:.0} us, p99 {pairs_p99:.0} us, p99.9 {:.0} us |",
-        args.rate,
-        median_over(&runs, |r| at(&r.pairs, 0.5)),
-        median_over(&runs, |r| at(&r.pairs, 0.999)),
-    );
     let committed_p99 = median_over(&runs, |r| at(&r.committed, 0.99));
-    println!(
-        "| disk floor under the latency case: records arriving at {}/s, group-committed like the log, no broker, no network | fdatasync | p50 {:.0} us, p99 {committed_p99:.0} us, p99.9 {:.0} us |",
-        args.rate,
-        median_over(&runs, |r| at(&r.committed, 0.5)),
-        median_over(&runs, |r| at(&r.committed, 0.999)),
-    );
     println!();
     // Each target is judged only on the case it is about: the latency target on durable
     // (leader+fsync) acks, the throughput target when the throughput cases ran.
@@ -767,48 +779,28 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         )?;
         let rf2 = latency(address, "rf2-lat", Acks::AllFsync, args.rate, args.seconds)?;
         let scratch = broker.scratch.path();
-        let pairs1 = floor::durable_pairs(
-            &scratch.join("floor-leader"),
-            args.broker_core,
-            args.rate,
-            args.seconds,
-        )?;
-        print_floor(
-            run,
-            "one replica's 4 KiB pwrite + fdatasync pairs timed whole",
-            &pairs1,
-        );
+        let (pairs1, committed1) =
+            one_replica_floors(run, scratch, args.broker_core, args.rate, args.seconds)?;
+        // The same, with the follower's on its core: a pair or a record ends when both are.
+        let both = format!("cores {} and {follower_core}, one disk", args.broker_core);
         let pairs2 = floor::replicated_pairs(
             (
-                &scratch.join("floor-leader"),
+                &scratch.join("floor-pairs"),
                 &scratch.join("floor-follower"),
             ),
             (args.broker_core, follower_core),
             args.rate,
             args.seconds,
         )?;
-        let both = format!("cores {} and {follower_core}, one disk", args.broker_core);
         print_floor(
             run,
             &format!("two replicas' pairs timed whole, {both}"),
             &pairs2,
         );
-        let leader_file = scratch.join("floor-commit-leader");
-        let follower_file = scratch.join("floor-commit-follower");
-        let committed1 =
-            floor::group_commit(&[(&leader_file, args.broker_core)], args.rate, args.seconds)?;
-        print_floor(
-            run,
-            &group_commit_floor(
-                args.rate,
-                &format!("one replica, core {}", args.broker_core),
-            ),
-            &committed1,
-        );
         let committed2 = floor::group_commit(
             &[
-                (&leader_file, args.broker_core),
-                (&follower_file, follower_core),
+                (&scratch.join("floor-commit"), args.broker_core),
+                (&scratch.join("floor-commit-follower"), follower_core),
             ],
             args.rate,
             args.seconds,

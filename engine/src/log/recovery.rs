@@ -417,6 +417,16 @@ pub(crate) async fn read_small_file<S: Storage>(
     data.map(Some)
 }
 
+/// Writes `segment`'s index file: where its data ends, and its entries (`write_small_file`).
+pub(crate) async fn write_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    segment: &Segment<S::File>,
+) -> Result<(), LogError> {
+    let path = index_path(dir, segment.base_offset);
+    write_small_file(storage, &path, &segment.index_image()).await
+}
+
 /// Writes a small file (index, checkpoint) whole and syncs it. Creating it is not made
 /// durable with a directory sync: these files are rebuilt when lost.
 pub(crate) async fn write_small_file<S: Storage>(
@@ -583,8 +593,7 @@ pub(crate) async fn open<S: Storage>(
                     break;
                 }
                 // Best effort: a lost index is rebuilt again next time.
-                let image = segment.index_image();
-                let _ = write_small_file(storage, &index_path(dir, base), &image).await;
+                let _ = write_index(storage, dir, &segment).await;
                 segment
             }
         };
@@ -764,8 +773,7 @@ async fn start_after<S: Storage>(
             .map_err(LogError::io("truncate sealed segment"))?;
         zero_from(old.file.as_ref(), old.data_end, capacity_bytes, config).await?;
         // Best effort: a lost or stale index is rebuilt, up to the next segment's base.
-        let image = old.index_image();
-        let _ = write_small_file(storage, &index_path(dir, old.base_offset), &image).await;
+        let _ = write_index(storage, dir, &old).await;
         Some(Segment {
             capacity_bytes,
             ..old

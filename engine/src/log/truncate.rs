@@ -19,10 +19,10 @@
 //!    read the rest of the segment looking for remains (up to a whole segment). Everything
 //!    the marker vouches for is durable before it is written (step 2 synced the zeroed cut;
 //!    when the cut removed segments whole, the new last one is sealed, synced whole before
-//!    the next existed), so a crash at any point of this step is safe: without the marker the next open checks
-//!    the rest; with the marker but not the index (a file system may make the marker's entry
-//!    durable before the directory sync), it scans the segment from its start and stops at
-//!    the zeroed cut.
+//!    the next existed), so a crash at any point of this step is safe: without the marker
+//!    the next open checks the rest; with the marker but not the index (a file system may
+//!    make the marker's entry durable before the directory sync), it scans the segment from
+//!    its start and stops where its data ends.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -145,8 +145,7 @@ async fn leave_closed_cleanly<S: Storage>(
     dir: &Path,
     last: &Segment<S::File>,
 ) -> Result<(), LogError> {
-    let index = index_path(dir, last.base_offset);
-    recovery::write_small_file(storage, &index, &last.index_image()).await?;
+    recovery::write_index(storage, dir, last).await?;
     recovery::mark_closed_cleanly(storage, dir).await
 }
 

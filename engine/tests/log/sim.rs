@@ -1270,9 +1270,9 @@ fn clean_close_marker_is_removed_before_the_next_life_writes() {
 }
 
 /// A truncation leaves the log as a clean close would (its new last segment's index, then
-/// the marker): the next open reads one scan chunk (about 1 MiB), not the rest of the segment
-/// looking for remains (2 MiB here; 128 MiB with the default profile). The log is cut where asked, and
-/// takes appends after the cut.
+/// the marker): the next open reads one scan chunk (about 1 MiB), not the rest of the
+/// segment looking for remains (2 MiB here; 128 MiB with the default profile). The log is
+/// cut where asked, and takes appends after the cut.
 #[test]
 fn a_truncated_log_reopens_without_reading_the_rest_of_its_segment() {
     for_each_seed(1, |seed| async move {
