@@ -16,6 +16,8 @@ bench=${BROKERBENCH:-$here/../../target/release/brokerbench}
 T=/sys/kernel/tracing
 mountpoint -q $T || mount -t tracefs nodev $T
 echo 0 > $T/tracing_on
+# Tracing stops however this ends (a failed bench, ^C).
+trap 'echo 0 > $T/tracing_on; echo 0 > $T/events/enable' EXIT
 echo > $T/trace
 echo mono > $T/trace_clock
 echo 131072 > $T/buffer_size_kb
@@ -36,5 +38,4 @@ done
 done
 echo 0 > $T/tracing_on
 cat $T/trace > "$out"
-echo 0 > $T/events/enable
 python3 "$here/ack-stages.py" "$out"
