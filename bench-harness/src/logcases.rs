@@ -517,7 +517,7 @@ async fn measure(case: LogCase) -> anyhow::Result<LogCaseResult> {
         cpu: sampled.cpu,
         shard_sched: sampled.shard_sched,
         device_written_mb: sampled.device_written_mb,
-        own_written_mb: own_written_mb(&stats, &config),
+        own_written_mb: own_written_mb(&stats),
     })
 }
 
@@ -638,15 +638,6 @@ async fn measure_dma(case: DmaCase) -> anyhow::Result<LogCaseResult> {
     })
 }
 
-fn own_written_mb(stats: &LogStats, config: &LogConfig) -> f64 {
-    // A recycled spare is renamed, not zeroed.
-    let zeroed = if config.preallocate == Preallocate::Zero {
-        stats
-            .spares_prepared
-            .saturating_sub(stats.segments_recycled)
-            * config.segment_bytes
-    } else {
-        0
-    };
-    (stats.write_bytes + zeroed) as f64 / 1e6
+fn own_written_mb(stats: &LogStats) -> f64 {
+    (stats.write_bytes + stats.zero_bytes) as f64 / 1e6
 }

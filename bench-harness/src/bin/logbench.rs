@@ -57,10 +57,11 @@ usage: logbench [options]
   --cases LIST         comma-separated subset of case ids (default: all). The three
                        throughput cases differ in the segment files the appends go to:
                        log-tput-fallocate and log-tput-zero write fresh segments
-                       (fallocated, or pre-zeroed by the log ahead of each roll; retention
-                       deletes, nothing is recycled); log-tput-recycled writes segments
-                       that retention recycled (retention 2 segments, 4 segments appended
-                       before the warm-up): the steady state of a log with retention.
+                       (fallocated, or zeroed by the log ahead of each roll until the
+                       appends outrun it; retention deletes, nothing is recycled);
+                       log-tput-recycled writes segments that retention recycled
+                       (retention 2 segments, 4 segments appended before the warm-up):
+                       the steady state of a log with retention.
                        ids:
                        ";
 
@@ -355,7 +356,7 @@ impl Plan {
             ),
             TPUT_ZERO => (
                 format!(
-                    "log append, {} appenders, fresh segments pre-zeroed by the log ahead of each roll (zeroing bandwidth included; not recycled)",
+                    "log append, {} appenders, fresh segments preallocated \"zero\": zeroed by the log ahead of each roll until the appends outrun it (zeroing bandwidth included; not recycled)",
                     self.args.appenders
                 ),
                 "none (wait_written, no fsync)".to_owned(),
@@ -1036,7 +1037,10 @@ fn targets(plan: &Plan, results: &BTreeMap<&'static str, Vec<CaseRun>>) -> Vec<T
     for (id, how) in [
         (TPUT_RECYCLED, "segments recycled by retention"),
         (TPUT_FALLOCATE, "fresh fallocated segments"),
-        (TPUT_ZERO, "fresh pre-zeroed segments, zeroing included"),
+        (
+            TPUT_ZERO,
+            "fresh segments under preallocate \"zero\", zeroing included",
+        ),
     ] {
         let log_bw = series(results, id, |r| {
             log_result(r).map(|l| l.bytes_per_s() / 1e6)

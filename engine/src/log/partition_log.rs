@@ -17,11 +17,11 @@ use protocol::{BatchHeader, BatchView};
 
 use super::checkpoint::{CHECKPOINT_FILE, Checkpoint};
 use super::notify::Notify;
-use super::recovery::{self, Recovery, SPARE_READY, SPARE_TMP};
+use super::recovery::{self, Recovery, SPARE_READY, SPARE_TMP, ZeroPace};
 use super::segment::{Segment, index_path, log_path};
 use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::tail::{Inflight, Recent, Tail, Take};
-use super::{Durability, Health, LogConfig, LogError, Retention, WritePipeline};
+use super::{Durability, Health, LogConfig, LogError, Preallocate, Retention, WritePipeline};
 
 /// Written bytes of the active segment kept in memory (`State::recent_bytes`): a tailing
 /// read finds its batches there, and the sparse index entry it starts from (one every
@@ -78,9 +78,14 @@ pub struct LogStats {
     pub rolls: u64,
     /// Rolls that found no spare segment ready and made theirs in the append path.
     pub rolls_without_spare: u64,
-    /// Spare segments prepared: recycled ones (`segments_recycled`), and new ones (each
-    /// written in full with zeros under `Preallocate::Zero`).
+    /// Spare segments prepared: recycled ones (`segments_recycled`), and new ones (written
+    /// with zeros under `Preallocate::Zero`, in full unless cut short).
     pub spares_prepared: u64,
+    /// New spares whose zeroing stopped before their end (`Preallocate::Zero`): the appends
+    /// outran it, or a roll came first. The rest of such a file is allocated space.
+    pub spares_cut_short: u64,
+    /// Bytes of zeros written into new spares.
+    pub zero_bytes: u64,
     /// Sealed segments retention let go of: deleted, or recycled.
     pub segments_deleted: u64,
     /// Of those, the ones whose file became the next segment (`spare.ready`) instead of
@@ -104,6 +109,8 @@ impl LogStats {
             rolls: self.rolls - earlier.rolls,
             rolls_without_spare: self.rolls_without_spare - earlier.rolls_without_spare,
             spares_prepared: self.spares_prepared - earlier.spares_prepared,
+            spares_cut_short: self.spares_cut_short - earlier.spares_cut_short,
+            zero_bytes: self.zero_bytes - earlier.zero_bytes,
             segments_deleted: self.segments_deleted - earlier.segments_deleted,
             segments_recycled: self.segments_recycled - earlier.segments_recycled,
             writes_overlapped: self.writes_overlapped - earlier.writes_overlapped,
@@ -744,11 +751,11 @@ impl<S: Storage> Log<S> {
     }
 
     /// A prepared segment file for base offset `base`: the spare (waiting for it while it is
-    /// being prepared), else a new one made now (slow: a whole segment of zeros under
-    /// `Preallocate::Zero`, while every append of this log waits).
+    /// being prepared), else a new one made now, allocated only: every append of this log
+    /// waits meanwhile, and a whole segment of zeros would hold them for its length.
     async fn new_segment_file(&self, base: u64) -> Result<S::File, LogError> {
         let path = log_path(&self.core.dir, base);
-        // A spare still zeroing at the appends' pace sees the roll (`rolling`) and hurries.
+        // A spare still zeroing at the appends' pace sees the roll (`rolling`) and stops.
         self.core.spare_wake.notify();
         let spare_ready = loop {
             let seen = self.core.changed.epoch();
@@ -783,7 +790,11 @@ impl<S: Storage> Log<S> {
         {
             return Ok(file);
         }
-        recovery::create_segment_file(&self.core.storage, &path, &self.core.config).await
+        let fallocated = LogConfig {
+            preallocate: Preallocate::Fallocate,
+            ..self.core.config
+        };
+        recovery::create_segment_file(&self.core.storage, &path, &fallocated).await
     }
 
     /// Writes the active segment's index file (best effort: it is rebuilt when lost). Call
@@ -1436,8 +1447,9 @@ impl<S: Storage> Core<S> {
         recycled
     }
 
-    /// Prepares the next segment file: allocated, zeroed, synced, then renamed to
-    /// `spare.ready`. A crash mid-way leaves `spare.tmp`, which `open` removes.
+    /// Prepares the next segment file: allocated, zeroed (as far as `spare_pace` lets it),
+    /// synced, then renamed to `spare.ready`. A crash mid-way leaves `spare.tmp`, which
+    /// `open` removes.
     ///
     /// The zeroing goes in small writes, paced by the appends (`spare_pace`): all at once, a
     /// 128 MiB segment kept the device busy with 2 MiB writes for about 150 ms, and every
@@ -1445,8 +1457,9 @@ impl<S: Storage> Core<S> {
     async fn prepare_spare(&self) -> Result<(), LogError> {
         let tmp = self.dir.join(SPARE_TMP);
         let pace = |zeroed| self.spare_pace(zeroed);
-        let file =
+        let (file, zeroed) =
             recovery::create_segment_file_paced(&self.storage, &tmp, &self.config, pace).await?;
+        self.state.borrow_mut().stats.zero_bytes += zeroed;
         file.close().await.map_err(LogError::io("close spare"))?;
         self.storage
             .rename(&tmp, &self.dir.join(SPARE_READY))
@@ -1457,26 +1470,28 @@ impl<S: Storage> Core<S> {
     /// Waits until a spare with `zeroed` bytes done may zero its next chunk, and says how
     /// long that chunk is. Zeroing keeps pace with the active segment's second half so that
     /// it ends when the segment is three quarters full: a quarter segment of appends per
-    /// segment zeroed. On schedule it writes `SPARE_ZERO_CHUNK_BYTES` at a time; when the
-    /// appends are `write_buffer_bytes` ahead (a fast producer), or a roll waits for the
-    /// spare, it writes `write_buffer_bytes` at once, since small writes would only make the
-    /// roll wait longer. `None` once the log is closed or failed: the spare is abandoned.
+    /// segment zeroed, `SPARE_ZERO_CHUNK_BYTES` at a time.
+    ///
+    /// It stops (`Enough`) when the appends get `write_buffer_bytes` ahead of that schedule
+    /// (a producer faster than about a quarter of the disk's bandwidth), or when a roll
+    /// waits for the spare: the rest of the file is left as allocated space. Zeros would
+    /// take the disk's bandwidth from such a producer's appends (every byte written twice)
+    /// and make its rolls wait; it pays the extent conversions of `Preallocate::Fallocate`
+    /// instead, in the segments it fills faster than they can be zeroed. `Abandon` once the
+    /// log is closed or failed.
     ///
     /// Behind that schedule (a log that went quiet between half and three quarters full)
     /// it still writes a chunk each second, instead of holding the task and the file open
     /// for as long as the log stays quiet.
-    async fn spare_pace(&self, zeroed: u64) -> Option<u64> {
-        let large = self.config.write_buffer_bytes.max(SPARE_ZERO_CHUNK_BYTES);
+    async fn spare_pace(&self, zeroed: u64) -> ZeroPace {
+        let ahead = self.config.write_buffer_bytes.max(SPARE_ZERO_CHUNK_BYTES);
         let mut idle = std::pin::pin!(self.storage.sleep(SPARE_IDLE_PACE));
         loop {
             let seen = self.spare_wake.epoch();
             {
                 let mut st = self.state.borrow_mut();
                 if st.closed || st.health != Health::Healthy {
-                    return None;
-                }
-                if st.rolling {
-                    return Some(large);
+                    return ZeroPace::Abandon;
                 }
                 let capacity = st.active.capacity_bytes;
                 let due = |zeroed: u64| {
@@ -1484,11 +1499,12 @@ impl<S: Storage> Core<S> {
                         / u128::from(self.config.segment_bytes.max(1));
                     (capacity / 2).saturating_add(u64::try_from(past_half).unwrap_or(u64::MAX))
                 };
-                if st.active.data_end >= due(zeroed + large) {
-                    return Some(large);
+                if st.rolling || st.active.data_end >= due(zeroed + ahead) {
+                    st.stats.spares_cut_short += 1;
+                    return ZeroPace::Enough;
                 }
                 if st.active.data_end >= due(zeroed) {
-                    return Some(SPARE_ZERO_CHUNK_BYTES);
+                    return ZeroPace::Chunk(SPARE_ZERO_CHUNK_BYTES);
                 }
                 st.spare_due = due(zeroed);
             }
@@ -1504,7 +1520,7 @@ impl<S: Storage> Core<S> {
             )
             .await;
             if quiet {
-                return Some(SPARE_ZERO_CHUNK_BYTES);
+                return ZeroPace::Chunk(SPARE_ZERO_CHUNK_BYTES);
             }
         }
     }

@@ -317,55 +317,74 @@ pub(crate) async fn create_segment_file<S: Storage>(
     path: &Path,
     config: &LogConfig,
 ) -> Result<S::File, LogError> {
-    let whole_chunks = |_| std::future::ready(Some(config.write_buffer_bytes));
-    create_segment_file_paced(storage, path, config, whole_chunks).await
+    let whole_chunks = |_| std::future::ready(ZeroPace::Chunk(config.write_buffer_bytes));
+    let (file, _zeroed) = create_segment_file_paced(storage, path, config, whole_chunks).await?;
+    Ok(file)
+}
+
+/// What the zeroing of a segment file being prepared does next (`create_segment_file_paced`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ZeroPace {
+    /// Write this many bytes of zeros next.
+    Chunk(u64),
+    /// Zero no more: the rest of the file stays allocated space, which reads as zeros. The
+    /// first write into each of its blocks converts an unwritten extent, as under
+    /// `Preallocate::Fallocate`.
+    Enough,
+    /// The log closed or failed: remove the file.
+    Abandon,
 }
 
 /// `create_segment_file`, zeroing in writes whose length `pace(bytes zeroed so far)` gives
 /// when it resolves: a spare prepared in the background zeroes in small writes at the
-/// appends' pace, so their own writes do not queue behind long ones. `None` abandons the
-/// file (its log closed or failed): it is removed and `Closed` returned.
+/// appends' pace, so their own writes do not queue behind long ones, and stops when they
+/// outrun it. Returns the file and the bytes of zeros written. `ZeroPace::Abandon` removes
+/// the file and returns `Closed`.
 pub(crate) async fn create_segment_file_paced<S, P, Fut>(
     storage: &S,
     path: &Path,
     config: &LogConfig,
     pace: P,
-) -> Result<S::File, LogError>
+) -> Result<(S::File, u64), LogError>
 where
     S: Storage,
     P: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = Option<u64>>,
+    Fut: std::future::Future<Output = ZeroPace>,
 {
     let file = storage
         .open(path, segment_flags(config, true))
         .await
         .map_err(LogError::io("create segment"))?;
-    let prepared = prepare(&file, config, pace).await;
-    if let Err(error) = prepared {
-        let _ = file.close().await;
-        let _ = storage.remove(path).await;
-        return Err(error);
+    match prepare(&file, config, pace).await {
+        Ok(zeroed) => Ok((file, zeroed)),
+        Err(error) => {
+            let _ = file.close().await;
+            let _ = storage.remove(path).await;
+            Err(error)
+        }
     }
-    Ok(file)
 }
 
-async fn prepare<F, P, Fut>(file: &F, config: &LogConfig, mut pace: P) -> Result<(), LogError>
+/// Allocates, zeroes as `pace` says and syncs `file`; returns the bytes of zeros written.
+async fn prepare<F, P, Fut>(file: &F, config: &LogConfig, mut pace: P) -> Result<u64, LogError>
 where
     F: StorageFile,
     P: FnMut(u64) -> Fut,
-    Fut: std::future::Future<Output = Option<u64>>,
+    Fut: std::future::Future<Output = ZeroPace>,
 {
     file.allocate(config.segment_bytes)
         .await
         .map_err(LogError::io("allocate segment"))?;
+    let mut at = 0;
     if config.preallocate == Preallocate::Zero {
         // A buffer of zeros serves every chunk of its length: each write completes before
         // the next.
         let mut zeros: Option<Rc<F::Buffer>> = None;
-        let mut at = 0;
         while at < config.segment_bytes {
-            let Some(chunk) = pace(at).await else {
-                return Err(LogError::Closed);
+            let chunk = match pace(at).await {
+                ZeroPace::Chunk(chunk) => chunk,
+                ZeroPace::Enough => break,
+                ZeroPace::Abandon => return Err(LogError::Closed),
             };
             let chunk = block_ceil(chunk.max(1));
             let len = chunk.min(config.segment_bytes - at);
@@ -380,7 +399,10 @@ where
             at += len;
         }
     }
-    file.sync().await.map_err(LogError::io("sync new segment"))
+    file.sync()
+        .await
+        .map_err(LogError::io("sync new segment"))?;
+    Ok(at)
 }
 
 fn zeroed_buffer<F: StorageFile>(file: &F, len: usize) -> F::Buffer {

@@ -945,6 +945,70 @@ fn a_log_that_goes_quiet_still_finishes_its_spare() {
             futures_lite::future::yield_now().await;
         }
         assert_eq!(log.stats().spares_prepared, 1, "the spare waits forever");
+        let stats = log.stats();
+        assert_eq!(stats.spares_cut_short, 0, "a slow log gets its zeros");
+        assert_eq!(stats.zero_bytes, small_config().segment_bytes);
+    });
+}
+
+/// A producer that waits for each append to be durable before the next keeps behind the
+/// zeroing's schedule: every spare is zeroed in full.
+#[test]
+fn a_durable_producer_gets_every_spare_zeroed() {
+    for_each_seed(3, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let log = open_small(&storage, &dir()).await;
+        // Two and a half 2 MiB segments.
+        for seq in 0..1700u32 {
+            let appended = log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
+            log.wait_synced(appended.next_offset).await.unwrap();
+        }
+        let stats = log.stats();
+        assert_eq!(stats.rolls, 2, "seed {seed}: {stats:?}");
+        assert_eq!(stats.spares_cut_short, 0, "seed {seed}: {stats:?}");
+        assert_eq!(
+            stats.zero_bytes,
+            stats.spares_prepared * small_config().segment_bytes,
+            "seed {seed}: {stats:?}"
+        );
+    });
+}
+
+/// A producer that outruns the spare's zeroing stops it: the disk takes its appends and not
+/// a second copy of them in zeros, and its rolls do not wait for zeros. The segments that
+/// were only partly zeroed read back whole, before and after a power loss.
+#[test]
+fn a_producer_that_outruns_the_zeroing_stops_it() {
+    for_each_seed(10, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let log = open_small(&storage, &dir()).await;
+        let before = storage.stats().write_bytes;
+        // Four 2 MiB segments of appends, nobody waiting for them.
+        let count = 2800u32;
+        for seq in 0..count {
+            log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
+        }
+        log.wait_synced(u64::from(count)).await.unwrap();
+        let stats = log.stats();
+        let disk_bytes = storage.stats().write_bytes - before;
+        assert!(stats.rolls >= 3, "seed {seed}: {stats:?}");
+        assert_eq!(stats.rolls_without_spare, 0, "seed {seed}: {stats:?}");
+        assert!(
+            stats.spares_cut_short >= 1,
+            "seed {seed}: no spare's zeroing stopped: {stats:?}"
+        );
+        // Zeroing every spare in full writes about twice the appends.
+        assert!(
+            disk_bytes < stats.write_bytes * 3 / 2,
+            "seed {seed}: {disk_bytes} bytes to the disk for {} appended",
+            stats.write_bytes
+        );
+        assert_eq!(read_all(&log, 0).await.len(), count as usize);
+        drop(log);
+        storage.crash(CrashMode::Torn);
+        let log = open_small(&storage, &dir()).await;
+        assert_eq!(read_all(&log, 0).await.len(), count as usize);
+        assert_eq!(log.offsets().next, u64::from(count));
     });
 }
 
