@@ -1,9 +1,10 @@
 //! The partition log: one replica's append-only, segmented log, owned by one shard.
 //!
-//! - Segments `<base-offset>.log` are created at full size and pre-zeroed (or fallocated),
-//!   so appends never change a file's size and an fdatasync never has to journal one. A
-//!   segment that retention lets go of is recycled as the next one, old batches and all:
-//!   appends overwrite blocks already written, the disk's fastest writes.
+//! - Segments `<base-offset>.log` are created at full size and pre-zeroed ahead of the
+//!   appends (or fallocated), so appends never change a file's size and an fdatasync never
+//!   has to journal one. A segment that retention lets go of is recycled as the next one,
+//!   old batches and all: appends overwrite blocks already written, the disk's fastest
+//!   writes.
 //! - Appended batches are copied into a 4 KiB-aligned tail buffer. A **group commit** writes
 //!   the pending blocks in large O_DIRECT writes (about `WritePipeline::write_bytes_max`
 //!   each, up to `writes_in_flight` at once) and, when a caller waits for durability, one
@@ -63,8 +64,9 @@ pub enum Durability {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preallocate {
-    /// fallocate, then write zeros over the whole file once: later overwrites need no
-    /// extent conversion, so each fdatasync flushes data only.
+    /// fallocate, then write zeros over the whole file once, in the background: later
+    /// overwrites need no extent conversion, so each fdatasync flushes data only. A producer
+    /// that outruns the zeroing stops it, and the rest of that file is as under `Fallocate`.
     Zero,
     /// fallocate only: cheaper to create, but the first write to each extent converts it,
     /// which the next fdatasync must journal.

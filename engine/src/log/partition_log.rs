@@ -82,9 +82,10 @@ pub struct LogStats {
     /// with zeros under `Preallocate::Zero`, in full unless cut short).
     pub spares_prepared: u64,
     /// New spares whose zeroing stopped before their end (`Preallocate::Zero`): the appends
-    /// outran it, or a roll came first. The rest of such a file is allocated space.
+    /// outran it, or a roll came first. The rest of such a file is allocated space. Counted
+    /// when the zeroing stops.
     pub spares_cut_short: u64,
-    /// Bytes of zeros written into new spares.
+    /// Bytes of zeros written into new spares, counted when a spare is ready.
     pub zero_bytes: u64,
     /// Sealed segments retention let go of: deleted, or recycled.
     pub segments_deleted: u64,
@@ -269,6 +270,9 @@ struct State<F: StorageFile> {
     /// `spare_pace`, may go on (`u64::MAX`: nothing waits); an append that reaches it
     /// wakes it.
     spare_due: u64,
+    /// Data end of the active segment when its spare began (at least half its capacity):
+    /// where the spare's zeroing schedule starts.
+    spare_from: u64,
     checkpoint: Option<Checkpoint>,
     /// The log's work on its directory outside the write pipeline that runs (see
     /// `Core::dir_op`): at most one of each kind.
@@ -468,6 +472,7 @@ impl<S: Storage> Log<S> {
                 Spare::Absent
             },
             spare_due: u64::MAX,
+            spare_from: 0,
             checkpoint: opened.checkpoint,
             dir_ops: Vec::new(),
             stats: LogStats::default(),
@@ -1370,6 +1375,7 @@ impl<S: Storage> Core<S> {
     /// takes it, or waits for it. `retired`: a segment retention let go of, whose file
     /// becomes the spare as it is; otherwise a new file is made.
     fn start_spare(self: &Rc<Self>, st: &mut State<S::File>, retired: Option<(u64, Rc<S::File>)>) {
+        st.spare_from = st.active.data_end.max(st.active.capacity_bytes / 2);
         let core = Rc::clone(self);
         st.spare = Spare::Preparing(spawn_task(async move {
             let recycled = retired.is_some();
@@ -1468,17 +1474,19 @@ impl<S: Storage> Core<S> {
     }
 
     /// Waits until a spare with `zeroed` bytes done may zero its next chunk, and says how
-    /// long that chunk is. Zeroing keeps pace with the active segment's second half so that
-    /// it ends when the segment is three quarters full: a quarter segment of appends per
-    /// segment zeroed, `SPARE_ZERO_CHUNK_BYTES` at a time.
+    /// long that chunk is. Zeroing keeps pace with the appends so that it ends halfway from
+    /// where the spare began (`spare_from`, half full or later) to the segment's end: at
+    /// three quarters full for a spare begun at half, a quarter segment of appends per
+    /// segment zeroed, `SPARE_ZERO_CHUNK_BYTES` at a time. Behind schedule, it writes its
+    /// chunks back to back.
     ///
-    /// It stops (`Enough`) when the appends get `write_buffer_bytes` ahead of that schedule
-    /// (a producer faster than about a quarter of the disk's bandwidth), or when a roll
-    /// waits for the spare: the rest of the file is left as allocated space. Zeros would
-    /// take the disk's bandwidth from such a producer's appends (every byte written twice)
-    /// and make its rolls wait; it pays the extent conversions of `Preallocate::Fallocate`
-    /// instead, in the segments it fills faster than they can be zeroed. `Abandon` once the
-    /// log is closed or failed.
+    /// It stops (`Enough`) when the appends get `write_buffer_bytes` (of appends) ahead of
+    /// that schedule, which a producer faster than about a quarter of the disk's bandwidth
+    /// soon does, or when a roll waits for the spare: the rest of the file is left as
+    /// allocated space. Zeros would take the disk's bandwidth from such a producer's appends
+    /// (every byte written twice) and make its rolls wait; it pays the extent conversions of
+    /// `Preallocate::Fallocate` instead, in the segments it fills faster than they can be
+    /// zeroed. `Abandon` once the log is closed or failed.
     ///
     /// Behind that schedule (a log that went quiet between half and three quarters full)
     /// it still writes a chunk each second, instead of holding the task and the file open
@@ -1493,13 +1501,14 @@ impl<S: Storage> Core<S> {
                 if st.closed || st.health != Health::Healthy {
                     return ZeroPace::Abandon;
                 }
-                let capacity = st.active.capacity_bytes;
+                let from = st.spare_from;
+                let span = (st.active.capacity_bytes.saturating_sub(from) / 2).max(1);
                 let due = |zeroed: u64| {
-                    let past_half = u128::from(zeroed) * u128::from(capacity / 4)
+                    let along = u128::from(zeroed) * u128::from(span)
                         / u128::from(self.config.segment_bytes.max(1));
-                    (capacity / 2).saturating_add(u64::try_from(past_half).unwrap_or(u64::MAX))
+                    from.saturating_add(u64::try_from(along).unwrap_or(u64::MAX))
                 };
-                if st.rolling || st.active.data_end >= due(zeroed + ahead) {
+                if st.rolling || st.active.data_end >= due(zeroed).saturating_add(ahead) {
                     st.stats.spares_cut_short += 1;
                     return ZeroPace::Enough;
                 }

@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use engine::log::sim::{CrashMode, Fault, Op, SimStorage};
+use engine::log::storage::Storage;
 use engine::log::truncate::truncate_to;
 use engine::log::{Health, Log, LogConfig, LogError, LogStats, Untrusted, WritePipeline};
 use rand::rngs::StdRng;
@@ -974,30 +975,69 @@ fn a_durable_producer_gets_every_spare_zeroed() {
     });
 }
 
-/// A producer that outruns the spare's zeroing stops it: the disk takes its appends and not
-/// a second copy of them in zeros, and its rolls do not wait for zeros. The segments that
-/// were only partly zeroed read back whole, before and after a power loss.
+/// 8 MiB segments (`small_config`'s write buffer, so the zeroing stops once the appends are
+/// about 1 MiB ahead of it).
+fn zeroing_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 8 << 20,
+        ..small_config()
+    }
+}
+
+/// Appends batches of about 3 KiB from `seq` until the log's active segment holds `upto`
+/// bytes, waiting for each to be durable when `durable`; returns the next seq.
+async fn append_until(log: &Log<SimStorage>, mut seq: u32, upto: u64, durable: bool) -> u32 {
+    let segment = zeroing_config().segment_bytes;
+    while log.stats().rolls == 0 && log.offsets().next * 3072 < upto.min(segment) {
+        let appended = log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
+        if durable {
+            log.wait_synced(appended.next_offset).await.unwrap();
+        }
+        seq += 1;
+    }
+    seq
+}
+
+/// A producer that outruns the spare's zeroing stops it, before any roll: the disk takes
+/// its appends and not a second copy of them in zeros. The segment left unzeroed reads back
+/// whole, before and after a power loss.
 #[test]
 fn a_producer_that_outruns_the_zeroing_stops_it() {
     for_each_seed(10, |seed| async move {
         let storage = SimStorage::new(seed);
-        let log = open_small(&storage, &dir()).await;
+        let config = zeroing_config();
+        let (log, _) = Log::open(storage.clone(), &dir(), config).await.unwrap();
         let before = storage.stats().write_bytes;
-        // Four 2 MiB segments of appends, nobody waiting for them.
-        let count = 2800u32;
-        for seq in 0..count {
+        // Past half, where the spare begins, and 1.5 MiB on without waiting: ahead of the
+        // zeroing's schedule by more than 1 MiB before it writes anything.
+        let mut seq = append_until(&log, 0, (5 << 20) + (512 << 10), false).await;
+        log.wait_synced(u64::from(seq)).await.unwrap();
+        for _ in 0..100_000 {
+            if log.stats().spares_prepared == 1 {
+                break;
+            }
+            futures_lite::future::yield_now().await;
+        }
+        let stats = log.stats();
+        assert_eq!(stats.rolls, 0, "seed {seed}: {stats:?}");
+        assert_eq!(stats.spares_prepared, 1, "seed {seed}: {stats:?}");
+        assert_eq!(stats.spares_cut_short, 1, "seed {seed}: {stats:?}");
+        assert!(
+            stats.zero_bytes < config.segment_bytes,
+            "seed {seed}: zeroed in full: {stats:?}"
+        );
+        // On to the roll and into the unzeroed segment, then a power loss.
+        seq = append_until(&log, seq, u64::MAX, false).await;
+        let count = seq + 100;
+        for seq in seq..count {
             log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
         }
         log.wait_synced(u64::from(count)).await.unwrap();
         let stats = log.stats();
-        let disk_bytes = storage.stats().write_bytes - before;
-        assert!(stats.rolls >= 3, "seed {seed}: {stats:?}");
+        assert_eq!(stats.rolls, 1, "seed {seed}: {stats:?}");
         assert_eq!(stats.rolls_without_spare, 0, "seed {seed}: {stats:?}");
-        assert!(
-            stats.spares_cut_short >= 1,
-            "seed {seed}: no spare's zeroing stopped: {stats:?}"
-        );
-        // Zeroing every spare in full writes about twice the appends.
+        // Zeroing the spare in full would have written about twice the appends.
+        let disk_bytes = storage.stats().write_bytes - before;
         assert!(
             disk_bytes < stats.write_bytes * 3 / 2,
             "seed {seed}: {disk_bytes} bytes to the disk for {} appended",
@@ -1006,9 +1046,47 @@ fn a_producer_that_outruns_the_zeroing_stops_it() {
         assert_eq!(read_all(&log, 0).await.len(), count as usize);
         drop(log);
         storage.crash(CrashMode::Torn);
-        let log = open_small(&storage, &dir()).await;
+        let (log, _) = Log::open(storage.clone(), &dir(), config).await.unwrap();
         assert_eq!(read_all(&log, 0).await.len(), count as usize);
         assert_eq!(log.offsets().next, u64::from(count));
+    });
+}
+
+/// A spare begun past half full (here, three quarters) still gets its zeros from a slow
+/// producer: the zeroing's schedule starts where the spare began.
+#[test]
+fn a_spare_begun_late_still_gets_its_zeros() {
+    for_each_seed(3, |seed| async move {
+        let storage = SimStorage::new(seed);
+        let config = LogConfig {
+            recycle_segments: false,
+            ..zeroing_config()
+        };
+        let (log, _) = Log::open(storage.clone(), &dir(), config).await.unwrap();
+        let seq = append_until(&log, 0, 6 << 20, false).await;
+        log.wait_synced(u64::from(seq)).await.unwrap();
+        log.close().await.unwrap();
+        drop(log);
+        // Its spare, begun at half, is gone (an operator removed it): the reopened log
+        // begins another, at three quarters full.
+        let spare = dir().join("spare.ready");
+        if storage.exists(&spare) {
+            storage.remove(&spare).await.unwrap();
+        }
+        let (log, _) = Log::open(storage.clone(), &dir(), config).await.unwrap();
+        let mut seq = seq;
+        while log.stats().spares_prepared == 0 && log.stats().rolls == 0 {
+            let appended = log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
+            log.wait_synced(appended.next_offset).await.unwrap();
+            seq += 1;
+        }
+        let stats = log.stats();
+        assert_eq!(stats.rolls, 0, "seed {seed}: {stats:?}");
+        assert_eq!(stats.spares_cut_short, 0, "seed {seed}: {stats:?}");
+        assert_eq!(
+            stats.zero_bytes, config.segment_bytes,
+            "seed {seed}: {stats:?}"
+        );
     });
 }
 
