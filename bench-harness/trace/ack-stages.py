@@ -10,6 +10,7 @@ zeroing and checkpoint writes too): submission -> completion; for an fsync the s
 inside it (to the device's flush, the flush, back to the CQE); for a block write request
 its time on the device.
 """
+import bisect
 import collections
 import re
 import sys
@@ -92,8 +93,8 @@ def main(path):
     issue = [f[0] for f in flushes]
     to_device, back = [], []
     for a, b in ops['fsync']:
-        i = next((k for k, us in enumerate(issue) if us >= a), None)
-        if i is not None and flushes[i][1] <= b:
+        i = bisect.bisect_left(issue, a)
+        if i < len(issue) and flushes[i][1] <= b:
             to_device.append(issue[i] - a)
             back.append(b - flushes[i][1])
     print(f'  fsync: submit -> flush at the device  {quantiles(to_device)}')

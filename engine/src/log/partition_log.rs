@@ -21,7 +21,7 @@ use super::recovery::{self, Recovery, SPARE_READY, SPARE_TMP, ZeroPace};
 use super::segment::{Segment, index_path, log_path};
 use super::storage::{BLOCK_BYTES, Storage, StorageFile, block_ceil, block_floor, write_whole};
 use super::tail::{Inflight, Recent, Tail, Take};
-use super::{Durability, Health, LogConfig, LogError, Preallocate, Retention, WritePipeline};
+use super::{Durability, Health, LogConfig, LogError, Retention, WritePipeline};
 
 /// Written bytes of the active segment kept in memory (`State::recent_bytes`): a tailing
 /// read finds its batches there, and the sparse index entry it starts from (one every
@@ -756,8 +756,8 @@ impl<S: Storage> Log<S> {
     }
 
     /// A prepared segment file for base offset `base`: the spare (waiting for it while it is
-    /// being prepared), else a new one made now, allocated only: every append of this log
-    /// waits meanwhile, and a whole segment of zeros would hold them for its length.
+    /// being prepared), else a new one made now, allocated only (every append of this log
+    /// waits meanwhile).
     async fn new_segment_file(&self, base: u64) -> Result<S::File, LogError> {
         let path = log_path(&self.core.dir, base);
         // A spare still zeroing at the appends' pace sees the roll (`rolling`) and stops.
@@ -795,11 +795,7 @@ impl<S: Storage> Log<S> {
         {
             return Ok(file);
         }
-        let fallocated = LogConfig {
-            preallocate: Preallocate::Fallocate,
-            ..self.core.config
-        };
-        recovery::create_segment_file(&self.core.storage, &path, &fallocated).await
+        recovery::create_allocated_segment_file(&self.core.storage, &path, &self.core.config).await
     }
 
     /// Writes the active segment's index file (best effort: it is rebuilt when lost). Call

@@ -322,6 +322,20 @@ pub(crate) async fn create_segment_file<S: Storage>(
     Ok(file)
 }
 
+/// Creates a segment file at `path` allocated only, whatever `preallocate` says: for a
+/// segment made while the log waits for it (a roll without a spare, a log opening after a
+/// crash), which a whole segment of zeros would hold up. Its first writes convert extents,
+/// as under `Preallocate::Fallocate`. Synced; the caller syncs the directory.
+pub(crate) async fn create_allocated_segment_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    config: &LogConfig,
+) -> Result<S::File, LogError> {
+    let no_zeros = |_| std::future::ready(ZeroPace::Enough);
+    let (file, _zeroed) = create_segment_file_paced(storage, path, config, no_zeros).await?;
+    Ok(file)
+}
+
 /// What the zeroing of a segment file being prepared does next (`create_segment_file_paced`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ZeroPace {
@@ -817,14 +831,9 @@ async fn start_after<S: Storage>(
         Some(file) => file,
         None => {
             // Made under a temporary name, then renamed over `path` (which an empty `old`
-            // holds). Fallocated only, whatever `preallocate` says: a log opening after a
-            // crash does not wait for a whole segment of zeros.
+            // holds).
             let tmp = dir.join(SPARE_TMP);
-            let fallocated = LogConfig {
-                preallocate: Preallocate::Fallocate,
-                ..*config
-            };
-            let file = create_segment_file(storage, &tmp, &fallocated).await?;
+            let file = create_allocated_segment_file(storage, &tmp, config).await?;
             file.close()
                 .await
                 .map_err(LogError::io("close new segment"))?;

@@ -984,11 +984,11 @@ fn zeroing_config() -> LogConfig {
     }
 }
 
-/// Appends batches of about 3 KiB from `seq` until the log's active segment holds `upto`
-/// bytes, waiting for each to be durable when `durable`; returns the next seq.
+/// Appends batches of about 3 KiB, `seq` on, until `upto` bytes are in the log's first
+/// segment or it rolls, waiting for each to be durable when `durable`; returns the next seq.
 async fn append_until(log: &Log<SimStorage>, mut seq: u32, upto: u64, durable: bool) -> u32 {
-    let segment = zeroing_config().segment_bytes;
-    while log.stats().rolls == 0 && log.offsets().next * 3072 < upto.min(segment) {
+    let batch_bytes = batch(1, 0, 1, 3000).len() as u64;
+    while log.stats().rolls == 0 && u64::from(seq) * batch_bytes < upto {
         let appended = log.append(&batch(1, seq, 1, 3000), 1).await.unwrap();
         if durable {
             log.wait_synced(appended.next_offset).await.unwrap();
