@@ -94,9 +94,13 @@ pub fn replicated_pairs(
 /// on ringmq's log:
 /// - a writer writes one 4 KiB block for every record that has arrived and not been written,
 ///   as soon as its previous write completed, so a write runs beside the running sync;
-/// - a syncer starts an fdatasync as soon as a write has completed that no sync covers;
+/// - a syncer starts an fdatasync as soon as a write has completed that no sync started
+///   covers, so up to `syncs_in_flight` syncs (one thread each) run at once, as in the log
+///   (`WritePipeline::syncs_in_flight`; the log also holds a second sync back while a write
+///   is in flight, which at the latency case's rate is seldom);
 /// - a record is durable when a sync that started after its write completed has returned on
-///   every replica, and its latency ends then.
+///   every replica, and its latency ends then. (The log counts a sync only once those
+///   started before it have returned too; here whichever returns first counts.)
 ///
 /// Unlike the log, each write goes to a fresh block (the log rewrites its padded tail block
 /// until it fills). No network, no request handling, no cross-core hand-off to a follower:
@@ -106,6 +110,7 @@ pub fn group_commit(
     replicas: &[(&Path, usize)],
     rate: u64,
     seconds: u64,
+    syncs_in_flight: usize,
 ) -> anyhow::Result<Histogram<u64>> {
     let files = replicas
         .iter()
@@ -121,17 +126,21 @@ pub fn group_commit(
     let commit = Arc::new(Commit::new(replicas.len(), rate, seconds)?);
     let mut threads = Vec::new();
     for (replica, (mut writer, syncer, core)) in files.into_iter().enumerate() {
-        let (at_writer, at_syncer) = (Arc::clone(&commit), Arc::clone(&commit));
+        let at_writer = Arc::clone(&commit);
         threads.push(std::thread::spawn(move || {
             crate::machine::pin(core);
             let written = at_writer.write(replica, || writer.write_next());
             at_writer.end_on_error(written);
         }));
-        threads.push(std::thread::spawn(move || {
-            crate::machine::pin(core);
-            let synced = at_syncer.sync(replica, || syncer.sync_data());
-            at_syncer.end_on_error(synced);
-        }));
+        for _ in 0..syncs_in_flight.max(1) {
+            let at_syncer = Arc::clone(&commit);
+            let syncer = syncer.try_clone().context("opening a floor file again")?;
+            threads.push(std::thread::spawn(move || {
+                crate::machine::pin(core);
+                let synced = at_syncer.sync(replica, || syncer.sync_data());
+                at_syncer.end_on_error(synced);
+            }));
+        }
     }
     for thread in threads {
         thread
@@ -150,11 +159,13 @@ struct Commit {
     arrivals: OpenLoop,
 }
 
-/// Per replica, `synced <= written <= arrivals.total`, and `recorded` is the least `synced`
+/// Per replica, `synced <= started <= written <= arrivals.total`, and `recorded` is the least `synced`
 /// once its records are timed: each only grows.
 struct CommitState {
-    /// Per replica: how many records a completed write covers, and a returned sync.
+    /// Per replica: how many records a completed write covers, a started sync, and a
+    /// returned one.
     written: Vec<u64>,
+    started: Vec<u64>,
     synced: Vec<u64>,
     /// How many records are durable on every replica and timed.
     recorded: u64,
@@ -169,6 +180,7 @@ impl Commit {
         Ok(Commit {
             state: Mutex::new(CommitState {
                 written: vec![0; replicas],
+                started: vec![0; replicas],
                 synced: vec![0; replicas],
                 recorded: 0,
                 histogram: micros_histogram()?,
@@ -209,30 +221,33 @@ impl Commit {
         Ok(())
     }
 
-    /// A replica's syncer: one sync whenever a completed write is not covered, until the
-    /// last record; the one whose sync makes records durable on every replica times them.
+    /// One of a replica's syncers: one sync whenever a completed write is not covered by a
+    /// sync started, until the last record is durable; the one whose sync makes records
+    /// durable on every replica times them.
     fn sync(&self, replica: usize, mut sync: impl FnMut() -> io::Result<()>) -> io::Result<()> {
         let total = self.arrivals.total;
         loop {
             let mut state = self.lock()?;
-            while state.written[replica] == state.synced[replica] && state.synced[replica] < total {
+            while state.written[replica] == state.started[replica] && state.synced[replica] < total
+            {
                 state = self.changed.wait(state).map_err(|_| poisoned())?;
                 if state.failed.is_some() {
                     return Ok(());
                 }
             }
-            let target = state.written[replica];
             if state.synced[replica] == total {
                 return Ok(());
             }
+            let target = state.written[replica];
+            state.started[replica] = target;
             drop(state);
             sync()?;
             let mut state = self.lock()?;
             // Read after the lock: when another replica's sync returned later but took the
             // lock first, this one ends their records, and must not time them before that.
             let now = Instant::now();
-            debug_assert!(target > state.synced[replica] && target <= state.written[replica]);
-            state.synced[replica] = target;
+            debug_assert!(target <= state.written[replica]);
+            state.synced[replica] = state.synced[replica].max(target);
             let durable = state.synced.iter().copied().min().unwrap_or(0);
             for i in state.recorded..durable {
                 let micros = now.saturating_duration_since(self.due(i)).as_micros();
@@ -402,15 +417,18 @@ mod tests {
         Ok(())
     }
 
-    /// Every record is timed once, on real files, and each replica's file is written.
+    /// Every record is timed once, on real files, and each replica's file is written, with
+    /// one sync at a time and with two.
     #[test]
     fn group_commit_times_every_record_once() -> anyhow::Result<()> {
         let scratch =
             ScratchDir::create_in(Path::new(env!("CARGO_MANIFEST_DIR")), "floor-commit-test")?;
         let (leader, follower) = (scratch.path().join("a"), scratch.path().join("b"));
         let core = engine::config::allowed_cores()[0];
-        let timed = group_commit(&[(&leader, core), (&follower, core)], 2_000, 1)?;
-        assert_eq!(timed.len(), 2_000);
+        for syncs in [1, 2] {
+            let timed = group_commit(&[(&leader, core), (&follower, core)], 2_000, 1, syncs)?;
+            assert_eq!(timed.len(), 2_000, "{syncs} syncs in flight");
+        }
         for path in [&leader, &follower] {
             let bytes = std::fs::read(path)?;
             assert!(bytes[..BLOCK].iter().all(|&b| b == b'x'));

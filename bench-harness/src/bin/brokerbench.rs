@@ -430,7 +430,12 @@ fn one_replica_floors(
         &format!("one replica's 4 KiB O_DIRECT pwrite + fdatasync pairs timed whole, core {core}"),
         &pairs,
     );
-    let committed = floor::group_commit(&[(&scratch.join("floor-commit"), core)], rate, seconds)?;
+    let committed = floor::group_commit(
+        &[(&scratch.join("floor-commit"), core)],
+        rate,
+        seconds,
+        SYNCS_IN_FLIGHT,
+    )?;
     print_floor(
         run,
         &group_commit_floor(rate, &format!("one replica, core {core}")),
@@ -439,10 +444,13 @@ fn one_replica_floors(
     Ok((pairs, committed))
 }
 
+/// The group commit floor runs as many fdatasyncs at once as the broker's logs do.
+const SYNCS_IN_FLIGHT: usize = engine::log::WritePipeline::DEFAULT_SYNCS_IN_FLIGHT;
+
 /// What the group commit floor's run line says it measured.
 fn group_commit_floor(rate: u64, replicas: &str) -> String {
     format!(
-        "records arriving at {rate}/s group-committed on {replicas} (no broker, no network), arrival to durable"
+        "records arriving at {rate}/s group-committed on {replicas}, up to {SYNCS_IN_FLIGHT} fdatasyncs at once (no broker, no network), arrival to durable"
     )
 }
 
@@ -804,6 +812,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
             ],
             args.rate,
             args.seconds,
+            SYNCS_IN_FLIGHT,
         )?;
         print_floor(
             run,

@@ -48,6 +48,7 @@ usage: logbench [options]
                        LogConfig::group_commit_bytes (default: LogConfig's, 1 MiB)
   --writes-in-flight N WritePipeline::writes_in_flight (default: WritePipeline's, 4)
   --write-bytes-max B  WritePipeline::write_bytes_max (default: WritePipeline's, 1 MiB)
+  --syncs-in-flight N  WritePipeline::syncs_in_flight (default: WritePipeline's, 2)
   --io-memory-mib MIB  glommio io_memory of the executor (default 32, as tuning/throughput.toml;
                        the default profile has 10): the log's tail and write buffers come
                        from this registered arena, and from the heap once it is used up
@@ -92,6 +93,7 @@ struct Args {
     group_commit_bytes: u64,
     writes_in_flight: usize,
     write_bytes_max: u64,
+    syncs_in_flight: usize,
     io_memory_mib: u64,
     cases: Option<Vec<String>>,
 }
@@ -114,6 +116,7 @@ impl Args {
             group_commit_bytes: LogConfig::default().group_commit_bytes,
             writes_in_flight: WritePipeline::default().writes_in_flight,
             write_bytes_max: WritePipeline::default().write_bytes_max,
+            syncs_in_flight: WritePipeline::default().syncs_in_flight,
             io_memory_mib: 32,
             cases: None,
         };
@@ -155,6 +158,7 @@ impl Args {
                 "--group-commit-window-us" => args.group_commit_window_us = number(&value)?,
                 "--group-commit-bytes" => args.group_commit_bytes = number(&value)?,
                 "--writes-in-flight" => args.writes_in_flight = number(&value)? as usize,
+                "--syncs-in-flight" => args.syncs_in_flight = number(&value)? as usize,
                 "--write-bytes-max" => args.write_bytes_max = number(&value)?,
                 "--io-memory-mib" => args.io_memory_mib = number(&value)?,
                 "--cases" => {
@@ -291,6 +295,7 @@ struct Report {
     group_commit_bytes: u64,
     writes_in_flight: usize,
     write_bytes_max: u64,
+    syncs_in_flight: usize,
     io_memory_mib: u64,
     /// `git describe`-like state of the source tree the binary ran from, when known.
     source: String,
@@ -506,6 +511,7 @@ impl Plan {
             pipeline: WritePipeline {
                 writes_in_flight: self.args.writes_in_flight,
                 write_bytes_max: self.args.write_bytes_max,
+                syncs_in_flight: self.args.syncs_in_flight,
             },
         }
     }
@@ -667,6 +673,7 @@ fn main() -> anyhow::Result<()> {
         group_commit_bytes: plan.args.group_commit_bytes,
         writes_in_flight: plan.args.writes_in_flight,
         write_bytes_max: plan.args.write_bytes_max,
+        syncs_in_flight: plan.args.syncs_in_flight,
         io_memory_mib: plan.args.io_memory_mib,
         source: source_state(),
         durable_batch_bytes: plan.durable_batch.len(),
@@ -724,7 +731,7 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
          128 MiB segments, 2 MiB tail buffer (LogConfig defaults), maintain every {} ms, \
          retention {} MiB ({TPUT_RECYCLED}: {} MiB, recycling, {} MiB appended before the \
          warm-up; the other cases do not recycle), warm-up {} ms, group_commit_window_us {}, group_commit_bytes {}, \
-         writes_in_flight {}, write_bytes_max {}; executor io_memory {} MiB, spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
+         writes_in_flight {}, write_bytes_max {}, syncs_in_flight {}; executor io_memory {} MiB, spin_before_park {} us; appenders yield before waiting (diagnostic): {}",
         plan.args.seconds,
         plan.args.runs,
         plan.args.maintain_ms,
@@ -738,6 +745,7 @@ fn print_machine(machine: &MachineFacts, fio_version: &str, plan: &Plan) {
         plan.args.group_commit_bytes,
         plan.args.writes_in_flight,
         plan.args.write_bytes_max,
+        plan.args.syncs_in_flight,
         plan.args.io_memory_mib,
         plan.args.spin_us,
         if plan.args.yield_before_wait {

@@ -10,7 +10,10 @@
 //!   each, up to `writes_in_flight` at once) and, when a caller waits for durability, one
 //!   fdatasync covers every batch whose write completed before it (or the files are opened
 //!   O_DSYNC). Writes in flight never share a block; `written` advances only over the
-//!   contiguous prefix of completed writes.
+//!   contiguous prefix of completed writes. A batch written while a sync runs gets a sync of
+//!   its own at once when no other write is in flight (up to `syncs_in_flight`, 2 by
+//!   default), instead of waiting for that one to return; `synced` advances only over the
+//!   prefix of returned syncs.
 //! - The partly filled last block is written (padded) only when a waiter needs it and no
 //!   other write is in flight, and is rewritten later with the same leading bytes, so a torn
 //!   rewrite cannot destroy what a sync already made durable (proven by the torn-write
@@ -119,7 +122,15 @@ pub struct WritePipeline {
     /// this much (plus one batch) under load, so several can overlap instead of one write
     /// carrying the whole tail buffer. A multiple of 4 KiB, at least one block.
     pub write_bytes_max: u64,
+    /// Most fdatasyncs of one log in flight at once (1: the next sync waits for the last).
+    /// Past the first, a sync starts only while no write is in flight: a write that
+    /// completes while a sync runs then need not wait for it before its own sync is
+    /// issued. The block layer still runs the device's flushes one at a time.
+    pub syncs_in_flight: usize,
 }
+
+/// Most fdatasyncs of one log in flight: each occupies an io_uring worker thread.
+pub const SYNCS_IN_FLIGHT_MAX: usize = 4;
 
 /// Most writes of one log in flight: each pins a tail buffer, and past a handful the device
 /// queue, not the log, is what limits throughput.
@@ -133,11 +144,16 @@ impl Default for WritePipeline {
         WritePipeline {
             writes_in_flight: 4,
             write_bytes_max: 1 << 20,
+            syncs_in_flight: Self::DEFAULT_SYNCS_IN_FLIGHT,
         }
     }
 }
 
 impl WritePipeline {
+    /// Two: a write that completes while a sync runs gets its own sync at once. The block
+    /// layer runs the device's flushes one at a time, so a third would only queue.
+    pub const DEFAULT_SYNCS_IN_FLIGHT: usize = 2;
+
     /// Checks the bounds; returns the offending field and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if !(1..=WRITES_IN_FLIGHT_MAX).contains(&self.writes_in_flight) {
@@ -146,6 +162,15 @@ impl WritePipeline {
                 format!(
                     "must be in 1..={WRITES_IN_FLIGHT_MAX}; got {}",
                     self.writes_in_flight
+                ),
+            ));
+        }
+        if !(1..=SYNCS_IN_FLIGHT_MAX).contains(&self.syncs_in_flight) {
+            return Err((
+                "syncs_in_flight",
+                format!(
+                    "must be in 1..={SYNCS_IN_FLIGHT_MAX}; got {}",
+                    self.syncs_in_flight
                 ),
             ));
         }

@@ -27,6 +27,9 @@ struct Gate {
     bytes_while_held: Cell<u64>,
     /// Syncs of a log file wait while this is set.
     hold_syncs: Cell<bool>,
+    /// Syncs of a log file (numbered from 0 as they start, as `syncs_started` counts them)
+    /// that wait while their number is here.
+    held_syncs: RefCell<BTreeSet<u64>>,
     syncs_started: Cell<u64>,
     /// Writes of the log's checkpoint wait while this is set.
     hold_checkpoint_writes: Cell<bool>,
@@ -86,10 +89,9 @@ impl StorageFile for GatedFile {
     }
     async fn sync(&self) -> io::Result<()> {
         if self.is_log {
-            self.gate
-                .syncs_started
-                .set(self.gate.syncs_started.get() + 1);
-            while self.gate.hold_syncs.get() {
+            let n = self.gate.syncs_started.get();
+            self.gate.syncs_started.set(n + 1);
+            while self.gate.hold_syncs.get() || self.gate.held_syncs.borrow().contains(&n) {
                 yield_now().await;
             }
         }
@@ -210,6 +212,7 @@ fn stuck_write_pins_at_most_writes_in_flight_buffers() {
         let pipeline = WritePipeline {
             writes_in_flight: 2,
             write_bytes_max: 8192,
+            ..WritePipeline::default()
         };
         let (log, _) = Log::open_with(storage.clone(), &dir(), small_config(), pipeline)
             .await
@@ -339,6 +342,173 @@ fn dropped_waiter_mid_sync_loses_nothing() {
         );
         assert_eq!(log.health(), Health::Healthy);
         assert_closes(&log).await;
+    });
+}
+
+/// A record written while the fdatasync before it runs gets its own sync at once, beside
+/// that one (up to `WritePipeline::syncs_in_flight`), instead of waiting for it; a sync that
+/// completes first still counts only once every sync issued before it has.
+#[test]
+fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
+    run(|| async {
+        let storage = gated(11);
+        let log = Rc::new(open_small(&storage, &dir()).await);
+        assert_eq!(WritePipeline::default().syncs_in_flight, 2);
+        let first = storage.gate.syncs_started.get();
+        storage.gate.held_syncs.borrow_mut().insert(first);
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        let la = Rc::clone(&log);
+        let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+        assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+
+        // B is written while A's sync is held; its own sync starts and completes, but B is
+        // not durable before A's sync returns.
+        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
+        log.wait_written(b.next_offset).await.unwrap();
+        let lb = Rc::clone(&log);
+        let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+        assert!(
+            spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await,
+            "B's sync waited for A's"
+        );
+        for _ in 0..200 {
+            yield_now().await;
+        }
+        assert_eq!(
+            log.offsets().synced,
+            0,
+            "a sync that completed before an earlier one counted first"
+        );
+
+        // With both slots taken, C's sync waits for one of them.
+        storage.gate.held_syncs.borrow_mut().insert(first + 2);
+        let c = log.append(&batch(1, 2, 1, 100), 1).await.unwrap();
+        log.wait_written(c.next_offset).await.unwrap();
+        storage.gate.held_syncs.borrow_mut().insert(first + 1);
+        let lc = Rc::clone(&log);
+        let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
+        for _ in 0..200 {
+            yield_now().await;
+        }
+        assert_eq!(
+            storage.gate.syncs_started.get(),
+            first + 2,
+            "more syncs in flight than syncs_in_flight"
+        );
+
+        storage.gate.held_syncs.borrow_mut().clear();
+        assert!(matches!(within(20_000, wait_a).await, Some(Ok(()))));
+        assert!(matches!(within(20_000, wait_b).await, Some(Ok(()))));
+        assert!(matches!(within(20_000, wait_c).await, Some(Ok(()))));
+        assert_eq!(log.offsets().synced, c.next_offset);
+        assert_eq!(log.health(), Health::Healthy);
+        assert_closes(&log).await;
+    });
+}
+
+/// Under load a second sync waits: while a write is in flight, a record written after the
+/// running sync began waits for that sync (and the next one then covers the write in flight
+/// too); once the write completes, its sync starts beside the running one.
+#[test]
+fn a_second_sync_waits_while_a_write_is_in_flight() {
+    run(|| async {
+        let storage = gated(13);
+        let log = Rc::new(open_small(&storage, &dir()).await);
+        let first = storage.gate.syncs_started.get();
+        storage.gate.held_syncs.borrow_mut().insert(first);
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        let la = Rc::clone(&log);
+        let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+        assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
+        log.wait_written(b.next_offset).await.unwrap();
+
+        // C's write is held in flight.
+        let write = storage.gate.started.get();
+        storage.gate.held.borrow_mut().insert(write);
+        let c = log.append(&batch(1, 2, 1, 100), 1).await.unwrap();
+        let lc = Rc::clone(&log);
+        let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
+        assert!(spin_until(|| storage.gate.started.get() > write, 1000).await);
+        let lb = Rc::clone(&log);
+        let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+        for _ in 0..200 {
+            yield_now().await;
+        }
+        assert_eq!(
+            storage.gate.syncs_started.get(),
+            first + 1,
+            "a second sync started while a write was in flight"
+        );
+
+        storage.gate.held.borrow_mut().clear();
+        assert!(
+            spin_until(|| storage.gate.syncs_started.get() > first + 1, 20_000).await,
+            "no second sync once the write completed"
+        );
+        assert_eq!(log.offsets().synced, 0);
+        storage.gate.held_syncs.borrow_mut().clear();
+        for waited in [wait_a.await, wait_b.await, wait_c.await] {
+            assert!(matches!(waited, Ok(())), "{waited:?}");
+        }
+        assert_eq!(log.offsets().synced, c.next_offset);
+        assert_eq!(
+            storage.gate.syncs_started.get(),
+            first + 2,
+            "the second sync covers B and C"
+        );
+        assert_closes(&log).await;
+    });
+}
+
+/// A sync that fails while a later one has already succeeded fails the log, and neither
+/// sync's records are acknowledged as durable: the later success does not count past the
+/// earlier failure.
+#[test]
+fn a_failed_sync_is_not_overtaken_by_a_later_success() {
+    run(|| async {
+        let storage = gated(12);
+        let log = Rc::new(open_small(&storage, &dir()).await);
+        let first = storage.gate.syncs_started.get();
+        storage.gate.held_syncs.borrow_mut().insert(first);
+        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
+        let la = Rc::clone(&log);
+        let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+        assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+        // The held sync reaches the disk second, after B's: it is the one that fails.
+        storage.inner.inject(Fault {
+            op: Op::Sync,
+            path_contains: Some(".log".into()),
+            errno: libc::EIO,
+            skip: 1,
+            times: 1,
+        });
+        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
+        log.wait_written(b.next_offset).await.unwrap();
+        let lb = Rc::clone(&log);
+        let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+        assert!(spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await);
+        for _ in 0..200 {
+            yield_now().await;
+        }
+        assert_eq!(log.offsets().synced, 0);
+
+        storage.gate.held_syncs.borrow_mut().clear();
+        for waited in [within(20_000, wait_a).await, within(20_000, wait_b).await] {
+            assert!(
+                matches!(
+                    waited,
+                    Some(Err(LogError::Failed {
+                        op: "fdatasync",
+                        ..
+                    }))
+                ),
+                "{waited:?}"
+            );
+        }
+        assert_eq!(log.offsets().synced, 0, "acknowledged past a failed sync");
+        assert_ne!(log.health(), Health::Healthy);
+        assert_eq!(log.io_in_flight(), None, "both syncs returned");
     });
 }
 

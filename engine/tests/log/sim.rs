@@ -1152,6 +1152,7 @@ fn narrow_pipeline() -> WritePipeline {
     WritePipeline {
         writes_in_flight: 8,
         write_bytes_max: 8192,
+        ..WritePipeline::default()
     }
 }
 
