@@ -96,8 +96,8 @@ pub fn replicated_pairs(
 ///   as soon as its previous write completed, so a write runs beside the running sync;
 /// - a syncer starts an fdatasync as soon as a write has completed that no sync started
 ///   covers, so up to `syncs_in_flight` syncs (one thread each) run at once, as in the log
-///   (`WritePipeline::syncs_in_flight`; the log also holds a second sync back while a write
-///   is in flight, which at the latency case's rate is seldom);
+///   (`WritePipeline::syncs_in_flight`; the log also holds a second sync back while more
+///   than one padded tail block is being written, so this floor is a little below it);
 /// - a record is durable when a sync that started after its write completed has returned on
 ///   every replica, and its latency ends then. (The log counts a sync only once those
 ///   started before it have returned too; here whichever returns first counts.)
@@ -116,25 +116,25 @@ pub fn group_commit(
         .iter()
         .map(|&(path, core)| {
             let writer = PairFile::lay_out(path)?;
-            let syncer = writer
-                .file
-                .try_clone()
+            // Every handle is opened before any thread starts, so an error leaves none.
+            let syncers = (0..syncs_in_flight.max(1))
+                .map(|_| writer.file.try_clone())
+                .collect::<io::Result<Vec<_>>>()
                 .with_context(|| format!("opening {} again", path.display()))?;
-            Ok((writer, syncer, core))
+            Ok((writer, syncers, core))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let commit = Arc::new(Commit::new(replicas.len(), rate, seconds)?);
     let mut threads = Vec::new();
-    for (replica, (mut writer, syncer, core)) in files.into_iter().enumerate() {
+    for (replica, (mut writer, syncers, core)) in files.into_iter().enumerate() {
         let at_writer = Arc::clone(&commit);
         threads.push(std::thread::spawn(move || {
             crate::machine::pin(core);
             let written = at_writer.write(replica, || writer.write_next());
             at_writer.end_on_error(written);
         }));
-        for _ in 0..syncs_in_flight.max(1) {
+        for syncer in syncers {
             let at_syncer = Arc::clone(&commit);
-            let syncer = syncer.try_clone().context("opening a floor file again")?;
             threads.push(std::thread::spawn(move || {
                 crate::machine::pin(core);
                 let synced = at_syncer.sync(replica, || syncer.sync_data());
@@ -159,8 +159,8 @@ struct Commit {
     arrivals: OpenLoop,
 }
 
-/// Per replica, `synced <= started <= written <= arrivals.total`, and `recorded` is the least `synced`
-/// once its records are timed: each only grows.
+/// Per replica, `synced <= started <= written <= arrivals.total`, and `recorded` is the
+/// least `synced` once its records are timed: each only grows.
 struct CommitState {
     /// Per replica: how many records a completed write covers, a started sync, and a
     /// returned one.

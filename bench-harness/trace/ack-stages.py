@@ -8,7 +8,13 @@ Per record (matched by byte counts on the producer's and the shard's sockets):
 Per operation of the shard's io_uring (matched by request), all of them (background
 zeroing and checkpoint writes too): submission -> completion; for an fsync the steps
 inside it (to the device's flush, the flush, back to the CQE); for a block write request
-its time on the device.
+its time on the device; and the metadata writes (an inode block, say) beside them.
+
+Then the broker's time of each record, split by what it waited for, averaged over bands
+of records sorted by that time (the slowest 1 % last). Matched by time, not by bytes: its
+write is the first the shard submitted after the record arrived, its sync the first
+submitted after that write's CQE. With one record in flight at a time, as at the latency
+case's rate, that is the write and the sync that made it durable.
 """
 import bisect
 import collections
@@ -89,6 +95,9 @@ def main(path):
                 device_writes.setdefault(sector, []).append(e.us)
     for kind, spans in ops.items():
         print(f'  {kind}: submit -> CQE{" " * (23 - len(kind))}{quantiles([b - a for a, b in spans])}')
+    metadata = [e for e in events if e.name == 'block_rq_issue' and re.match(r'\d+,\d+ W\w*M', e.rest)]
+    seconds = (events[-1].us - events[0].us) / 1e6
+    print(f'  metadata writes (e.g. an inode block): {len(metadata)}, {len(metadata) / seconds:.0f}/s')
     flushes = [f for f in flushes if f[1] is not None]
     issue = [f[0] for f in flushes]
     to_device, back = [], []
@@ -104,6 +113,39 @@ def main(path):
     # alternate per sector.
     on_device = [t[k + 1] - t[k] for t in device_writes.values() for k in range(0, len(t) - 1, 2)]
     print(f'  write: on the device                  {quantiles(on_device)}')
+    per_record(received[:n], acked[:n], sorted(ops['write']), sorted(ops['fsync']))
+
+
+def per_record(received, acked, writes, syncs):
+    """Each record's broker time split into: until its write was submitted, the write, until
+    its sync was submitted (with the share of records whose write completed while an
+    earlier sync still ran), the sync, and from the sync's CQE to the ack's send."""
+    write_at, sync_at = [w[0] for w in writes], [s[0] for s in syncs]
+    rows = []
+    for r, a in zip(received, acked):
+        i = bisect.bisect_left(write_at, r)
+        if i == len(writes) or writes[i][0] > a:
+            continue
+        w0, w1 = writes[i]
+        j = bisect.bisect_left(sync_at, w1)
+        if j == len(syncs) or syncs[j][0] > a:
+            continue
+        s0, s1 = syncs[j]
+        busy = any(x0 < w1 < x1 for x0, x1 in syncs[max(0, j - 3):j])
+        rows.append((a - r, w0 - r, w1 - w0, s0 - w1, busy, s1 - s0, a - s1))
+    if not rows:
+        return
+    rows.sort()
+    print(f'  broker time by step, mean us over records ordered by it ({len(rows)} matched):')
+    print('    records         broker  to write  write  to sync (sync running)  sync  to ack')
+    bands = [('fastest 50 %', 0, 0.5), ('50-90 %', 0.5, 0.9), ('90-99 %', 0.9, 0.99), ('slowest 1 %', 0.99, 1)]
+    for name, lo, hi in bands:
+        band = rows[int(lo * len(rows)):int(hi * len(rows))]
+        if not band:
+            continue
+        mean = [sum(col) / len(band) for col in zip(*band)]
+        print(f'    {name:14} {mean[0]:7.0f} {mean[1]:9.0f} {mean[2]:6.0f} {mean[3]:8.0f} ({100 * mean[4]:3.0f} %)'
+              f'         {mean[5]:5.0f} {mean[6]:6.0f}')
 
 
 if __name__ == '__main__':

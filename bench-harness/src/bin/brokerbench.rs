@@ -445,7 +445,7 @@ fn one_replica_floors(
 }
 
 /// The group commit floor runs as many fdatasyncs at once as the broker's logs do.
-const SYNCS_IN_FLIGHT: usize = engine::log::WritePipeline::DEFAULT_SYNCS_IN_FLIGHT;
+const SYNCS_IN_FLIGHT: usize = engine::log::WritePipeline::SYNCS_IN_FLIGHT_DEFAULT;
 
 /// What the group commit floor's run line says it measured.
 fn group_commit_floor(rate: u64, replicas: &str) -> String {

@@ -10,10 +10,10 @@
 //!   each, up to `writes_in_flight` at once) and, when a caller waits for durability, one
 //!   fdatasync covers every batch whose write completed before it (or the files are opened
 //!   O_DSYNC). Writes in flight never share a block; `written` advances only over the
-//!   contiguous prefix of completed writes. A batch written while a sync runs gets a sync of
-//!   its own at once when no other write is in flight (up to `syncs_in_flight`, 2 by
-//!   default), instead of waiting for that one to return; `synced` advances only over the
-//!   prefix of returned syncs.
+//!   contiguous prefix of completed writes. Under light load (no write in flight but of one
+//!   padded tail block), a batch written while a sync runs gets a sync of its own at once
+//!   (up to `syncs_in_flight`, 2 by default) instead of waiting for that one to return;
+//!   `synced` advances only over the prefix of returned syncs.
 //! - The partly filled last block is written (padded) only when a waiter needs it and no
 //!   other write is in flight, and is rewritten later with the same leading bytes, so a torn
 //!   rewrite cannot destroy what a sync already made durable (proven by the torn-write
@@ -122,15 +122,24 @@ pub struct WritePipeline {
     /// this much (plus one batch) under load, so several can overlap instead of one write
     /// carrying the whole tail buffer. A multiple of 4 KiB, at least one block.
     pub write_bytes_max: u64,
-    /// Most fdatasyncs of one log in flight at once (1: the next sync waits for the last).
-    /// Past the first, a sync starts only while no write is in flight: a write that
-    /// completes while a sync runs then need not wait for it before its own sync is
-    /// issued. The block layer still runs the device's flushes one at a time.
+    /// Most fdatasyncs of one log started and not yet counted (1: the next sync waits for
+    /// the last; a sync that returned before one started earlier still counts here).
+    /// Past the first, a sync starts only while no write is in flight but of one padded
+    /// tail block (light load, not a stream of writes): a write that completes while a sync
+    /// runs then need not wait for it before its own sync is issued. On a disk with one queue
+    /// the block layer still runs the device's flushes one at a time.
     pub syncs_in_flight: usize,
 }
 
-/// Most fdatasyncs of one log in flight: each occupies an io_uring worker thread.
+/// Most fdatasyncs of one log started and not yet counted: each running one occupies an
+/// io_uring worker thread of the shard's core, and past two they only queue (see
+/// `WritePipeline::SYNCS_IN_FLIGHT_DEFAULT`); 4 leaves room to measure that.
 pub const SYNCS_IN_FLIGHT_MAX: usize = 4;
+
+const _: () = assert!(
+    1 <= WritePipeline::SYNCS_IN_FLIGHT_DEFAULT
+        && WritePipeline::SYNCS_IN_FLIGHT_DEFAULT <= SYNCS_IN_FLIGHT_MAX
+);
 
 /// Most writes of one log in flight: each pins a tail buffer, and past a handful the device
 /// queue, not the log, is what limits throughput.
@@ -144,15 +153,16 @@ impl Default for WritePipeline {
         WritePipeline {
             writes_in_flight: 4,
             write_bytes_max: 1 << 20,
-            syncs_in_flight: Self::DEFAULT_SYNCS_IN_FLIGHT,
+            syncs_in_flight: Self::SYNCS_IN_FLIGHT_DEFAULT,
         }
     }
 }
 
 impl WritePipeline {
     /// Two: a write that completes while a sync runs gets its own sync at once. The block
-    /// layer runs the device's flushes one at a time, so a third would only queue.
-    pub const DEFAULT_SYNCS_IN_FLIGHT: usize = 2;
+    /// layer of this VM's disk (one queue) runs the device's flushes one at a time, so a
+    /// third would only queue.
+    pub const SYNCS_IN_FLIGHT_DEFAULT: usize = 2;
 
     /// Checks the bounds; returns the offending field and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {

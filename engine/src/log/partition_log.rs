@@ -74,6 +74,7 @@ pub struct LogStats {
     /// Group-commit writes issued.
     pub writes: u64,
     pub write_bytes: u64,
+    /// fdatasyncs that returned successfully.
     pub syncs: u64,
     pub rolls: u64,
     /// Rolls that found no spare segment ready and made theirs in the append path.
@@ -172,8 +173,9 @@ enum Spare {
 /// never `Send`. No `RefCell` borrow is held across an `.await`.
 /// Invariants: see `State::check_invariants`.
 /// Durability: `append` makes a batch readable at once; it is written once a group commit
-/// covering it completes (`wait_written`), durable once a sync covering it completes
-/// (`wait_synced`). After a failed write or sync the log fails stop.
+/// covering it completes (`wait_written`), durable once a sync covering it completes and
+/// every sync issued before it has returned successfully (`wait_synced`). After a failed
+/// write or sync the log fails stop.
 /// Tasks: the log runs each write and fdatasync it issues in a task of its own (see
 /// `Core::commit`), and so each write of its checkpoint and index and retention's removals
 /// (`Core::dir_op`), so a waiter may be dropped at any point; dropping the log cancels them.
@@ -1692,13 +1694,19 @@ impl<S: Storage> Core<S> {
     }
 
     /// Whether another fdatasync may start now. With none in flight, yes. Beside one that
-    /// runs, only while the pipeline has room and no write is in flight: a quiet log's
-    /// record then gets its own sync at once instead of waiting for the running one to
-    /// return first (measured: `brokerbench --latency-only`), while under load, with writes
-    /// still coming, the next sync waits and covers them too, as one group commit.
+    /// runs, only while the pipeline has room and no write is in flight but of one padded
+    /// tail block: a record of a log under light load then gets its own sync at once instead
+    /// of waiting for the running one to return first, even when the next record went out
+    /// in that block as its write completed (figures in tuning/README, "Where a durable
+    /// ack's time goes"); under load, with whole blocks still being written, the next sync
+    /// waits and covers them too, as one group commit.
     fn sync_has_room(&self, st: &State<S::File>) -> bool {
         st.syncing.is_empty()
-            || (st.syncing.len() < self.pipeline.syncs_in_flight && st.inflight.is_empty())
+            || (st.syncing.len() < self.pipeline.syncs_in_flight
+                && st
+                    .inflight
+                    .iter()
+                    .all(|w| w.data.padded && w.data.len < BLOCK_BYTES))
     }
 
     /// Starts the task that runs one fdatasync, covering the writes completed so far, and
@@ -1711,30 +1719,7 @@ impl<S: Storage> Core<S> {
         let task = spawn_task(async move {
             let synced = file.sync().await;
             let mut st = core.state.borrow_mut();
-            // Only a sync's own task completes it, once, and a roll waits for all of them.
-            let at = st.syncing.iter().position(|s| s.id == id);
-            assert!(at.is_some(), "completed sync {id} is not in flight");
-            if let Some(sync) = at.and_then(|at| st.syncing.get_mut(at)) {
-                sync.done = true;
-            }
-            st.stats.syncs += 1;
-            match synced {
-                // Fail-stop: after a failure (of a write or sync, meanwhile) nothing more is
-                // reported.
-                Ok(()) if st.health != Health::Healthy => {}
-                Ok(()) => {
-                    while st.syncing.front().is_some_and(|s| s.done) {
-                        if let Some(retired) = st.syncing.pop_front() {
-                            st.synced_offset = st.synced_offset.max(retired.offset);
-                            st.synced_end = st.synced_end.max(retired.end);
-                        }
-                    }
-                    st.check_invariants();
-                }
-                // The kernel may have dropped the dirty state; a retry could report data as
-                // durable when it is not. Stop here, for good.
-                Err(error) => core.fail(&mut st, "fdatasync", &error),
-            }
+            core.complete_sync(&mut st, id, synced);
             drop(st);
             core.changed.notify();
         });
@@ -1746,6 +1731,33 @@ impl<S: Storage> Core<S> {
             done: false,
             io: Issued::new(task),
         });
+    }
+
+    fn complete_sync(&self, st: &mut State<S::File>, id: u64, synced: io::Result<()>) {
+        // Only a sync's own task completes it, once, and a roll waits for all of them.
+        let at = st.syncing.iter().position(|s| s.id == id);
+        assert!(at.is_some(), "completed sync {id} is not in flight");
+        if let Some(sync) = at.and_then(|at| st.syncing.get_mut(at)) {
+            sync.done = true;
+        }
+        match synced {
+            // Fail-stop: after a failure (of a write or sync, meanwhile) nothing more is
+            // reported.
+            Ok(()) if st.health != Health::Healthy => st.stats.syncs += 1,
+            Ok(()) => {
+                st.stats.syncs += 1;
+                while st.syncing.front().is_some_and(|s| s.done) {
+                    if let Some(retired) = st.syncing.pop_front() {
+                        st.synced_offset = st.synced_offset.max(retired.offset);
+                        st.synced_end = st.synced_end.max(retired.end);
+                    }
+                }
+                st.check_invariants();
+            }
+            // The kernel may have dropped the dirty state; a retry could report data as
+            // durable when it is not. Stop here, for good.
+            Err(error) => self.fail(st, "fdatasync", &error),
+        }
     }
 
     /// The group-commit window: before its first write, a committer waits up to

@@ -347,7 +347,8 @@ fn dropped_waiter_mid_sync_loses_nothing() {
 
 /// A record written while the fdatasync before it runs gets its own sync at once, beside
 /// that one (up to `WritePipeline::syncs_in_flight`), instead of waiting for it; a sync that
-/// completes first still counts only once every sync issued before it has.
+/// returns first counts only once every sync issued before it has, and covers only the
+/// writes that completed before it was issued.
 #[test]
 fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
     run(|| async {
@@ -355,14 +356,17 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
         let log = Rc::new(open_small(&storage, &dir()).await);
         assert_eq!(WritePipeline::default().syncs_in_flight, 2);
         let first = storage.gate.syncs_started.get();
-        storage.gate.held_syncs.borrow_mut().insert(first);
+        storage
+            .gate
+            .held_syncs
+            .borrow_mut()
+            .extend([first, first + 1, first + 2]);
         let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
         let la = Rc::clone(&log);
         let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
         assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
 
-        // B is written while A's sync is held; its own sync starts and completes, but B is
-        // not durable before A's sync returns.
+        // B is written while A's sync runs: its own sync starts beside it.
         let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
         log.wait_written(b.next_offset).await.unwrap();
         let lb = Rc::clone(&log);
@@ -371,20 +375,10 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
             spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await,
             "B's sync waited for A's"
         );
-        for _ in 0..200 {
-            yield_now().await;
-        }
-        assert_eq!(
-            log.offsets().synced,
-            0,
-            "a sync that completed before an earlier one counted first"
-        );
 
         // With both slots taken, C's sync waits for one of them.
-        storage.gate.held_syncs.borrow_mut().insert(first + 2);
         let c = log.append(&batch(1, 2, 1, 100), 1).await.unwrap();
         log.wait_written(c.next_offset).await.unwrap();
-        storage.gate.held_syncs.borrow_mut().insert(first + 1);
         let lc = Rc::clone(&log);
         let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
         for _ in 0..200 {
@@ -396,9 +390,26 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
             "more syncs in flight than syncs_in_flight"
         );
 
-        storage.gate.held_syncs.borrow_mut().clear();
+        // B's sync returns first, after C was written: it counts only once A's has, and
+        // then only up to B.
+        let returned = log.stats().syncs;
+        storage.gate.held_syncs.borrow_mut().remove(&(first + 1));
+        assert!(spin_until(|| log.stats().syncs > returned, 20_000).await);
+        assert_eq!(
+            log.offsets().synced,
+            0,
+            "a sync that returned before an earlier one counted first"
+        );
+        storage.gate.held_syncs.borrow_mut().remove(&first);
         assert!(matches!(within(20_000, wait_a).await, Some(Ok(()))));
         assert!(matches!(within(20_000, wait_b).await, Some(Ok(()))));
+        assert_eq!(
+            log.offsets().synced,
+            b.next_offset,
+            "B's sync covered a write that completed after it was issued"
+        );
+
+        storage.gate.held_syncs.borrow_mut().clear();
         assert!(matches!(within(20_000, wait_c).await, Some(Ok(()))));
         assert_eq!(log.offsets().synced, c.next_offset);
         assert_eq!(log.health(), Health::Healthy);
@@ -406,59 +417,65 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
     });
 }
 
-/// Under load a second sync waits: while a write is in flight, a record written after the
-/// running sync began waits for that sync (and the next one then covers the write in flight
-/// too); once the write completes, its sync starts beside the running one.
+/// Under load a second sync waits: while a write of whole blocks is in flight, a record
+/// written after the running sync began waits for that sync (and the next one then covers
+/// the write in flight too); once the write completes, its sync starts beside the running
+/// one. A padded tail block in flight (the next record of a lightly loaded log) does not
+/// hold it back.
 #[test]
-fn a_second_sync_waits_while_a_write_is_in_flight() {
-    run(|| async {
-        let storage = gated(13);
-        let log = Rc::new(open_small(&storage, &dir()).await);
-        let first = storage.gate.syncs_started.get();
-        storage.gate.held_syncs.borrow_mut().insert(first);
-        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
-        let la = Rc::clone(&log);
-        let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
-        assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
-        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
-        log.wait_written(b.next_offset).await.unwrap();
+fn a_second_sync_waits_while_whole_blocks_are_written() {
+    for whole in [true, false] {
+        run(move || async move {
+            let storage = gated(13);
+            let log = Rc::new(open_small(&storage, &dir()).await);
+            // Batches of exactly one block: every write takes whole blocks. Small ones:
+            // every write is the padded tail block.
+            let value = if whole { one_block_value() } else { 100 };
+            let first = storage.gate.syncs_started.get();
+            storage.gate.held_syncs.borrow_mut().insert(first);
+            let a = log.append(&batch(1, 0, 1, value), 1).await.unwrap();
+            let la = Rc::clone(&log);
+            let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+            assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+            let b = log.append(&batch(1, 1, 1, value), 1).await.unwrap();
+            log.wait_written(b.next_offset).await.unwrap();
 
-        // C's write is held in flight.
-        let write = storage.gate.started.get();
-        storage.gate.held.borrow_mut().insert(write);
-        let c = log.append(&batch(1, 2, 1, 100), 1).await.unwrap();
-        let lc = Rc::clone(&log);
-        let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
-        assert!(spin_until(|| storage.gate.started.get() > write, 1000).await);
-        let lb = Rc::clone(&log);
-        let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
-        for _ in 0..200 {
-            yield_now().await;
-        }
-        assert_eq!(
-            storage.gate.syncs_started.get(),
-            first + 1,
-            "a second sync started while a write was in flight"
-        );
-
-        storage.gate.held.borrow_mut().clear();
-        assert!(
-            spin_until(|| storage.gate.syncs_started.get() > first + 1, 20_000).await,
-            "no second sync once the write completed"
-        );
-        assert_eq!(log.offsets().synced, 0);
-        storage.gate.held_syncs.borrow_mut().clear();
-        for waited in [wait_a.await, wait_b.await, wait_c.await] {
-            assert!(matches!(waited, Ok(())), "{waited:?}");
-        }
-        assert_eq!(log.offsets().synced, c.next_offset);
-        assert_eq!(
-            storage.gate.syncs_started.get(),
-            first + 2,
-            "the second sync covers B and C"
-        );
-        assert_closes(&log).await;
-    });
+            // C's write is held in flight.
+            let write = storage.gate.started.get();
+            storage.gate.held.borrow_mut().insert(write);
+            let c = log.append(&batch(1, 2, 1, value), 1).await.unwrap();
+            let lc = Rc::clone(&log);
+            let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
+            assert!(spin_until(|| storage.gate.started.get() > write, 1000).await);
+            let lb = Rc::clone(&log);
+            let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+            for _ in 0..200 {
+                yield_now().await;
+            }
+            if whole {
+                assert_eq!(
+                    storage.gate.syncs_started.get(),
+                    first + 1,
+                    "a second sync started while whole blocks were being written"
+                );
+                storage.gate.held.borrow_mut().clear();
+            }
+            assert!(
+                spin_until(|| storage.gate.syncs_started.get() > first + 1, 20_000).await,
+                "no second sync (whole blocks: {whole})"
+            );
+            assert_eq!(log.offsets().synced, 0);
+            storage.gate.held.borrow_mut().clear();
+            storage.gate.held_syncs.borrow_mut().clear();
+            for waited in [wait_a, wait_b, wait_c] {
+                let waited = within(20_000, waited).await;
+                assert!(matches!(waited, Some(Ok(()))), "{waited:?}");
+            }
+            assert_eq!(log.offsets().synced, c.next_offset);
+            assert_eq!(log.health(), Health::Healthy);
+            assert_closes(&log).await;
+        });
+    }
 }
 
 /// A sync that fails while a later one has already succeeded fails the log, and neither
@@ -485,13 +502,20 @@ fn a_failed_sync_is_not_overtaken_by_a_later_success() {
         });
         let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
         log.wait_written(b.next_offset).await.unwrap();
+        let returned = log.stats().syncs;
         let lb = Rc::clone(&log);
         let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
         assert!(spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await);
-        for _ in 0..200 {
-            yield_now().await;
-        }
+        assert!(
+            spin_until(|| log.stats().syncs > returned, 20_000).await,
+            "B's sync did not return"
+        );
         assert_eq!(log.offsets().synced, 0);
+        assert_eq!(
+            log.health(),
+            Health::Healthy,
+            "B's sync was the one that failed"
+        );
 
         storage.gate.held_syncs.borrow_mut().clear();
         for waited in [within(20_000, wait_a).await, within(20_000, wait_b).await] {
