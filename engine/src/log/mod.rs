@@ -132,7 +132,7 @@ pub struct WritePipeline {
 }
 
 /// Most fdatasyncs of one log started and not yet counted: each running one occupies an
-/// io_uring worker thread of the shard's core, and past two they only queue (see
+/// io_uring worker thread of the shard's core, and past two they likely only queue (see
 /// `WritePipeline::SYNCS_IN_FLIGHT_DEFAULT`); 4 leaves room to measure that.
 pub const SYNCS_IN_FLIGHT_MAX: usize = 4;
 
@@ -161,29 +161,24 @@ impl Default for WritePipeline {
 impl WritePipeline {
     /// Two: a write that completes while a sync runs gets its own sync at once. The block
     /// layer of this VM's disk (one queue) runs the device's flushes one at a time, so a
-    /// third would only queue.
+    /// third would most likely only queue behind them (not measured).
     pub const SYNCS_IN_FLIGHT_DEFAULT: usize = 2;
 
     /// Checks the bounds; returns the offending field and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !(1..=WRITES_IN_FLIGHT_MAX).contains(&self.writes_in_flight) {
-            return Err((
-                "writes_in_flight",
-                format!(
-                    "must be in 1..={WRITES_IN_FLIGHT_MAX}; got {}",
-                    self.writes_in_flight
-                ),
-            ));
-        }
-        if !(1..=SYNCS_IN_FLIGHT_MAX).contains(&self.syncs_in_flight) {
-            return Err((
-                "syncs_in_flight",
-                format!(
-                    "must be in 1..={SYNCS_IN_FLIGHT_MAX}; got {}",
-                    self.syncs_in_flight
-                ),
-            ));
-        }
+        let in_flight = |field, value: usize, max: usize| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err((field, format!("must be in 1..={max}; got {value}")))
+            }
+        };
+        in_flight(
+            "writes_in_flight",
+            self.writes_in_flight,
+            WRITES_IN_FLIGHT_MAX,
+        )?;
+        in_flight("syncs_in_flight", self.syncs_in_flight, SYNCS_IN_FLIGHT_MAX)?;
         if !self.write_bytes_max.is_multiple_of(BLOCK_BYTES as u64) || self.write_bytes_max == 0 {
             return Err((
                 "write_bytes_max",

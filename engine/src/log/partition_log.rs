@@ -1741,18 +1741,19 @@ impl<S: Storage> Core<S> {
             sync.done = true;
         }
         match synced {
-            // Fail-stop: after a failure (of a write or sync, meanwhile) nothing more is
-            // reported.
-            Ok(()) if st.health != Health::Healthy => st.stats.syncs += 1,
             Ok(()) => {
                 st.stats.syncs += 1;
-                while st.syncing.front().is_some_and(|s| s.done) {
-                    if let Some(retired) = st.syncing.pop_front() {
-                        st.synced_offset = st.synced_offset.max(retired.offset);
-                        st.synced_end = st.synced_end.max(retired.end);
+                // Fail-stop: after a failure (of a write or sync, meanwhile) nothing more is
+                // reported. Each sync covers at least what the one before it does.
+                if st.health == Health::Healthy {
+                    while st.syncing.front().is_some_and(|s| s.done) {
+                        if let Some(retired) = st.syncing.pop_front() {
+                            st.synced_offset = retired.offset;
+                            st.synced_end = retired.end;
+                        }
                     }
+                    st.check_invariants();
                 }
-                st.check_invariants();
             }
             // The kernel may have dropped the dirty state; a retry could report data as
             // durable when it is not. Stop here, for good.

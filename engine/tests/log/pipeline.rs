@@ -203,6 +203,18 @@ fn one_block_value() -> usize {
     4096 - overhead
 }
 
+/// Appends batch `seq` with one `value`-byte record; its next offset.
+async fn append_one(log: &Log<Gated>, seq: u32, value: usize) -> u64 {
+    let appended = log.append(&batch(1, seq, 1, value), 1).await.unwrap();
+    appended.next_offset
+}
+
+/// Waits, in a task of its own, until the log is durable up to `next`.
+fn wait_synced_in_task(log: &Rc<Log<Gated>>, next: u64) -> glommio::Task<Result<(), LogError>> {
+    let log = Rc::clone(log);
+    glommio::spawn_local(async move { log.wait_synced(next).await })
+}
+
 /// Finding: done-but-unretired writes are not counted against `writes_in_flight`; with one
 /// write stuck, the log keeps issuing and completing writes, each pinning a tail buffer.
 #[test]
@@ -361,26 +373,23 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
             .held_syncs
             .borrow_mut()
             .extend([first, first + 1, first + 2]);
-        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
-        let la = Rc::clone(&log);
-        let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+        let a = append_one(&log, 0, 100).await;
+        let wait_a = wait_synced_in_task(&log, a);
         assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
 
         // B is written while A's sync runs: its own sync starts beside it.
-        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
-        log.wait_written(b.next_offset).await.unwrap();
-        let lb = Rc::clone(&log);
-        let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+        let b = append_one(&log, 1, 100).await;
+        log.wait_written(b).await.unwrap();
+        let wait_b = wait_synced_in_task(&log, b);
         assert!(
             spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await,
             "B's sync waited for A's"
         );
 
         // With both slots taken, C's sync waits for one of them.
-        let c = log.append(&batch(1, 2, 1, 100), 1).await.unwrap();
-        log.wait_written(c.next_offset).await.unwrap();
-        let lc = Rc::clone(&log);
-        let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
+        let c = append_one(&log, 2, 100).await;
+        log.wait_written(c).await.unwrap();
+        let wait_c = wait_synced_in_task(&log, c);
         for _ in 0..200 {
             yield_now().await;
         }
@@ -405,13 +414,13 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
         assert!(matches!(within(20_000, wait_b).await, Some(Ok(()))));
         assert_eq!(
             log.offsets().synced,
-            b.next_offset,
+            b,
             "B's sync covered a write that completed after it was issued"
         );
 
         storage.gate.held_syncs.borrow_mut().clear();
         assert!(matches!(within(20_000, wait_c).await, Some(Ok(()))));
-        assert_eq!(log.offsets().synced, c.next_offset);
+        assert_eq!(log.offsets().synced, c);
         assert_eq!(log.health(), Health::Healthy);
         assert_closes(&log).await;
     });
@@ -433,22 +442,19 @@ fn a_second_sync_waits_while_whole_blocks_are_written() {
             let value = if whole { one_block_value() } else { 100 };
             let first = storage.gate.syncs_started.get();
             storage.gate.held_syncs.borrow_mut().insert(first);
-            let a = log.append(&batch(1, 0, 1, value), 1).await.unwrap();
-            let la = Rc::clone(&log);
-            let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+            let a = append_one(&log, 0, value).await;
+            let wait_a = wait_synced_in_task(&log, a);
             assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
-            let b = log.append(&batch(1, 1, 1, value), 1).await.unwrap();
-            log.wait_written(b.next_offset).await.unwrap();
+            let b = append_one(&log, 1, value).await;
+            log.wait_written(b).await.unwrap();
 
             // C's write is held in flight.
             let write = storage.gate.started.get();
             storage.gate.held.borrow_mut().insert(write);
-            let c = log.append(&batch(1, 2, 1, value), 1).await.unwrap();
-            let lc = Rc::clone(&log);
-            let wait_c = glommio::spawn_local(async move { lc.wait_synced(c.next_offset).await });
+            let c = append_one(&log, 2, value).await;
+            let wait_c = wait_synced_in_task(&log, c);
             assert!(spin_until(|| storage.gate.started.get() > write, 1000).await);
-            let lb = Rc::clone(&log);
-            let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+            let wait_b = wait_synced_in_task(&log, b);
             for _ in 0..200 {
                 yield_now().await;
             }
@@ -471,7 +477,7 @@ fn a_second_sync_waits_while_whole_blocks_are_written() {
                 let waited = within(20_000, waited).await;
                 assert!(matches!(waited, Some(Ok(()))), "{waited:?}");
             }
-            assert_eq!(log.offsets().synced, c.next_offset);
+            assert_eq!(log.offsets().synced, c);
             assert_eq!(log.health(), Health::Healthy);
             assert_closes(&log).await;
         });
@@ -488,9 +494,8 @@ fn a_failed_sync_is_not_overtaken_by_a_later_success() {
         let log = Rc::new(open_small(&storage, &dir()).await);
         let first = storage.gate.syncs_started.get();
         storage.gate.held_syncs.borrow_mut().insert(first);
-        let a = log.append(&batch(1, 0, 1, 100), 1).await.unwrap();
-        let la = Rc::clone(&log);
-        let wait_a = glommio::spawn_local(async move { la.wait_synced(a.next_offset).await });
+        let a = append_one(&log, 0, 100).await;
+        let wait_a = wait_synced_in_task(&log, a);
         assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
         // The held sync reaches the disk second, after B's: it is the one that fails.
         storage.inner.inject(Fault {
@@ -500,11 +505,10 @@ fn a_failed_sync_is_not_overtaken_by_a_later_success() {
             skip: 1,
             times: 1,
         });
-        let b = log.append(&batch(1, 1, 1, 100), 1).await.unwrap();
-        log.wait_written(b.next_offset).await.unwrap();
+        let b = append_one(&log, 1, 100).await;
+        log.wait_written(b).await.unwrap();
         let returned = log.stats().syncs;
-        let lb = Rc::clone(&log);
-        let wait_b = glommio::spawn_local(async move { lb.wait_synced(b.next_offset).await });
+        let wait_b = wait_synced_in_task(&log, b);
         assert!(spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await);
         assert!(
             spin_until(|| log.stats().syncs > returned, 20_000).await,
