@@ -6,6 +6,7 @@ pub mod fio;
 pub mod floor;
 pub mod logcases;
 pub mod machine;
+pub mod noise;
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,11 @@
 //!   sooner than one pair after its record arrived;
 //! - the disk floor under the latency case: records arriving as the latency case sends them,
 //!   made durable by a group commit modelled on the log's, with no broker and no network
-//!   (`floor::group_commit`).
+//!   (`floor::group_commit`);
+//! - the broker core's noise: how much of it a spinning thread loses, alone and beside a
+//!   thread that wakes on that core every 200 us (`bench_harness::noise`); the loss per
+//!   wake-up is what each of the kernel's helper threads woken there for a shard's writes
+//!   and syncs costs it.
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
@@ -34,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bench_harness::machine::{ScratchDir, pin};
+use bench_harness::noise::{self, CoreNoise};
 use bench_harness::{OpenLoop, fio, floor, least_timer_slack, median, micros_histogram};
 use client::{Acks, Client, ClientConfig, FrameReader, Producer, ProducerConfig, ReadError};
 use engine::broker::{self, BrokerHandle, BrokerOptions};
@@ -56,6 +61,8 @@ struct Args {
     latency_acks: Acks,
     profile: Option<PathBuf>,
     replication: bool,
+    /// Produce batches each throughput case keeps in flight.
+    in_flight: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -71,6 +78,7 @@ fn parse_args() -> anyhow::Result<Args> {
         latency_acks: Acks::LeaderFsync,
         profile: None,
         replication: false,
+        in_flight: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -96,11 +104,15 @@ fn parse_args() -> anyhow::Result<Args> {
             // --replication).
             "--profile" => args.profile = Some(value()?.into()),
             "--replication" => args.replication = true,
+            // The throughput cases' window: with too few batches in flight they measure the
+            // round trip of a batch rather than what the broker can take.
+            "--in-flight" => args.in_flight = value()?.parse()?,
             "--help" | "-h" => {
                 println!(
                     "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
                      [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only] \
-                     [--latency-acks leader|leader+fsync] [--profile tuning/FILE.toml] [--replication]"
+                     [--latency-acks leader|leader+fsync] [--profile tuning/FILE.toml] [--replication] \
+                     [--in-flight BATCHES]"
                 );
                 std::process::exit(0);
             }
@@ -143,17 +155,24 @@ impl Broker {
     }
 }
 
-/// Records per second from one producer, 64 KiB batches, pipelined.
-fn throughput(address: &str, topic: &str, acks: Acks, seconds: u64) -> anyhow::Result<f64> {
+/// Records per second from one producer, 64 KiB batches, `in_flight` of them pipelined.
+fn throughput(
+    address: &str,
+    topic: &str,
+    acks: Acks,
+    seconds: u64,
+    in_flight: usize,
+) -> anyhow::Result<f64> {
     let client = Client::connect(address, ClientConfig::default())?;
     let config = ProducerConfig {
         acks,
         batch_bytes: BATCH_RECORDS * (RECORD_BYTES + 16) + 64,
         linger: Duration::from_millis(5),
-        max_in_flight: 16,
+        max_in_flight: in_flight,
         ..ProducerConfig::default()
     };
-    let mut producer = Producer::new(client, config)?;
+    let mut producer = Producer::new(client, config)
+        .map_err(|e| anyhow::anyhow!("--in-flight {in_flight}: {e}"))?;
     let value = vec![b'x'; RECORD_BYTES];
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -182,8 +201,8 @@ fn throughput_pair(
         return Ok(None);
     }
     Ok(Some((
-        throughput(address, topic_a, acks_a, args.seconds)?,
-        throughput(address, topic_b, acks_b, args.seconds)?,
+        throughput(address, topic_a, acks_a, args.seconds, args.in_flight)?,
+        throughput(address, topic_b, acks_b, args.seconds, args.in_flight)?,
     )))
 }
 
@@ -409,6 +428,33 @@ fn print_floor(run: usize, what: &str, floor: &Histogram<u64>) {
     );
 }
 
+/// How often the thread beside the spinner wakes in `core_noise`.
+const NOISE_WAKE_EVERY: Duration = Duration::from_micros(200);
+
+/// The broker core's noise (`bench_harness::noise`), a second alone and a second beside a
+/// thread waking every `NOISE_WAKE_EVERY`, printed as a run line.
+fn core_noise(run: usize, core: usize) -> (CoreNoise, CoreNoise) {
+    let span = Duration::from_secs(1);
+    let alone = CoreNoise::measure(core, span, None);
+    let beside = CoreNoise::measure(core, span, Some(NOISE_WAKE_EVERY));
+    let per_wakeup = beside.per_wakeup_us(&alone).map_or_else(
+        || "unknown (the thread beside it never woke)".to_owned(),
+        |us| format!("{us:.0} us"),
+    );
+    println!(
+        "run {run}: core {core} noise, a thread spinning for {:.1} s: alone it lost {:.2} % ({} gaps of {} us or more, {} over 100 us, longest {} us); beside a thread waking {} times on that core it lost {:.2} %, {per_wakeup} more per wake-up",
+        alone.span.as_secs_f64(),
+        alone.lost_fraction() * 100.0,
+        alone.gaps,
+        noise::GAP_MIN.as_micros(),
+        alone.gaps_over_100us,
+        alone.longest.as_micros(),
+        beside.wakeups,
+        beside.lost_fraction() * 100.0,
+    );
+    (alone, beside)
+}
+
 /// How idle cores sleep: on a VM whose cores halt at once, every wake-up costs tens of
 /// microseconds, in the broker and the floors alike (tuning/README.md).
 fn print_idle_policy() {
@@ -471,6 +517,8 @@ struct Run {
     pairs: Histogram<u64>,
     /// The latency case's records group-committed on the broker's core, no broker (us).
     committed: Histogram<u64>,
+    /// A spinning thread on the broker's core: alone, and beside a waking thread.
+    noise: (CoreNoise, CoreNoise),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -546,6 +594,7 @@ fn main() -> anyhow::Result<()> {
             args.rate,
             args.seconds,
         )?;
+        let noise = core_noise(run, args.broker_core);
         let floor = loopback_floor(args.broker_core, args.rate, args.seconds)?;
         println!(
             "run {run}: loopback round trip, a thread on core {} acking at once (no log, no disk), {}/s: p50 {} us p99 {} us p99.9 {} us",
@@ -604,6 +653,7 @@ fn main() -> anyhow::Result<()> {
             floor,
             pairs,
             committed,
+            noise,
         });
     }
     let p99 = median_over(&runs, |r| at(&r.latency.from_intended, 0.99));
@@ -618,11 +668,13 @@ fn main() -> anyhow::Result<()> {
     let fsync = median_over(&throughputs, |t| t.1);
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
+            "| throughput, 64 KiB batches, 1 producer, {} in flight | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
+            args.in_flight,
             leader * RECORD_BYTES as f64 / 1e6
         );
         println!(
-            "| throughput, 64 KiB batches, 1 producer | acks=leader+fsync | {fsync:.0} rec/s |"
+            "| throughput, 64 KiB batches, 1 producer, {} in flight | acks=leader+fsync | {fsync:.0} rec/s |",
+            args.in_flight
         );
     }
     println!(
@@ -669,6 +721,14 @@ fn main() -> anyhow::Result<()> {
         "| disk floor under the latency case: records arriving at {}/s, group-committed like the log, no broker, no network | fdatasync | {} |",
         args.rate,
         median_quantiles(&runs, |r| &r.committed)
+    );
+    println!(
+        "| broker core noise: a spinning thread's time lost alone; its extra loss per wake-up of a thread beside it | - | {:.2} %; {:.0} us |",
+        median_over(&runs, |r| r.noise.0.lost_fraction() * 100.0),
+        median(
+            runs.iter()
+                .filter_map(|r| r.noise.1.per_wakeup_us(&r.noise.0))
+        ),
     );
     let pairs_p99 = median_over(&runs, |r| at(&r.pairs, 0.99));
     let committed_p99 = median_over(&runs, |r| at(&r.committed, 0.99));
@@ -863,7 +923,8 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
+            "| throughput, 64 KiB batches, 1 producer, {} in flight | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
+            args.in_flight,
             t2 / t1.max(1.0)
         );
     }
