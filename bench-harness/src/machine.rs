@@ -48,12 +48,11 @@ impl MachineFacts {
 }
 
 /// Pins the calling thread to CPU `core`; does nothing if the process may not run there.
-pub fn pin(core: usize) {
-    if let Some(id) =
-        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|id| id.id == core))
-    {
-        core_affinity::set_for_current(id);
-    }
+/// Returns whether the thread is now pinned.
+pub fn pin(core: usize) -> bool {
+    core_affinity::get_core_ids()
+        .and_then(|ids| ids.into_iter().find(|id| id.id == core))
+        .is_some_and(core_affinity::set_for_current)
 }
 
 fn unknown3(why: &str) -> (String, String, String) {

@@ -2,7 +2,7 @@
 //!
 //! Cases (each names its durability mode, record and batch size):
 //! - throughput, acks `leader` and `leader+fsync`: one producer, 64 KiB batches
-//!   (64 records of 1 KiB), batches pipelined;
+//!   (64 records of 1 KiB), 16 of them in flight (`--in-flight`);
 //! - latency, acks `leader+fsync` (or `--latency-acks`): single-record batches sent open-loop
 //!   at a fixed rate (10,000/s by default); produce-to-ack measured from each send's
 //!   *intended* time, so a stall counts against every send it delays (no coordinated
@@ -15,10 +15,10 @@
 //! - the disk floor under the latency case: records arriving as the latency case sends them,
 //!   made durable by a group commit modelled on the log's, with no broker and no network
 //!   (`floor::group_commit`);
-//! - the broker core's noise: how much of it a spinning thread loses, alone and beside a
-//!   thread that wakes on that core every 200 us (`bench_harness::noise`); the loss per
-//!   wake-up is what each of the kernel's helper threads woken there for a shard's writes
-//!   and syncs costs it.
+//! - once, before the runs: the broker core's noise, how much of it a spinning thread loses,
+//!   alone and beside a thread that wakes on that core every 200 us
+//!   (`bench_harness::noise`); the loss per wake-up is at least what each of the kernel's
+//!   helper threads woken there for a shard's writes and syncs costs it.
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
@@ -119,6 +119,15 @@ fn parse_args() -> anyhow::Result<Args> {
             other => bail!("unknown flag {other} (see --help)"),
         }
     }
+    // The producer keeps one of its connection's request slots for metadata.
+    let slots = ClientConfig::default().connection.in_flight_max;
+    if !(1..slots).contains(&args.in_flight) {
+        bail!(
+            "--in-flight {}: must be 1..={} (the connection's {slots} request slots, one kept for metadata)",
+            args.in_flight,
+            slots - 1
+        );
+    }
     Ok(args)
 }
 
@@ -171,8 +180,8 @@ fn throughput(
         max_in_flight: in_flight,
         ..ProducerConfig::default()
     };
-    let mut producer = Producer::new(client, config)
-        .map_err(|e| anyhow::anyhow!("--in-flight {in_flight}: {e}"))?;
+    let mut producer =
+        Producer::new(client, config).with_context(|| format!("--in-flight {in_flight}"))?;
     let value = vec![b'x'; RECORD_BYTES];
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
@@ -432,17 +441,20 @@ fn print_floor(run: usize, what: &str, floor: &Histogram<u64>) {
 const NOISE_WAKE_EVERY: Duration = Duration::from_micros(200);
 
 /// The broker core's noise (`bench_harness::noise`), a second alone and a second beside a
-/// thread waking every `NOISE_WAKE_EVERY`, printed as a run line.
-fn core_noise(run: usize, core: usize) -> (CoreNoise, CoreNoise) {
+/// thread waking every `NOISE_WAKE_EVERY`, printed. `None` if the core could not be measured.
+fn core_noise(core: usize) -> Option<(CoreNoise, CoreNoise)> {
     let span = Duration::from_secs(1);
-    let alone = CoreNoise::measure(core, span, None);
-    let beside = CoreNoise::measure(core, span, Some(NOISE_WAKE_EVERY));
-    let per_wakeup = beside.per_wakeup_us(&alone).map_or_else(
-        || "unknown (the thread beside it never woke)".to_owned(),
-        |us| format!("{us:.0} us"),
-    );
+    let measured = CoreNoise::measure(core, span, None).zip(CoreNoise::measure(
+        core,
+        span,
+        Some(NOISE_WAKE_EVERY),
+    ));
+    let Some((alone, beside)) = measured else {
+        println!("core {core} noise: not measured (no thread could be pinned there)");
+        return None;
+    };
     println!(
-        "run {run}: core {core} noise, a thread spinning for {:.1} s: alone it lost {:.2} % ({} gaps of {} us or more, {} over 100 us, longest {} us); beside a thread waking {} times on that core it lost {:.2} %, {per_wakeup} more per wake-up",
+        "core {core} noise, a thread spinning for {:.1} s: alone it lost {:.2} % ({} gaps of {} us or more, {} over 100 us, longest {} us); beside a thread waking {} times on that core it lost {:.2} %, per wake-up {}",
         alone.span.as_secs_f64(),
         alone.lost_fraction() * 100.0,
         alone.gaps,
@@ -451,8 +463,18 @@ fn core_noise(run: usize, core: usize) -> (CoreNoise, CoreNoise) {
         alone.longest.as_micros(),
         beside.wakeups,
         beside.lost_fraction() * 100.0,
+        per_wakeup(&alone, &beside),
     );
-    (alone, beside)
+    Some((alone, beside))
+}
+
+/// `beside`'s loss per wake-up beyond `alone`'s, in words.
+fn per_wakeup(alone: &CoreNoise, beside: &CoreNoise) -> String {
+    match beside.per_wakeup_us(alone) {
+        None => "unknown (the thread beside it never woke)".to_owned(),
+        Some(us) if us < 0.0 => format!("{us:.0} us (less than alone: the noise varied more)"),
+        Some(us) => format!("{us:.0} us more"),
+    }
 }
 
 /// How idle cores sleep: on a VM whose cores halt at once, every wake-up costs tens of
@@ -517,8 +539,6 @@ struct Run {
     pairs: Histogram<u64>,
     /// The latency case's records group-committed on the broker's core, no broker (us).
     committed: Histogram<u64>,
-    /// A spinning thread on the broker's core: alone, and beside a waking thread.
-    noise: (CoreNoise, CoreNoise),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -540,6 +560,9 @@ fn main() -> anyhow::Result<()> {
         None => Profile::default(),
     };
     profile.shards.cores = Cores::List(vec![args.broker_core]);
+    // Before the broker starts: its shard may spin on that core (`spin_before_park_us`), and
+    // a log that has gone quiet zeroes its next segment in the background.
+    let noise = core_noise(args.broker_core);
     let broker = Broker::start(profile, &args.dir)?;
     let address = broker.address.as_str();
     pin(args.client_core);
@@ -594,7 +617,6 @@ fn main() -> anyhow::Result<()> {
             args.rate,
             args.seconds,
         )?;
-        let noise = core_noise(run, args.broker_core);
         let floor = loopback_floor(args.broker_core, args.rate, args.seconds)?;
         println!(
             "run {run}: loopback round trip, a thread on core {} acking at once (no log, no disk), {}/s: p50 {} us p99 {} us p99.9 {} us",
@@ -653,7 +675,6 @@ fn main() -> anyhow::Result<()> {
             floor,
             pairs,
             committed,
-            noise,
         });
     }
     let p99 = median_over(&runs, |r| at(&r.latency.from_intended, 0.99));
@@ -668,12 +689,12 @@ fn main() -> anyhow::Result<()> {
     let fsync = median_over(&throughputs, |t| t.1);
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer, {} in flight | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
+            "| throughput, 64 KiB batches, 1 producer, {} batches in flight | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
             args.in_flight,
             leader * RECORD_BYTES as f64 / 1e6
         );
         println!(
-            "| throughput, 64 KiB batches, 1 producer, {} in flight | acks=leader+fsync | {fsync:.0} rec/s |",
+            "| throughput, 64 KiB batches, 1 producer, {} batches in flight | acks=leader+fsync | {fsync:.0} rec/s |",
             args.in_flight
         );
     }
@@ -722,14 +743,13 @@ fn main() -> anyhow::Result<()> {
         args.rate,
         median_quantiles(&runs, |r| &r.committed)
     );
-    println!(
-        "| broker core noise: a spinning thread's time lost alone; its extra loss per wake-up of a thread beside it | - | {:.2} %; {:.0} us |",
-        median_over(&runs, |r| r.noise.0.lost_fraction() * 100.0),
-        median(
-            runs.iter()
-                .filter_map(|r| r.noise.1.per_wakeup_us(&r.noise.0))
-        ),
-    );
+    if let Some((alone, beside)) = &noise {
+        println!(
+            "| broker core noise, before the runs: a spinning thread's time lost alone; its loss per wake-up of a thread beside it, beyond that | - | {:.2} %; {} |",
+            alone.lost_fraction() * 100.0,
+            per_wakeup(alone, beside),
+        );
+    }
     let pairs_p99 = median_over(&runs, |r| at(&r.pairs, 0.99));
     let committed_p99 = median_over(&runs, |r| at(&r.committed, 0.99));
     println!();
@@ -923,7 +943,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer, {} in flight | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
+            "| throughput, 64 KiB batches, 1 producer, {} batches in flight | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
             args.in_flight,
             t2 / t1.max(1.0)
         );
