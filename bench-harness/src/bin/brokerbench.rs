@@ -18,7 +18,8 @@
 //! - once, before the runs: the broker core's noise, how much of it a spinning thread loses,
 //!   alone and beside a thread that wakes on that core every 200 us
 //!   (`bench_harness::noise`); the loss per wake-up is at least what each of the kernel's
-//!   helper threads woken there for a shard's writes and syncs costs it.
+//!   helper threads woken there for a shard's writes and syncs costs it. With
+//!   `--replication`, the leaders' and the followers' cores.
 //!
 //! `--replication`: the broker on every allowed core instead; replication factor 1 with
 //! `leader+fsync` against replication factor 2 (leader and follower on different shards)
@@ -814,6 +815,11 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         })?;
     // The RF=2 topics' followers are on the next shard (see the padding below).
     let follower_core = cores[(leader_shard + 1) % cores.len()];
+    // Before the broker starts (see `core_noise`): the leaders' core, then the followers'.
+    core_noise(args.broker_core);
+    if follower_core != args.broker_core {
+        core_noise(follower_core);
+    }
     let broker = Broker::start(profile, &args.dir)?;
     let shards = broker.handle.shards.len();
     let address = broker.address.as_str();
