@@ -96,8 +96,9 @@ pub fn replicated_pairs(
 ///   as soon as its previous write completed, so a write runs beside the running sync;
 /// - a syncer starts an fdatasync as soon as a write has completed that no sync started
 ///   covers, so up to `syncs_in_flight` syncs (one thread each) run at once, as in the log
-///   (`WritePipeline::syncs_in_flight`; the log also holds a second sync back while more
-///   than one padded tail block is being written, so this floor is a little below it);
+///   (`WritePipeline::syncs_in_flight`; the log also holds a second sync back while a
+///   write other than one padded tail block is in flight, so this floor is a little below
+///   it);
 /// - a record is durable when a sync that started after its write completed has returned on
 ///   every replica, and its latency ends then. (The log counts a sync only once those
 ///   started before it have returned too; here whichever returns first counts.)

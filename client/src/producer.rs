@@ -9,7 +9,7 @@ use protocol::{Acks, ApiKey, Header};
 
 use crate::accumulator::{Accumulator, SealedBatch};
 use crate::client::{Client, ConnectionId};
-use crate::connection::Response;
+use crate::connection::{ConnectionConfig, Response};
 use crate::error::ClientError;
 use crate::limits::OUTCOMES_KEPT_MAX;
 use crate::retry::{RetryPolicy, exhausted};
@@ -74,6 +74,23 @@ impl ProducerConfig {
             );
         }
         self.retry.validate()
+    }
+
+    /// `validate`, and that `max_in_flight` stays below `connection`'s `in_flight_max` (one
+    /// request slot stays free for metadata): what `Producer::new` checks.
+    pub fn validate_for(&self, connection: &ConnectionConfig) -> Result<(), ClientError> {
+        self.validate()?;
+        let in_flight_max = connection.in_flight_max;
+        if self.max_in_flight >= in_flight_max {
+            return Err(ClientError::Config {
+                field: "producer.max_in_flight",
+                reason: format!(
+                    "{} must be below the connection's in_flight_max {in_flight_max}",
+                    self.max_in_flight
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -189,17 +206,7 @@ impl Producer {
     /// A producer over `client`. `Config` if a field is out of range, or if `max_in_flight`
     /// does not stay below the connection's `in_flight_max`.
     pub fn new(client: Client, config: ProducerConfig) -> Result<Producer, ClientError> {
-        config.validate()?;
-        let in_flight_max = client.config().connection.in_flight_max;
-        if config.max_in_flight >= in_flight_max {
-            return Err(ClientError::Config {
-                field: "producer.max_in_flight",
-                reason: format!(
-                    "{} must be below the connection's in_flight_max {in_flight_max}",
-                    config.max_in_flight
-                ),
-            });
-        }
+        config.validate_for(&client.config().connection)?;
         Ok(Producer {
             accumulator: Accumulator::new(config.batch_bytes, config.linger),
             client,

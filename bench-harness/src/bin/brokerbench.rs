@@ -79,7 +79,7 @@ fn parse_args() -> anyhow::Result<Args> {
         latency_acks: Acks::LeaderFsync,
         profile: None,
         replication: false,
-        in_flight: 16,
+        in_flight: ProducerConfig::default().max_in_flight,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -120,15 +120,10 @@ fn parse_args() -> anyhow::Result<Args> {
             other => bail!("unknown flag {other} (see --help)"),
         }
     }
-    // The producer keeps one of its connection's request slots for metadata.
-    let slots = ClientConfig::default().connection.in_flight_max;
-    if !(1..slots).contains(&args.in_flight) {
-        bail!(
-            "--in-flight {}: must be 1..={} (the connection's {slots} request slots, one kept for metadata)",
-            args.in_flight,
-            slots - 1
-        );
-    }
+    // Checked now, not when the first throughput case starts (or never, --latency-only).
+    throughput_config(Acks::Leader, args.in_flight)
+        .validate_for(&ClientConfig::default().connection)
+        .with_context(|| format!("--in-flight {}", args.in_flight))?;
     Ok(args)
 }
 
@@ -165,7 +160,18 @@ impl Broker {
     }
 }
 
-/// Records per second from one producer, 64 KiB batches, `in_flight` of them pipelined.
+/// The throughput cases' producer: 64 KiB batches, `in_flight` of them pipelined.
+fn throughput_config(acks: Acks, in_flight: usize) -> ProducerConfig {
+    ProducerConfig {
+        acks,
+        batch_bytes: BATCH_RECORDS * (RECORD_BYTES + 16) + 64,
+        linger: Duration::from_millis(5),
+        max_in_flight: in_flight,
+        ..ProducerConfig::default()
+    }
+}
+
+/// Records per second from one producer (`throughput_config`).
 fn throughput(
     address: &str,
     topic: &str,
@@ -174,15 +180,7 @@ fn throughput(
     in_flight: usize,
 ) -> anyhow::Result<f64> {
     let client = Client::connect(address, ClientConfig::default())?;
-    let config = ProducerConfig {
-        acks,
-        batch_bytes: BATCH_RECORDS * (RECORD_BYTES + 16) + 64,
-        linger: Duration::from_millis(5),
-        max_in_flight: in_flight,
-        ..ProducerConfig::default()
-    };
-    let mut producer =
-        Producer::new(client, config).with_context(|| format!("--in-flight {in_flight}"))?;
+    let mut producer = Producer::new(client, throughput_config(acks, in_flight))?;
     let value = vec![b'x'; RECORD_BYTES];
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);

@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::{Acks, Client, ClientError, Producer, ProducerConfig, RetryPolicy, Routing};
+use client::{
+    Acks, Client, ClientConfig, ClientError, Producer, ProducerConfig, RetryPolicy, Routing,
+};
 use protocol::api::{ProduceRequest, ProduceResponse};
 use protocol::{ApiKey, BatchView, ErrorCode};
 
@@ -401,6 +403,24 @@ fn a_bad_config_is_refused_with_its_field() {
         bad.validate(),
         Err(ClientError::Config {
             field: "producer.batch_bytes",
+            ..
+        })
+    ));
+    // `validate_for` is `Producer::new`'s check, without a client: one slot stays free.
+    let connection = ClientConfig::default().connection;
+    let window = |max_in_flight| ProducerConfig {
+        max_in_flight,
+        ..producer_config()
+    };
+    assert!(
+        window(connection.in_flight_max - 1)
+            .validate_for(&connection)
+            .is_ok()
+    );
+    assert!(matches!(
+        window(connection.in_flight_max).validate_for(&connection),
+        Err(ClientError::Config {
+            field: "producer.max_in_flight",
             ..
         })
     ));

@@ -124,16 +124,12 @@ pub struct WritePipeline {
     pub write_bytes_max: u64,
     /// Most fdatasyncs of one log started and not yet counted (1: the next sync waits for
     /// the last; a sync that returned before one started earlier still counts here).
-    /// Past the first, a sync starts only while no write is in flight but of one padded
-    /// tail block (light load, not a stream of writes): a write that completes while a sync
-    /// runs then need not wait for it before its own sync is issued. On a disk with one queue
-    /// the block layer still runs the device's flushes one at a time.
+    /// Past the first, a sync starts only under light load (see the module docs).
     pub syncs_in_flight: usize,
 }
 
 /// Most fdatasyncs of one log started and not yet counted: each running one occupies an
-/// io_uring worker thread of the shard's core, and past two they likely only queue (see
-/// `WritePipeline::SYNCS_IN_FLIGHT_DEFAULT`); 4 leaves room to measure that.
+/// io_uring worker thread of the shard's core; 4 leaves room to measure past the default.
 pub const SYNCS_IN_FLIGHT_MAX: usize = 4;
 
 const _: () = assert!(

@@ -1735,22 +1735,22 @@ impl<S: Storage> Core<S> {
 
     fn complete_sync(&self, st: &mut State<S::File>, id: u64, synced: io::Result<()>) {
         // Only a sync's own task completes it, once, and a roll waits for all of them.
-        let at = st.syncing.iter().position(|s| s.id == id);
-        assert!(at.is_some(), "completed sync {id} is not in flight");
-        if let Some(sync) = at.and_then(|at| st.syncing.get_mut(at)) {
+        let sync = st.syncing.iter_mut().find(|s| s.id == id);
+        assert!(sync.is_some(), "completed sync {id} is not in flight");
+        if let Some(sync) = sync {
             sync.done = true;
         }
         match synced {
             Ok(()) => {
                 st.stats.syncs += 1;
                 // Fail-stop: after a failure (of a write or sync, meanwhile) nothing more is
-                // reported. Each sync covers at least what the one before it does.
+                // reported. Each sync covers at least what the one before it does, so the
+                // last of the returned prefix says what is durable.
                 if st.health == Health::Healthy {
-                    while st.syncing.front().is_some_and(|s| s.done) {
-                        if let Some(retired) = st.syncing.pop_front() {
-                            st.synced_offset = retired.offset;
-                            st.synced_end = retired.end;
-                        }
+                    let returned = st.syncing.iter().take_while(|s| s.done).count();
+                    if let Some(last) = st.syncing.drain(..returned).next_back() {
+                        st.synced_offset = last.offset;
+                        st.synced_end = last.end;
                     }
                     st.check_invariants();
                 }

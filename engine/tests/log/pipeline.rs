@@ -215,6 +215,50 @@ fn wait_synced_in_task(log: &Rc<Log<Gated>>, next: u64) -> glommio::Task<Result<
     glommio::spawn_local(async move { log.wait_synced(next).await })
 }
 
+/// The `skip`+1-th fdatasync of a log file to reach the disk fails with EIO.
+fn log_sync_fault(skip: u32) -> Fault {
+    Fault {
+        op: Op::Sync,
+        path_contains: Some(".log".into()),
+        errno: libc::EIO,
+        skip,
+        times: 1,
+    }
+}
+
+/// Each waiter saw the log fail on an fdatasync.
+async fn assert_failed_on_sync(waiters: [glommio::Task<Result<(), LogError>>; 2]) {
+    for waiter in waiters {
+        let waited = within(20_000, waiter).await;
+        assert!(
+            matches!(
+                waited,
+                Some(Err(LogError::Failed {
+                    op: "fdatasync",
+                    ..
+                }))
+            ),
+            "{waited:?}"
+        );
+    }
+}
+
+/// Appends record A (`value` bytes, sequence 0) and waits in a task for it to be durable,
+/// with A's fdatasync held in flight once it has started: that sync's number and the
+/// waiter.
+async fn append_with_sync_held(
+    storage: &Gated,
+    log: &Rc<Log<Gated>>,
+    value: usize,
+) -> (u64, glommio::Task<Result<(), LogError>>) {
+    let first = storage.gate.syncs_started.get();
+    storage.gate.held_syncs.borrow_mut().insert(first);
+    let a = append_one(log, 0, value).await;
+    let wait_a = wait_synced_in_task(log, a);
+    assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+    (first, wait_a)
+}
+
 /// Finding: done-but-unretired writes are not counted against `writes_in_flight`; with one
 /// write stuck, the log keeps issuing and completing writes, each pinning a tail buffer.
 #[test]
@@ -367,15 +411,12 @@ fn a_sync_runs_beside_the_one_before_and_counts_after_it() {
         let storage = gated(11);
         let log = Rc::new(open_small(&storage, &dir()).await);
         assert_eq!(WritePipeline::default().syncs_in_flight, 2);
-        let first = storage.gate.syncs_started.get();
+        let (first, wait_a) = append_with_sync_held(&storage, &log, 100).await;
         storage
             .gate
             .held_syncs
             .borrow_mut()
-            .extend([first, first + 1, first + 2]);
-        let a = append_one(&log, 0, 100).await;
-        let wait_a = wait_synced_in_task(&log, a);
-        assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+            .extend([first + 1, first + 2]);
 
         // B is written while A's sync runs: its own sync starts beside it.
         let b = append_one(&log, 1, 100).await;
@@ -440,11 +481,7 @@ fn a_second_sync_waits_while_whole_blocks_are_written() {
             // Batches of exactly one block: every write takes whole blocks. Small ones:
             // every write is the padded tail block.
             let value = if whole { one_block_value() } else { 100 };
-            let first = storage.gate.syncs_started.get();
-            storage.gate.held_syncs.borrow_mut().insert(first);
-            let a = append_one(&log, 0, value).await;
-            let wait_a = wait_synced_in_task(&log, a);
-            assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+            let (first, wait_a) = append_with_sync_held(&storage, &log, value).await;
             let b = append_one(&log, 1, value).await;
             log.wait_written(b).await.unwrap();
 
@@ -492,19 +529,9 @@ fn a_failed_sync_is_not_overtaken_by_a_later_success() {
     run(|| async {
         let storage = gated(12);
         let log = Rc::new(open_small(&storage, &dir()).await);
-        let first = storage.gate.syncs_started.get();
-        storage.gate.held_syncs.borrow_mut().insert(first);
-        let a = append_one(&log, 0, 100).await;
-        let wait_a = wait_synced_in_task(&log, a);
-        assert!(spin_until(|| storage.gate.syncs_started.get() > first, 1000).await);
+        let (first, wait_a) = append_with_sync_held(&storage, &log, 100).await;
         // The held sync reaches the disk second, after B's: it is the one that fails.
-        storage.inner.inject(Fault {
-            op: Op::Sync,
-            path_contains: Some(".log".into()),
-            errno: libc::EIO,
-            skip: 1,
-            times: 1,
-        });
+        storage.inner.inject(log_sync_fault(1));
         let b = append_one(&log, 1, 100).await;
         log.wait_written(b).await.unwrap();
         let returned = log.stats().syncs;
@@ -522,21 +549,42 @@ fn a_failed_sync_is_not_overtaken_by_a_later_success() {
         );
 
         storage.gate.held_syncs.borrow_mut().clear();
-        for waited in [within(20_000, wait_a).await, within(20_000, wait_b).await] {
-            assert!(
-                matches!(
-                    waited,
-                    Some(Err(LogError::Failed {
-                        op: "fdatasync",
-                        ..
-                    }))
-                ),
-                "{waited:?}"
-            );
-        }
+        assert_failed_on_sync([wait_a, wait_b]).await;
         assert_eq!(log.offsets().synced, 0, "acknowledged past a failed sync");
         assert_ne!(log.health(), Health::Healthy);
         assert_eq!(log.io_in_flight(), None, "both syncs returned");
+    });
+}
+
+/// The other order: the earlier sync fails first, and a later one that succeeds afterwards
+/// counts nothing (the failed sync is done but never retired, and a failed log reports
+/// nothing more as durable).
+#[test]
+fn a_later_success_does_not_count_after_an_earlier_failure() {
+    run(|| async {
+        let storage = gated(14);
+        let log = Rc::new(open_small(&storage, &dir()).await);
+        let (first, wait_a) = append_with_sync_held(&storage, &log, 100).await;
+        storage.gate.held_syncs.borrow_mut().insert(first + 1);
+        // The first sync to reach the disk fails: A's, released first below.
+        storage.inner.inject(log_sync_fault(0));
+        let b = append_one(&log, 1, 100).await;
+        log.wait_written(b).await.unwrap();
+        let wait_b = wait_synced_in_task(&log, b);
+        assert!(spin_until(|| storage.gate.syncs_started.get() > first + 1, 1000).await);
+        storage.gate.held_syncs.borrow_mut().remove(&first);
+        assert!(
+            spin_until(|| log.health() != Health::Healthy, 20_000).await,
+            "A's sync did not fail"
+        );
+        let returned = log.stats().syncs;
+        storage.gate.held_syncs.borrow_mut().clear();
+        assert!(
+            spin_until(|| log.stats().syncs > returned, 20_000).await,
+            "B's sync did not succeed"
+        );
+        assert_eq!(log.offsets().synced, 0, "acknowledged past a failed sync");
+        assert_failed_on_sync([wait_a, wait_b]).await;
     });
 }
 
@@ -565,13 +613,7 @@ fn write_completing_after_fdatasync_failure_is_not_acked() {
             spin_until(|| storage.gate.started.get() >= 2, 1000).await,
             "second write not issued while the first is in flight"
         );
-        storage.inner.inject(Fault {
-            op: Op::Sync,
-            path_contains: Some(".log".into()),
-            errno: libc::EIO,
-            skip: 0,
-            times: 1,
-        });
+        storage.inner.inject(log_sync_fault(0));
         storage.gate.held.borrow_mut().remove(&0);
         let r1 = t1.await;
         let written_at_failure = log.offsets().written;
