@@ -1016,3 +1016,44 @@ fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
         );
     });
 }
+
+/// A producer's whole window of batches goes to a follower whose answers are slow, up to the
+/// byte bound, without waiting for them: the count bound must not bind first, or the batches
+/// behind it leave the leader's memory before they are sent, and the leader reads its own
+/// disk to replicate them.
+#[test]
+fn a_window_of_batches_reaches_a_slow_follower_from_the_leaders_memory() {
+    run(|| async {
+        let (rt, net, leader) = lead_for_a_silent_follower().await;
+        let probe = loop {
+            if let Some(&probe) = net.probes_to(1).first() {
+                break probe;
+            }
+            settle(&rt, 1_000).await;
+        };
+        answer_probe(&leader, probe, 0);
+        // 48 batches of 64 KiB: 3 MiB, under the byte bound, as a producer keeping 48 in
+        // flight sends them. The follower answers none of them.
+        let value = vec![b'v'; 4 << 10];
+        let mut produced = 0u64;
+        for _ in 0..48 {
+            let mut builder = BatchBuilder::new();
+            for _ in 0..16 {
+                builder.append(1_700_000_000_000, b"", &value, &[]).unwrap();
+            }
+            let batch = builder.seal().unwrap().to_vec();
+            produced += batch.len() as u64;
+            leader
+                .produce(&batch, Acks::Leader, Duration::from_secs(5))
+                .await
+                .unwrap();
+        }
+        assert!(produced < APPEND_BYTES_IN_FLIGHT_MAX);
+        settle(&rt, 50_000).await;
+        let sent: u64 = net.appends_to(1).iter().sum();
+        let disk_reads = leader.log().stats().disk_reads;
+        stop_all(&rt, &net, &leader);
+        assert_eq!(sent, produced, "every batch sent while none is answered");
+        assert_eq!(disk_reads, 0, "replicated from the leader's memory");
+    });
+}

@@ -98,6 +98,11 @@ pub struct LogStats {
     /// Microseconds spent in rolls: from the append that found the segment full until the
     /// next segment took appends. Every append of the log waits meanwhile.
     pub roll_us: u64,
+    /// Reads (`Log::read`, by fetches and by replication) that went to the disk, and their
+    /// bytes: what was asked for was no longer in the tail, a write buffer or the recently
+    /// written bytes.
+    pub disk_reads: u64,
+    pub disk_read_bytes: u64,
 }
 
 impl LogStats {
@@ -117,6 +122,8 @@ impl LogStats {
             segments_recycled: self.segments_recycled - earlier.segments_recycled,
             writes_overlapped: self.writes_overlapped - earlier.writes_overlapped,
             roll_us: self.roll_us - earlier.roll_us,
+            disk_reads: self.disk_reads - earlier.disk_reads,
+            disk_read_bytes: self.disk_read_bytes - earlier.disk_read_bytes,
         }
     }
 }
@@ -1084,6 +1091,11 @@ impl<S: Storage> Log<S> {
             }
             let start = block_floor(cur);
             let len = block_ceil(disk_until) - start;
+            {
+                let stats = &mut self.core.state.borrow_mut().stats;
+                stats.disk_reads += 1;
+                stats.disk_read_bytes += len;
+            }
             let data = file
                 .read_at(start, len as usize)
                 .await

@@ -170,8 +170,18 @@ fn reads_span_segments_memory_and_disk() {
         // The last batches are still in the tail buffer: reads are served from memory.
         assert!(log.offsets().written < next);
         assert!(log.stats().rolls >= 2);
+        let before = log.stats();
+        let last = log.read(1798, 10_000, u64::MAX).await.unwrap();
+        assert_eq!(records(&last).len(), 2);
+        assert_eq!(
+            log.stats().since(&before).disk_reads,
+            0,
+            "the tail is in memory"
+        );
         let all = read_all(&log, 0).await;
         assert_eq!(all.len(), 1800);
+        let read = log.stats().since(&before);
+        assert!(read.disk_reads > 0 && read.disk_read_bytes > 0, "{read:?}");
         // A read from the middle starts at the batch holding the offset.
         let mid = log.read(1001, 10_000, u64::MAX).await.unwrap();
         let got = records(&mid);
