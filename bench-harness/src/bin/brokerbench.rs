@@ -64,6 +64,9 @@ struct Args {
     replication: bool,
     /// Produce batches each throughput case keeps in flight.
     in_flight: usize,
+    /// Byte retention of the throughput cases' topics; with it, each is filled past it
+    /// before the runs, so the measured writes overwrite recycled segments.
+    retention_bytes: Option<u64>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -80,6 +83,7 @@ fn parse_args() -> anyhow::Result<Args> {
         profile: None,
         replication: false,
         in_flight: ProducerConfig::default().max_in_flight,
+        retention_bytes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,12 +112,15 @@ fn parse_args() -> anyhow::Result<Args> {
             // The throughput cases' window: with too few batches in flight they measure the
             // round trip of a batch rather than what the broker can take.
             "--in-flight" => args.in_flight = value()?.parse()?,
+            // Without it every throughput case writes fresh segments, whose first writes the
+            // file system must convert from allocated to written (tuning/README.md).
+            "--retention-bytes" => args.retention_bytes = Some(value()?.parse()?),
             "--help" | "-h" => {
                 println!(
                     "brokerbench [--seconds S] [--runs N] [--rate RECORDS_PER_S] [--broker-core C] \
                      [--client-core C] [--dir DATA_DIR_ON_A_REAL_DISK] [--latency-only] \
                      [--latency-acks leader|leader+fsync] [--profile tuning/FILE.toml] [--replication] \
-                     [--in-flight BATCHES]"
+                     [--in-flight BATCHES] [--retention-bytes B]"
                 );
                 std::process::exit(0);
             }
@@ -195,6 +202,60 @@ fn throughput(
         .flush()
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     Ok(sent as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Which segments the throughput cases write, for their table rows.
+fn segments(args: &Args) -> String {
+    match args.retention_bytes {
+        Some(bytes) => format!("recycled segments (retention {bytes} bytes)"),
+        None => "fresh segments".to_string(),
+    }
+}
+
+/// One partition, with `--retention-bytes` when given.
+fn create_throughput_topic(
+    admin: &mut Client,
+    args: &Args,
+    name: &str,
+    replication_factor: u16,
+) -> anyhow::Result<()> {
+    let mut request = client::topic_request(name, 1, replication_factor);
+    request.retention_bytes = args.retention_bytes;
+    admin.create_topic_with(&request)?;
+    Ok(())
+}
+
+/// With `--retention-bytes` (and throughput cases to run): produces twice the retention and
+/// a segment more into each topic, so that every later write overwrites a recycled segment.
+fn fill_past_retention(
+    args: &Args,
+    address: &str,
+    segment_bytes: u64,
+    topics: &[(&str, Acks)],
+) -> anyhow::Result<()> {
+    let Some(retention) = args.retention_bytes.filter(|_| !args.latency_only) else {
+        return Ok(());
+    };
+    let bytes = retention.saturating_mul(2).saturating_add(segment_bytes);
+    for &(topic, acks) in topics {
+        let started = Instant::now();
+        let client = Client::connect(address, ClientConfig::default())?;
+        let mut producer = Producer::new(client, throughput_config(acks, args.in_flight))?;
+        let value = vec![b'x'; RECORD_BYTES];
+        let mut sent = 0u64;
+        while sent < bytes {
+            producer.send(topic, 0, b"", &value)?;
+            sent += RECORD_BYTES as u64;
+        }
+        producer
+            .flush()
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        println!(
+            "filled {topic} past its retention of {retention} bytes: {sent} bytes of records in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
 }
 
 /// The throughput of two (topic, acks) cases, one after the other; `None` with
@@ -562,13 +623,23 @@ fn main() -> anyhow::Result<()> {
     // Before the broker starts: its shard may spin on that core (`spin_before_park_us`), and
     // a log that has gone quiet zeroes its next segment in the background.
     let noise = core_noise(args.broker_core);
+    let segment_bytes = profile.log.segment_bytes;
     let broker = Broker::start(profile, &args.dir)?;
     let address = broker.address.as_str();
     pin(args.client_core);
     let mut admin = broker.admin()?;
-    admin.create_topic("bench-leader", 1, 1)?;
-    admin.create_topic("bench-fsync", 1, 1)?;
+    create_throughput_topic(&mut admin, &args, "bench-leader", 1)?;
+    create_throughput_topic(&mut admin, &args, "bench-fsync", 1)?;
     admin.create_topic("bench-latency", 1, 1)?;
+    fill_past_retention(
+        &args,
+        address,
+        segment_bytes,
+        &[
+            ("bench-leader", Acks::Leader),
+            ("bench-fsync", Acks::LeaderFsync),
+        ],
+    )?;
 
     println!(
         "brokerbench: broker on core {}, client on core {}, {}-byte records, {} s per case, {} runs, data in {}",
@@ -688,13 +759,15 @@ fn main() -> anyhow::Result<()> {
     let fsync = median_over(&throughputs, |t| t.1);
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer, {} batches in flight | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
+            "| throughput, 64 KiB batches, 1 producer, {} batches in flight, {} | acks=leader (O_DIRECT write, no fsync) | {leader:.0} rec/s ({:.1} MB/s) |",
             args.in_flight,
+            segments(&args),
             leader * RECORD_BYTES as f64 / 1e6
         );
         println!(
-            "| throughput, 64 KiB batches, 1 producer, {} batches in flight | acks=leader+fsync | {fsync:.0} rec/s |",
-            args.in_flight
+            "| throughput, 64 KiB batches, 1 producer, {} batches in flight, {} | acks=leader+fsync | {fsync:.0} rec/s |",
+            args.in_flight,
+            segments(&args)
         );
     }
     println!(
@@ -818,6 +891,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     if follower_core != args.broker_core {
         core_noise(follower_core);
     }
+    let segment_bytes = profile.log.segment_bytes;
     let broker = Broker::start(profile, &args.dir)?;
     let shards = broker.handle.shards.len();
     let address = broker.address.as_str();
@@ -829,9 +903,9 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         admin.create_topic("pad-0", leader_shard as u32, 1)?;
     }
     let pad = (shards - 1).max(1) as u32;
-    admin.create_topic("rf1-tput", 1, 1)?;
+    create_throughput_topic(&mut admin, args, "rf1-tput", 1)?;
     admin.create_topic("pad-a", pad, 1)?;
-    admin.create_topic("rf2-tput", 1, 2)?;
+    create_throughput_topic(&mut admin, args, "rf2-tput", 2)?;
     admin.create_topic("pad-b", pad, 1)?;
     admin.create_topic("rf1-lat", 1, 1)?;
     admin.create_topic("pad-c", pad, 1)?;
@@ -854,6 +928,15 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         args.broker_core, args.client_core, RECORD_BYTES, args.seconds, args.runs
     );
     print_idle_policy();
+    fill_past_retention(
+        args,
+        address,
+        segment_bytes,
+        &[
+            ("rf1-tput", Acks::LeaderFsync),
+            ("rf2-tput", Acks::AllFsync),
+        ],
+    )?;
     let mut runs: Vec<ReplicationRun> = Vec::new();
     for run in 1..=args.runs {
         let throughput = throughput_pair(
@@ -947,8 +1030,9 @@ fn replication(args: &Args) -> anyhow::Result<()> {
     println!("|---|---|---|---|");
     if !args.latency_only {
         println!(
-            "| throughput, 64 KiB batches, 1 producer, {} batches in flight | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
+            "| throughput, 64 KiB batches, 1 producer, {} batches in flight, {} | {t1:.0} rec/s | {t2:.0} rec/s | {:.2} |",
             args.in_flight,
+            segments(args),
             t2 / t1.max(1.0)
         );
     }
