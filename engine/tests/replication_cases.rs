@@ -972,34 +972,55 @@ fn a_failed_truncation_is_retried_at_the_reopen_backoff_and_the_follower_rejoins
     });
 }
 
+/// `lead_for_a_silent_follower`, with the follower's probe answered (at offset 0): the
+/// leader streams to it, and nothing answers its `Append`s.
+async fn stream_to_a_silent_follower() -> (SimRt, Rc<Net>, Rc<Leader<SimStorage>>) {
+    let (rt, net, leader) = lead_for_a_silent_follower().await;
+    let probe = loop {
+        if let Some(&probe) = net.probes_to(1).first() {
+            break probe;
+        }
+        settle(&rt, 1_000).await;
+    };
+    answer_probe(&leader, probe, 0);
+    (rt, net, leader)
+}
+
+/// Produces `batches` batches of `records` records of `value_bytes` each, one after the other
+/// (`Acks::Leader`); returns their bytes.
+async fn produce_batches(
+    leader: &Rc<Leader<SimStorage>>,
+    batches: usize,
+    records: usize,
+    value_bytes: usize,
+) -> u64 {
+    let value = vec![b'v'; value_bytes];
+    let mut produced = 0;
+    for _ in 0..batches {
+        let mut builder = BatchBuilder::new();
+        for _ in 0..records {
+            builder.append(1_700_000_000_000, b"", &value, &[]).unwrap();
+        }
+        let batch = builder.seal().unwrap().to_vec();
+        produced += batch.len() as u64;
+        leader
+            .produce(&batch, Acks::Leader, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    produced
+}
+
 /// A follower that stops answering holds at most the leader's bounds on unanswered
 /// `Append`s: so many messages, and so many bytes plus the `Append` that crossed the bound,
 /// never everything the leader takes meanwhile.
 #[test]
 fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
     run(|| async {
-        let (rt, net, leader) = lead_for_a_silent_follower().await;
-        let probe = loop {
-            if let Some(&probe) = net.probes_to(1).first() {
-                break probe;
-            }
-            settle(&rt, 1_000).await;
-        };
-        answer_probe(&leader, probe, 0);
+        let (rt, net, leader) = stream_to_a_silent_follower().await;
         // 6 MiB in batches of 600 KiB: more than the byte bound, in fewer batches than the
         // count bound, and under the lag bounds (the follower stays in the session).
-        let value = vec![b'v'; 150 << 10];
-        for _ in 0..10 {
-            let mut builder = BatchBuilder::new();
-            for _ in 0..4 {
-                builder.append(1_700_000_000_000, b"", &value, &[]).unwrap();
-            }
-            let batch = builder.seal().unwrap().to_vec();
-            leader
-                .produce(&batch, Acks::Leader, Duration::from_secs(5))
-                .await
-                .unwrap();
-        }
+        produce_batches(&leader, 10, 4, 150 << 10).await;
         settle(&rt, 50_000).await;
         let appends = net.appends_to(1);
         let bytes: u64 = appends.iter().sum();
@@ -1024,30 +1045,10 @@ fn a_follower_that_stops_answering_gets_no_more_than_the_in_flight_bounds() {
 #[test]
 fn a_window_of_batches_reaches_a_slow_follower_from_the_leaders_memory() {
     run(|| async {
-        let (rt, net, leader) = lead_for_a_silent_follower().await;
-        let probe = loop {
-            if let Some(&probe) = net.probes_to(1).first() {
-                break probe;
-            }
-            settle(&rt, 1_000).await;
-        };
-        answer_probe(&leader, probe, 0);
+        let (rt, net, leader) = stream_to_a_silent_follower().await;
         // 48 batches of 64 KiB: 3 MiB, under the byte bound, as a producer keeping 48 in
         // flight sends them. The follower answers none of them.
-        let value = vec![b'v'; 4 << 10];
-        let mut produced = 0u64;
-        for _ in 0..48 {
-            let mut builder = BatchBuilder::new();
-            for _ in 0..16 {
-                builder.append(1_700_000_000_000, b"", &value, &[]).unwrap();
-            }
-            let batch = builder.seal().unwrap().to_vec();
-            produced += batch.len() as u64;
-            leader
-                .produce(&batch, Acks::Leader, Duration::from_secs(5))
-                .await
-                .unwrap();
-        }
+        let produced = produce_batches(&leader, 48, 16, 4 << 10).await;
         assert!(produced < APPEND_BYTES_IN_FLIGHT_MAX);
         settle(&rt, 50_000).await;
         let sent: u64 = net.appends_to(1).iter().sum();
