@@ -934,8 +934,10 @@ impl<S: Storage> Log<S> {
 
     /// Whole batches, as stored, starting with the one holding `offset`: at most `max_bytes`
     /// unless the first batch alone is larger, never a batch reaching `max_offset` or beyond.
-    /// Empty when `offset` is at the end. Every batch is checked against its crc first, so a
-    /// corrupt batch is never served. Reads stay within one segment, like Kafka's fetch.
+    /// Empty when `offset` is at the end. Every batch read from the file is checked against
+    /// its crc first, so a corrupt batch is never served; one still in memory was checked
+    /// before `append` took it, and is not checked again. Reads stay within one segment, like
+    /// Kafka's fetch.
     pub async fn read(
         &self,
         offset: u64,
@@ -979,12 +981,13 @@ impl<S: Storage> Log<S> {
             .saturating_add(BATCH_HEADER_BYTES as u64);
         let mut buf: Vec<u8> = Vec::new();
         let mut buf_pos = position;
+        let mut buf_disk_end = position;
         let mut out = Vec::new();
         while position < segment_end {
             let header_end = (position + BATCH_HEADER_BYTES as u64).min(segment_end);
             if !(position >= buf_pos && header_end <= buf_pos + buf.len() as u64) {
                 let to = segment_end.min(position + window);
-                buf = self.read_range(segment_base, &file, position, to).await?;
+                (buf, buf_disk_end) = self.read_range(segment_base, &file, position, to).await?;
                 buf_pos = position;
             }
             let at = (position - buf_pos) as usize;
@@ -999,19 +1002,26 @@ impl<S: Storage> Log<S> {
             }
             if position + len > buf_pos + buf.len() as u64 {
                 let to = segment_end.min(position + len.max(window));
-                buf = self.read_range(segment_base, &file, position, to).await?;
+                (buf, buf_disk_end) = self.read_range(segment_base, &file, position, to).await?;
                 buf_pos = position;
             }
             let at = (position - buf_pos) as usize;
             let raw = buf.get(at..at + len as usize).unwrap_or_default();
-            let batch =
-                BatchView::new(raw).map_err(|error| self.corrupt(segment_base, position, error))?;
+            // A batch read from the file is checked whole (crc, fields, records); one that
+            // never left memory was checked before `append` took it, so its header will do.
+            let next_offset = if position < buf_disk_end {
+                BatchView::new(raw)
+                    .map_err(|error| self.corrupt(segment_base, position, error))?
+                    .next_offset()
+            } else {
+                header.next_offset()
+            };
             position += len;
-            if batch.next_offset() <= offset {
+            if next_offset <= offset {
                 continue;
             }
             let over_budget = !out.is_empty() && out.len() + raw.len() > max_bytes;
-            if batch.next_offset() > max_offset || over_budget {
+            if next_offset > max_offset || over_budget {
                 break;
             }
             out.extend_from_slice(raw);
@@ -1041,17 +1051,19 @@ impl<S: Storage> Log<S> {
         }
     }
 
-    /// The bytes at positions `[from, to)` of a segment, from memory where the tail still holds
-    /// them and from the file otherwise.
+    /// The bytes at positions `[from, to)` of a segment, from memory where the tail, a write
+    /// buffer or the recently written bytes still hold them and from the file otherwise, and
+    /// the position before which some came from the file (`from` if none did).
     async fn read_range(
         &self,
         segment_base: u64,
         file: &Rc<S::File>,
         from: u64,
         to: u64,
-    ) -> Result<Vec<u8>, LogError> {
+    ) -> Result<(Vec<u8>, u64), LogError> {
         let mut out = Vec::with_capacity((to - from) as usize);
         let mut cur = from;
+        let mut disk_end = from;
         while cur < to {
             let disk_until = {
                 let st = self.core.state.borrow();
@@ -1112,8 +1124,9 @@ impl<S: Storage> Log<S> {
             };
             out.extend_from_slice(bytes);
             cur = disk_until;
+            disk_end = disk_until;
         }
-        Ok(out)
+        Ok((out, disk_end))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`, or `None` when

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use protocol::api::{ReplicaLag, ReplicaState};
-use protocol::{Acks, BatchError, BatchHeader, BatchView, Batches};
+use protocol::{Acks, BatchError, BatchHeader, BatchView};
 
 use crate::log::epochs::EpochCache;
 use crate::log::notify::Notify;
@@ -927,20 +927,42 @@ impl<S: Storage + 'static> Leader<S> {
     }
 }
 
-/// The offset after the last of `batches` (whole batches as `Log::read` returns them, each
-/// already checked against its crc there): walks the headers only.
+/// The offset after the last of `batches` (whole batches as `Log::read` returns them).
 pub(crate) fn end_offset(batches: &[u8]) -> Option<u64> {
+    checked_batches(batches)
+        .map_while(Result::ok)
+        .last()
+        .map(|(header, _)| header.next_offset())
+}
+
+/// Whole batches that this process has checked already, header by header: as a leader's
+/// `Log::read` returns them (checked against their crc where they came from its file, before
+/// its `append` where they came from its memory) and an `Append` carries them to a follower
+/// on another shard of the same process. So only lengths are checked, not the crc again:
+/// the broker validates a batch once. An error ends the walk.
+pub(crate) fn checked_batches(
+    batches: &[u8],
+) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), BatchError>> {
     let mut rest = batches;
-    let mut end = None;
-    while let Ok(header) = BatchHeader::parse(rest) {
-        end = Some(header.next_offset());
-        // The read checked every length; the guard only keeps a bad one from looping.
-        match rest.get(header.batch_len as usize..) {
-            Some(after) if after.len() < rest.len() => rest = after,
-            _ => break,
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
         }
-    }
-    end
+        let batch = BatchHeader::parse(rest).and_then(|header| {
+            let len = header.batch_len as usize;
+            match rest.get(..len) {
+                Some(bytes) if len >= protocol::limits::BATCH_HEADER_BYTES => Ok((header, bytes)),
+                _ => Err(BatchError::BadLength {
+                    len: header.batch_len,
+                }),
+            }
+        });
+        rest = match &batch {
+            Ok((_, bytes)) => rest.get(bytes.len()..).unwrap_or_default(),
+            Err(_) => &[],
+        };
+        Some(batch)
+    })
 }
 
 /// When a failed follower log is reopened (see `Follower::reopen`).
@@ -1236,13 +1258,12 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                     return self.answer(FollowerStatus::Resync).await;
                 }
                 let mut next = base;
-                for batch in Batches::new(&batches) {
-                    let Ok(batch) = batch else {
+                for batch in checked_batches(&batches) {
+                    let Ok((header, bytes)) = batch else {
                         tracing::error!(topic = %self.key.topic, partition = self.key.partition, "invalid batch from the leader");
                         return self.answer(FollowerStatus::Resync).await;
                     };
-                    let header = batch.header();
-                    if batch.base_offset() != next {
+                    if header.base_offset != next {
                         return self.answer(FollowerStatus::Resync).await;
                     }
                     if self
@@ -1265,7 +1286,7 @@ impl<S: Storage + Clone + 'static> Follower<S> {
                             }
                         }
                     }
-                    match log.append(batch.as_bytes(), header.leader_epoch).await {
+                    match log.append(bytes, header.leader_epoch).await {
                         Ok(appended) => next = appended.next_offset,
                         Err(error) => {
                             tracing::error!(topic = %self.key.topic, partition = self.key.partition, %error, "follower append failed");
@@ -1403,5 +1424,52 @@ impl<S: Storage + Clone + 'static> Follower<S> {
         *self.epochs.borrow_mut() = epochs;
         *self.log.borrow_mut() = Rc::new(log);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::batch::set_base_offset;
+    use protocol::{BatchBuilder, BatchError};
+
+    use super::{checked_batches, end_offset};
+
+    fn batch(base_offset: u64, records: usize) -> Vec<u8> {
+        let mut builder = BatchBuilder::new();
+        for i in 0..records {
+            builder
+                .append(1_700_000_000_000, b"", format!("v{i}").as_bytes(), &[])
+                .unwrap();
+        }
+        let mut bytes = builder.seal().unwrap().to_vec();
+        set_base_offset(&mut bytes, base_offset).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn checked_batches_walks_whole_batches_and_stops_at_the_first_bad_length() {
+        let (a, b) = (batch(0, 3), batch(3, 2));
+        let both = [a.clone(), b.clone()].concat();
+        let walked: Vec<_> = checked_batches(&both).map(Result::unwrap).collect();
+        assert_eq!(walked.len(), 2);
+        assert_eq!((walked[0].0.base_offset, walked[0].1), (0, &a[..]));
+        assert_eq!((walked[1].0.base_offset, walked[1].1), (3, &b[..]));
+        assert_eq!(end_offset(&both), Some(5));
+        assert_eq!(checked_batches(&[]).count(), 0);
+        assert_eq!(end_offset(&[]), None);
+
+        // A batch cut short: an error, then nothing; the end is the last whole batch's.
+        let cut = &both[..both.len() - 1];
+        let walked: Vec<_> = checked_batches(cut).collect();
+        assert_eq!(walked.len(), 2);
+        assert!(matches!(walked[1], Err(BatchError::BadLength { .. })));
+        assert_eq!(end_offset(cut), Some(3));
+
+        // A length shorter than a header would not move the walk on: an error, not a loop.
+        let mut short = a.clone();
+        short[16..20].copy_from_slice(&8u32.to_le_bytes());
+        let walked: Vec<_> = checked_batches(&short).collect();
+        assert_eq!(walked.len(), 1);
+        assert!(walked[0].is_err());
     }
 }
