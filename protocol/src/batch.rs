@@ -232,6 +232,22 @@ impl BatchHeader {
         })
     }
 
+    /// The header and the bytes of the batch at the front of `bytes` (a log segment, a fetch
+    /// response, a replicated run of batches), checking its length only: for bytes this
+    /// process validated with [`BatchView::new`] before, and to find the batch to validate.
+    pub fn split_first(bytes: &[u8]) -> Result<(BatchHeader, &[u8]), BatchError> {
+        let header = BatchHeader::parse(bytes)?;
+        check_len(header.batch_len)?;
+        let len = header.batch_len as usize;
+        let Some(batch) = bytes.get(..len) else {
+            return Err(BatchError::Truncated {
+                need: len,
+                have: bytes.len(),
+            });
+        };
+        Ok((header, batch))
+    }
+
     /// Offset of the batch's last record. Saturates on an unvalidated header.
     pub fn last_offset(&self) -> u64 {
         self.base_offset
@@ -355,16 +371,8 @@ impl<'a> BatchView<'a> {
     /// Validates the batch at the front of `bytes` (a log segment or a fetch response holding
     /// several), returning it and the bytes it used.
     pub fn split_first(bytes: &'a [u8]) -> Result<(BatchView<'a>, usize), BatchError> {
-        let header = BatchHeader::parse(bytes)?;
-        check_len(header.batch_len)?;
-        let len = header.batch_len as usize;
-        let Some(batch) = bytes.get(..len) else {
-            return Err(BatchError::Truncated {
-                need: len,
-                have: bytes.len(),
-            });
-        };
-        Ok((BatchView::new(batch)?, len))
+        let (_, batch) = BatchHeader::split_first(bytes)?;
+        Ok((BatchView::new(batch)?, batch.len()))
     }
 
     pub fn header(&self) -> &BatchHeader {

@@ -186,13 +186,28 @@ fn throughput(
     seconds: u64,
     in_flight: usize,
 ) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (sent, took) = produce_while(address, (topic, acks), in_flight, |_| {
+        Instant::now() < deadline
+    })?;
+    Ok(sent as f64 / took.as_secs_f64())
+}
+
+/// Sends `RECORD_BYTES` records from one producer (`throughput_config`), a batch's worth at
+/// a time, while `more(records sent so far)`, then flushes: the records sent and the time
+/// taken, flush included.
+fn produce_while(
+    address: &str,
+    (topic, acks): (&str, Acks),
+    in_flight: usize,
+    mut more: impl FnMut(u64) -> bool,
+) -> anyhow::Result<(u64, Duration)> {
     let client = Client::connect(address, ClientConfig::default())?;
     let mut producer = Producer::new(client, throughput_config(acks, in_flight))?;
     let value = vec![b'x'; RECORD_BYTES];
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
     let mut sent = 0u64;
-    while Instant::now() < deadline {
+    while more(sent) {
         for _ in 0..BATCH_RECORDS {
             producer.send(topic, 0, b"", &value)?;
         }
@@ -201,7 +216,7 @@ fn throughput(
     producer
         .flush()
         .map_err(|error| anyhow::anyhow!("{error}"))?;
-    Ok(sent as f64 / started.elapsed().as_secs_f64())
+    Ok((sent, started.elapsed()))
 }
 
 /// Which segments the throughput cases write, for their table rows.
@@ -237,22 +252,15 @@ fn fill_past_retention(
         return Ok(());
     };
     let bytes = retention.saturating_mul(2).saturating_add(segment_bytes);
-    for &(topic, acks) in topics {
-        let started = Instant::now();
-        let client = Client::connect(address, ClientConfig::default())?;
-        let mut producer = Producer::new(client, throughput_config(acks, args.in_flight))?;
-        let value = vec![b'x'; RECORD_BYTES];
-        let mut sent = 0u64;
-        while sent < bytes {
-            producer.send(topic, 0, b"", &value)?;
-            sent += RECORD_BYTES as u64;
-        }
-        producer
-            .flush()
-            .map_err(|error| anyhow::anyhow!("{error}"))?;
+    for &case in topics {
+        let (sent, took) = produce_while(address, case, args.in_flight, |sent| {
+            sent * (RECORD_BYTES as u64) < bytes
+        })?;
         println!(
-            "filled {topic} past its retention of {retention} bytes: {sent} bytes of records in {:.1} s",
-            started.elapsed().as_secs_f64()
+            "filled {} past its retention of {retention} bytes: {} bytes of records in {:.1} s",
+            case.0,
+            sent * RECORD_BYTES as u64,
+            took.as_secs_f64()
         );
     }
     Ok(())

@@ -938,8 +938,9 @@ pub(crate) fn end_offset(batches: &[u8]) -> Option<u64> {
 /// Whole batches that this process has checked already, header by header: as a leader's
 /// `Log::read` returns them (checked against their crc where they came from its file, before
 /// its `append` where they came from its memory) and an `Append` carries them to a follower
-/// on another shard of the same process. So only lengths are checked, not the crc again:
-/// the broker validates a batch once. An error ends the walk.
+/// on another shard of the same process. So only lengths are checked
+/// (`BatchHeader::split_first`), not the crc again: the broker validates a batch once. An
+/// error ends the walk.
 pub(crate) fn checked_batches(
     batches: &[u8],
 ) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), BatchError>> {
@@ -948,15 +949,7 @@ pub(crate) fn checked_batches(
         if rest.is_empty() {
             return None;
         }
-        let batch = BatchHeader::parse(rest).and_then(|header| {
-            let len = header.batch_len as usize;
-            match rest.get(..len) {
-                Some(bytes) if len >= protocol::limits::BATCH_HEADER_BYTES => Ok((header, bytes)),
-                _ => Err(BatchError::BadLength {
-                    len: header.batch_len,
-                }),
-            }
-        });
+        let batch = BatchHeader::split_first(rest);
         rest = match &batch {
             Ok((_, bytes)) => rest.get(bytes.len()..).unwrap_or_default(),
             Err(_) => &[],
@@ -1462,7 +1455,7 @@ mod tests {
         let cut = &both[..both.len() - 1];
         let walked: Vec<_> = checked_batches(cut).collect();
         assert_eq!(walked.len(), 2);
-        assert!(matches!(walked[1], Err(BatchError::BadLength { .. })));
+        assert!(matches!(walked[1], Err(BatchError::Truncated { .. })));
         assert_eq!(end_offset(cut), Some(3));
 
         // A length shorter than a header would not move the walk on: an error, not a loop.
@@ -1470,6 +1463,6 @@ mod tests {
         short[16..20].copy_from_slice(&8u32.to_le_bytes());
         let walked: Vec<_> = checked_batches(&short).collect();
         assert_eq!(walked.len(), 1);
-        assert!(walked[0].is_err());
+        assert!(matches!(walked[0], Err(BatchError::BadLength { len: 8 })));
     }
 }
