@@ -128,6 +128,17 @@ pub fn start(mut profile: Profile, options: BrokerOptions) -> Result<BrokerHandl
         .iter()
         .map(|shard| preflight::lock_data_dir(&shard.data_dir))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut disks: Vec<preflight::DiskQueue> = Vec::new();
+    for shard in &shard_configs {
+        if let Some(queue) = preflight::DiskQueue::of(&shard.data_dir)
+            && !disks.contains(&queue)
+        {
+            if let Some(advice) = queue.advice() {
+                tracing::warn!(data_dir = %shard.data_dir.display(), "{advice}");
+            }
+            disks.push(queue);
+        }
+    }
 
     // Ports: reserved ones in ephemeral mode, checked free otherwise.
     let mut reservations = Vec::new();

@@ -206,9 +206,130 @@ impl std::fmt::Display for IdlePolicy {
     }
 }
 
+/// The I/O queue of the disk a data directory lives on: the disk's name under `/sys/block`
+/// and the I/O scheduler its requests pass through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskQueue {
+    pub disk: String,
+    pub scheduler: String,
+}
+
+impl DiskQueue {
+    /// The queue of the block device that holds `path` (which must exist). `None` on a file
+    /// system with no block device of its own (tmpfs, overlay, NFS) or where sysfs says
+    /// nothing readable.
+    pub fn of(path: &Path) -> Option<DiskQueue> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path).ok()?.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let device = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+        // A partition's requests go through its disk's queue.
+        let disk = if device.join("partition").exists() {
+            device.parent()?.to_path_buf()
+        } else {
+            device
+        };
+        let listed = std::fs::read_to_string(disk.join("queue/scheduler")).ok()?;
+        Some(DiskQueue {
+            disk: disk.file_name()?.to_string_lossy().into_owned(),
+            scheduler: active_scheduler(&listed)?,
+        })
+    }
+
+    /// What to tell an operator when the disk queues requests in a scheduler: `mq-deadline`
+    /// (the kernel's choice for a disk that says it spins, as virtual disks often do) made
+    /// both shards' writes and flushes take turns in one queue, and with `none` replication
+    /// kept more of its throughput on a VM here (`tuning/README.md`, "The disk's I/O
+    /// scheduler"). A disk that really spins may do better with one, so this is advice, not
+    /// a refusal.
+    pub fn advice(&self) -> Option<String> {
+        let DiskQueue { disk, scheduler } = self;
+        (scheduler != "none").then(|| {
+            format!(
+                "disk {disk} queues the log's writes and flushes in the {scheduler} I/O \
+                 scheduler. Unless it is a spinning disk, set it to none (as root: echo none > \
+                 /sys/block/{disk}/queue/scheduler; see tuning/README.md, \"The disk's I/O \
+                 scheduler\")"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for DiskQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, I/O scheduler {}", self.disk, self.scheduler)
+    }
+}
+
+/// The scheduler in use from a `queue/scheduler` file, which lists the choices with the
+/// active one in brackets (`none [mq-deadline] kyber bfq`), or only `none` where the
+/// queue offers no choice.
+fn active_scheduler(listed: &str) -> Option<String> {
+    let listed = listed.trim();
+    let bracketed = listed
+        .split_whitespace()
+        .find_map(|name| name.strip_prefix('[')?.strip_suffix(']'));
+    match bracketed {
+        Some(name) if !name.is_empty() => Some(name.to_owned()),
+        Some(_) => None,
+        None if !listed.is_empty() && !listed.contains(char::is_whitespace) => {
+            Some(listed.to_owned())
+        }
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bracketed entry is the active scheduler; a queue with no choice lists one name.
+    #[test]
+    fn active_scheduler_is_the_bracketed_one() {
+        assert_eq!(
+            active_scheduler("none [mq-deadline] kyber bfq \n").as_deref(),
+            Some("mq-deadline")
+        );
+        assert_eq!(
+            active_scheduler("[none] mq-deadline\n").as_deref(),
+            Some("none")
+        );
+        assert_eq!(active_scheduler("none\n").as_deref(), Some("none"));
+        assert_eq!(active_scheduler(""), None);
+        assert_eq!(active_scheduler("none mq-deadline"), None);
+        assert_eq!(active_scheduler("[] none"), None);
+    }
+
+    /// Only a queue with a scheduler is advised, and the advice names the disk's own file.
+    #[test]
+    fn scheduler_advice_names_the_disk() {
+        let queue = |scheduler: &str| DiskQueue {
+            disk: "vda".to_owned(),
+            scheduler: scheduler.to_owned(),
+        };
+        assert_eq!(queue("none").advice(), None);
+        let advice = queue("mq-deadline").advice().unwrap();
+        assert!(advice.contains("mq-deadline"), "{advice}");
+        assert!(
+            advice.contains("/sys/block/vda/queue/scheduler"),
+            "{advice}"
+        );
+        assert_eq!(queue("bfq").to_string(), "vda, I/O scheduler bfq");
+    }
+
+    /// A path on this machine's disk has a queue (when sysfs shows one); tmpfs has none.
+    #[test]
+    fn disk_queue_of_a_path() {
+        let here = std::env::current_dir().unwrap();
+        if let Some(queue) = DiskQueue::of(&here) {
+            assert!(!queue.disk.is_empty());
+            assert!(!queue.scheduler.contains('['), "{queue:?}");
+        }
+        if Path::new("/dev/shm").exists() {
+            assert_eq!(DiskQueue::of(Path::new("/dev/shm")), None);
+        }
+        assert_eq!(DiskQueue::of(Path::new("/no/such/dir")), None);
+    }
 
     /// Only a haltpoll guest that polls for nothing is advised; sysfs values carry newlines.
     #[test]

@@ -547,8 +547,17 @@ fn per_wakeup(alone: &CoreNoise, beside: &CoreNoise) -> String {
 
 /// How idle cores sleep: on a VM whose cores halt at once, every wake-up costs tens of
 /// microseconds, in the broker and the floors alike (tuning/README.md).
-fn print_idle_policy() {
+/// How the machine's idle cores sleep and which I/O scheduler the data's disk uses: both
+/// move every durable figure (tuning/README.md).
+fn print_machine_policy(data: &Path) {
     println!("idle cores: {}", engine::preflight::IdlePolicy::read());
+    match engine::preflight::DiskQueue::of(data) {
+        Some(queue) => println!("data disk: {queue}"),
+        None => println!(
+            "data disk: unknown (no block device queue for {})",
+            data.display()
+        ),
+    }
 }
 
 /// One replica's disk floors on `core`, files under `scratch`, each printed as a run line:
@@ -658,7 +667,7 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         broker.scratch.path().display()
     );
-    print_idle_policy();
+    print_machine_policy(broker.scratch.path());
     // The device's own figure in the same run: fio's 4 KiB O_DIRECT write + fdatasync on the
     // broker's core, next to the broker's durable produce-to-ack.
     let fio_file = broker.scratch.path().join("fio-write-fdatasync");
@@ -935,7 +944,7 @@ fn replication(args: &Args) -> anyhow::Result<()> {
         "brokerbench --replication: broker on {shards} shards, leaders on shard {leader_shard} (core {}), client on core {}, {}-byte records, {} s per case, {} runs",
         args.broker_core, args.client_core, RECORD_BYTES, args.seconds, args.runs
     );
-    print_idle_policy();
+    print_machine_policy(broker.scratch.path());
     fill_past_retention(
         args,
         address,
