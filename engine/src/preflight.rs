@@ -236,12 +236,11 @@ impl DiskQueue {
         })
     }
 
-    /// What to tell an operator when the disk queues requests in a scheduler: `mq-deadline`
-    /// (the kernel's choice for a disk that says it spins, as virtual disks often do) made
-    /// both shards' writes and flushes take turns in one queue, and with `none` replication
-    /// kept more of its throughput on a VM here (`tuning/README.md`, "The disk's I/O
-    /// scheduler"). A disk that really spins may do better with one, so this is advice, not
-    /// a refusal.
+    /// What to tell an operator when the disk queues requests in a scheduler. `mq-deadline`
+    /// is the kernel's choice for a disk that says it spins, as virtual disks often do; with
+    /// `none` replication kept more of its throughput on a VM here (`tuning/README.md`, "The
+    /// disk's I/O scheduler"). A disk that really spins may do better with one, so this is
+    /// advice, not a refusal.
     pub fn advice(&self) -> Option<String> {
         let DiskQueue { disk, scheduler } = self;
         (scheduler != "none").then(|| {
@@ -317,13 +316,21 @@ mod tests {
         assert_eq!(queue("bfq").to_string(), "vda, I/O scheduler bfq");
     }
 
-    /// A path on this machine's disk has a queue (when sysfs shows one); tmpfs has none.
+    /// A path on a disk has the queue of the whole disk (a partition has none of its own),
+    /// where sysfs shows one; tmpfs has none.
     #[test]
     fn disk_queue_of_a_path() {
         let here = std::env::current_dir().unwrap();
         if let Some(queue) = DiskQueue::of(&here) {
-            assert!(!queue.disk.is_empty());
-            assert!(!queue.scheduler.contains('['), "{queue:?}");
+            let listed = Path::new("/sys/block")
+                .join(&queue.disk)
+                .join("queue/scheduler");
+            let listed = std::fs::read_to_string(&listed).unwrap();
+            let active = format!("[{}]", queue.scheduler);
+            assert!(
+                listed.contains(&active) || listed.trim() == queue.scheduler,
+                "{queue:?} {listed}"
+            );
         }
         if Path::new("/dev/shm").exists() {
             assert_eq!(DiskQueue::of(Path::new("/dev/shm")), None);

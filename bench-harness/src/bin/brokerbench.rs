@@ -545,10 +545,9 @@ fn per_wakeup(alone: &CoreNoise, beside: &CoreNoise) -> String {
     }
 }
 
-/// How idle cores sleep: on a VM whose cores halt at once, every wake-up costs tens of
-/// microseconds, in the broker and the floors alike (tuning/README.md).
-/// How the machine's idle cores sleep and which I/O scheduler the data's disk uses: both
-/// move every durable figure (tuning/README.md).
+/// How the machine's idle cores sleep (on a VM whose cores halt at once, every wake-up
+/// costs tens of microseconds, in the broker and the floors alike) and which I/O scheduler
+/// the data's disk uses: both move the durable figures (tuning/README.md).
 fn print_machine_policy(data: &Path) {
     println!("idle cores: {}", engine::preflight::IdlePolicy::read());
     match engine::preflight::DiskQueue::of(data) {
