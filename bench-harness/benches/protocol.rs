@@ -8,7 +8,7 @@ use std::hint::black_box;
 use bench_harness::{produce_frame, sample_batch};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use protocol::api::ProduceRequest;
-use protocol::{BatchBuilder, BatchView, decode_frame};
+use protocol::{BatchBuilder, BatchView, decode_frame, split_frame};
 
 const RECORDS: usize = 100;
 const VALUE_BYTES: usize = 1024;
@@ -61,6 +61,34 @@ fn produce_frame_validate(c: &mut Criterion) {
             batch.records().count()
         })
     });
+    // What the broker does: the batch is hashed once for both crcs (`crc::combine`).
+    group.bench_function("split_access_check_once_100x1KiB", |b| {
+        b.iter(|| {
+            let Ok(Some((frame, _))) = split_frame(black_box(&frame)) else {
+                return 0;
+            };
+            let Ok(request) = frame.access::<ProduceRequest>() else {
+                return 0;
+            };
+            let Ok(Ok(batch)) = frame.check_body_with_batch(request.batch.as_slice()) else {
+                return 0;
+            };
+            batch.records().count()
+        })
+    });
+    group.finish();
+}
+
+/// Joining two crcs across a 64 KiB batch: ringmq's against the `crc32c` crate's.
+fn crc32c_combine_64kib(c: &mut Criterion) {
+    let len = 64 << 10;
+    let mut group = c.benchmark_group("crc32c_combine");
+    group.bench_function("ringmq_64KiB", |b| {
+        b.iter(|| protocol::crc::combine(black_box(0x1234_5678), black_box(7), black_box(len)))
+    });
+    group.bench_function("crc32c_crate_64KiB", |b| {
+        b.iter(|| crc32c::crc32c_combine(black_box(0x1234_5678), black_box(7), black_box(len)))
+    });
     group.finish();
 }
 
@@ -101,6 +129,7 @@ criterion_group!(
     batch_build,
     produce_frame_validate,
     rkyv_access_by_record_count,
-    crc32c_1mib
+    crc32c_1mib,
+    crc32c_combine_64kib
 );
 criterion_main!(benches);

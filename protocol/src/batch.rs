@@ -347,15 +347,23 @@ impl<'a> BatchView<'a> {
     /// a checksum mismatch), then header fields, then every record's bounds. Cost: one crc
     /// pass over the bytes plus a walk of the record lengths.
     pub fn new(bytes: &'a [u8]) -> Result<BatchView<'a>, BatchError> {
-        let header = BatchHeader::parse(bytes)?;
-        check_len(header.batch_len)?;
-        if header.batch_len as usize != bytes.len() {
-            return Err(BatchError::LengthMismatch {
-                declared: header.batch_len,
-                actual: bytes.len(),
-            });
-        }
-        let computed = crc32c::crc32c(bytes.get(BATCH_CRC_START..).unwrap_or_default());
+        let header = whole_batch_header(bytes)?;
+        BatchView::finish(header, bytes, crc32c::crc32c(crc_covered(bytes)))
+    }
+
+    /// [`BatchView::new`] for a caller that has just computed `computed`, the crc32c of
+    /// `crc_covered(bytes)`, for a check of its own (a produce frame's body crc), so the
+    /// bytes are hashed once.
+    pub(crate) fn with_crc(bytes: &'a [u8], computed: u32) -> Result<BatchView<'a>, BatchError> {
+        let header = whole_batch_header(bytes)?;
+        BatchView::finish(header, bytes, computed)
+    }
+
+    fn finish(
+        header: BatchHeader,
+        bytes: &'a [u8],
+        computed: u32,
+    ) -> Result<BatchView<'a>, BatchError> {
         if computed != header.crc {
             return Err(BatchError::ChecksumMismatch {
                 stored: header.crc,
@@ -413,6 +421,24 @@ impl<'a> BatchView<'a> {
             count: self.header.record_count,
         }
     }
+}
+
+/// The header of `bytes` when they hold exactly one batch by its lengths.
+fn whole_batch_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(bytes)?;
+    check_len(header.batch_len)?;
+    if header.batch_len as usize != bytes.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.batch_len,
+            actual: bytes.len(),
+        });
+    }
+    Ok(header)
+}
+
+/// The bytes of a batch its crc covers: everything after base offset, leader epoch and crc.
+pub(crate) fn crc_covered(batch: &[u8]) -> &[u8] {
+    batch.get(BATCH_CRC_START..).unwrap_or_default()
 }
 
 fn check_len(len: u32) -> Result<(), BatchError> {

@@ -28,6 +28,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Deserialize, Portable, Serialize};
 
 use crate::api::{ApiKey, Body};
+use crate::batch::{BatchError, BatchView, crc_covered};
 use crate::limits::{FRAME_ALIGN, FRAME_BYTES_MAX, FRAME_HEADER_BYTES};
 
 /// First four bytes of every frame. Lets a broker reject HTTP, TLS or garbage at byte one.
@@ -165,7 +166,15 @@ impl FrameHeader {
     }
 }
 
-/// A whole frame whose header and body checksums hold, borrowing its body from the buffer.
+/// The bytes of `whole` before and after `part`, when `part` is a slice of it.
+fn around<'w>(whole: &'w [u8], part: &[u8]) -> Option<(&'w [u8], &'w [u8])> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    Some((whole.get(..start)?, whole.get(end..)?))
+}
+
+/// A whole frame, borrowing its body from the buffer. From [`decode_frame`] its header and
+/// body checksums hold; from [`split_frame`] the header's, until the caller checks the body.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
     pub header: FrameHeader,
@@ -178,6 +187,19 @@ pub struct Frame<'a> {
 /// `FrameHeader::peek(buf)?.frame_len` then), or the frame and the bytes it used. For the body
 /// to be accessible with rkyv, `buf` must start at a 16-aligned address ([`FrameBuf`]).
 pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
+    let split = split_frame(buf)?;
+    if let Some((frame, _)) = &split {
+        frame.check_body()?;
+    }
+    Ok(split)
+}
+
+/// [`decode_frame`] but for the body's crc, which the caller checks before it trusts the
+/// body: with [`Frame::check_body`], or for a produce with [`Frame::check_body_with_batch`],
+/// which hashes the record batch once for both crcs. The header and the padding are checked,
+/// so the frame's bounds hold; the body may be read with `access` meanwhile (bytecheck
+/// validates it whatever its bytes).
+pub fn split_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
     let Some(header) = FrameHeader::peek(buf)? else {
         return Ok(None);
     };
@@ -188,13 +210,6 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeErro
     let body_end = FRAME_HEADER_BYTES + header.body_len as usize;
     let body = frame.get(FRAME_HEADER_BYTES..body_end).unwrap_or_default();
     let padding = frame.get(body_end..).unwrap_or_default();
-    let computed = crc32c::crc32c(body);
-    if computed != header.body_crc {
-        return Err(DecodeError::BodyChecksum {
-            stored: header.body_crc,
-            computed,
-        });
-    }
     if padding.iter().any(|&b| b != 0) {
         return Err(DecodeError::NonZeroPadding);
     }
@@ -212,6 +227,44 @@ pub fn trusted_frame(buf: &[u8]) -> Option<Frame<'_>> {
 }
 
 impl<'a> Frame<'a> {
+    /// Checks the body's crc.
+    pub fn check_body(&self) -> Result<(), DecodeError> {
+        let computed = crc32c::crc32c(self.body);
+        if computed != self.header.body_crc {
+            return Err(DecodeError::BodyChecksum {
+                stored: self.header.body_crc,
+                computed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the body's crc and validates `batch`, a record batch inside the body (a
+    /// produce's), as [`BatchView::new`] does, hashing the bytes the batch's crc covers once
+    /// for both: the body's crc is assembled from that pass and the rest of the body
+    /// ([`crate::crc::combine`]). The outer error is the body's; the inner result is the batch's.
+    /// A `batch` that is not inside the body is hashed on its own after the body.
+    pub fn check_body_with_batch<'b>(
+        &self,
+        batch: &'b [u8],
+    ) -> Result<Result<BatchView<'b>, BatchError>, DecodeError> {
+        let covered = crc_covered(batch);
+        let Some((before, after)) = around(self.body, covered) else {
+            self.check_body()?;
+            return Ok(BatchView::new(batch));
+        };
+        let batch_crc = crc32c::crc32c(covered);
+        let upto = crate::crc::combine(crc32c::crc32c(before), batch_crc, covered.len());
+        let computed = crc32c::crc32c_append(upto, after);
+        if computed != self.header.body_crc {
+            return Err(DecodeError::BodyChecksum {
+                stored: self.header.body_crc,
+                computed,
+            });
+        }
+        Ok(BatchView::with_crc(batch, batch_crc))
+    }
+
     /// Validates the body as `T`'s archive and returns a reference into the buffer.
     ///
     /// Checks that the frame carries `T`'s api key and a supported version, then runs
@@ -825,6 +878,111 @@ mod tests {
         let mut bad = buf.to_vec();
         bad[20] ^= 1;
         assert!(trusted_frame(&bad).is_none(), "the header is still checked");
+    }
+
+    /// Re-seals a frame's body crc (and so its header crc) over whatever its body holds now.
+    fn reseal_body(frame: &mut [u8]) {
+        let body_len = u32::from_le_bytes(frame[AT_BODY_LEN..AT_BODY_LEN + 4].try_into().unwrap());
+        let body = &frame[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + body_len as usize];
+        let crc = crc32c::crc32c(body);
+        frame[AT_BODY_CRC..AT_BODY_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        reseal_header(frame);
+    }
+
+    /// Where `needle` starts in `haystack`.
+    fn position(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    }
+
+    /// The produce check hashes the batch once and still tells the body's crc from the
+    /// batch's: a flip anywhere in the body fails the body; a batch made bad under a re-sealed
+    /// body (a hostile or buggy client) fails the batch; the whole-body check agrees.
+    #[test]
+    fn produce_body_and_batch_are_checked_in_one_pass() {
+        let check = |bytes: &[u8]| {
+            let mut buf = FrameBuf::new();
+            buf.extend_from_slice(bytes);
+            let (frame, _) = split_frame(&buf).unwrap().unwrap();
+            let request = frame.access::<ProduceRequest>().unwrap();
+            let fused = frame
+                .check_body_with_batch(request.batch.as_slice())
+                .map(|batch| batch.map(|view| view.as_bytes().to_vec()));
+            assert_eq!(
+                fused.is_ok(),
+                frame.check_body().is_ok(),
+                "the fused and the whole-body check disagree"
+            );
+            fused
+        };
+        let good = encode(&sample_produce(), 7).to_vec();
+        let batch = sample_batch();
+        assert_eq!(check(&good), Ok(Ok(batch.clone())));
+
+        let at = FRAME_HEADER_BYTES + position(&good[FRAME_HEADER_BYTES..], &batch);
+        // Before the batch (its header, not covered by the batch's crc), inside what the
+        // batch's crc covers, and after the batch (the topic and the rest of the archive).
+        for flip in [at + 1, at + 20, at + batch.len() - 1, at + batch.len() + 2] {
+            let mut bytes = good.clone();
+            bytes[flip] ^= 0x10;
+            assert!(
+                matches!(check(&bytes), Err(DecodeError::BodyChecksum { .. })),
+                "flip at {flip}"
+            );
+        }
+        let mut bytes = good.clone();
+        bytes[at + 20] ^= 0x10;
+        reseal_body(&mut bytes);
+        assert!(matches!(
+            check(&bytes),
+            Ok(Err(BatchError::ChecksumMismatch { .. }))
+        ));
+
+        // A batch that is not inside the body is checked on its own, after the body.
+        let buf = encode(&sample_produce(), 7);
+        let (frame, _) = split_frame(&buf).unwrap().unwrap();
+        let elsewhere = sample_batch();
+        assert!(matches!(frame.check_body_with_batch(&elsewhere), Ok(Ok(_))));
+        let mut bad = buf.to_vec();
+        bad[FRAME_HEADER_BYTES + 3] ^= 1;
+        let mut bad_buf = FrameBuf::new();
+        bad_buf.extend_from_slice(&bad);
+        let (frame, _) = split_frame(&bad_buf).unwrap().unwrap();
+        assert!(matches!(
+            frame.check_body_with_batch(&elsewhere),
+            Err(DecodeError::BodyChecksum { .. })
+        ));
+        // A slice too short to be a batch still gets the body checked, then a batch error.
+        let (frame, _) = split_frame(&buf).unwrap().unwrap();
+        let short = &frame.body[..8];
+        assert!(matches!(frame.check_body_with_batch(short), Ok(Err(_))));
+    }
+
+    /// `split_frame` checks all of `decode_frame` but the body's crc.
+    #[test]
+    fn split_frame_leaves_only_the_body_crc() {
+        let good = encode(&sample_produce(), 7);
+        let mut bytes = good.to_vec();
+        bytes[FRAME_HEADER_BYTES + 3] ^= 0x40;
+        let (frame, used) = split_frame(&bytes).unwrap().unwrap();
+        assert_eq!(used, good.len());
+        assert!(matches!(
+            frame.check_body(),
+            Err(DecodeError::BodyChecksum { .. })
+        ));
+        assert!(matches!(
+            decode_frame(&bytes),
+            Err(DecodeError::BodyChecksum { .. })
+        ));
+        let mut bytes = good.to_vec();
+        bytes[20] ^= 1;
+        assert!(matches!(
+            split_frame(&bytes),
+            Err(DecodeError::HeaderChecksum { .. })
+        ));
+        assert!(matches!(split_frame(&good[..40]), Ok(None)));
     }
 
     #[test]

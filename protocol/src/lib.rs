@@ -3,6 +3,7 @@
 //! - [`frame`]: the 32-byte frame header, incremental decoding, encoding.
 //! - [`api`]: api keys, error codes and the rkyv request/response bodies.
 //! - [`batch`]: the record-batch format, stored and served as the producer sent it.
+//! - [`crc`]: joining two crc32cs, so a produce's batch is hashed once.
 //! - [`limits`]: every hard bound, with its reason.
 //! - [`names`]: what topic and group names may contain.
 //!
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod crc;
 pub mod frame;
 pub mod limits;
 pub mod names;
@@ -29,5 +31,5 @@ pub use batch::{
 };
 pub use frame::{
     DecodeError, EncodeError, Frame, FrameBuf, FrameHeader, decode_frame, encode_frame,
-    patch_correlation_id, trusted_frame,
+    patch_correlation_id, split_frame, trusted_frame,
 };

@@ -502,7 +502,19 @@ impl<S: Storage + 'static> Leader<S> {
         acks: Acks,
         timeout: Duration,
     ) -> Result<Appended, ReplError> {
-        BatchView::new(batch)?;
+        self.produce_view(BatchView::new(batch)?, acks, timeout)
+            .await
+    }
+
+    /// [`Leader::produce`] for a batch already validated (`BatchView`), as a produce
+    /// frame's is in the pass that also checks the frame's crc.
+    pub async fn produce_view(
+        self: &Rc<Self>,
+        batch: BatchView<'_>,
+        acks: Acks,
+        timeout: Duration,
+    ) -> Result<Appended, ReplError> {
+        let batch = batch.as_bytes();
         if self.stopped.get() {
             return Err(ReplError::NotLeader);
         }

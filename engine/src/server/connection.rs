@@ -22,7 +22,7 @@ use protocol::api::{
     CreateTopicRequest, DeleteTopicRequest, FetchRequest, ListOffsetsRequest, ProduceRequest,
 };
 use protocol::limits::FRAME_HEADER_BYTES;
-use protocol::{ApiKey, ErrorCode, FrameBuf, FrameHeader, decode_frame};
+use protocol::{ApiKey, ErrorCode, FrameBuf, FrameHeader, split_frame};
 
 use crate::limits::{CONNECTION_PENDING_OUTPUT_BYTES_MAX, CONNECTION_REQUESTS_IN_FLIGHT_MAX};
 use crate::log::notify::Notify;
@@ -461,14 +461,19 @@ fn route(shard: &Shard, api: ApiKey, frame: &protocol::Frame<'_>) -> Route {
     }
 }
 
-/// Checks a whole frame and starts its request task.
+/// Checks a whole frame and starts its request task. A produce's body crc is left to the
+/// shard that appends it, which checks it in the same pass as the batch's crc
+/// (`dispatch::produce`); routing reads the body meanwhile through bytecheck alone.
 fn accept_frame(shard: &Rc<Shard>, conn: &Rc<Conn>, frame: FrameBuf) -> Result<(), Closing> {
-    let (api, correlation_id, route) = match decode_frame(&frame) {
+    let (api, correlation_id, route) = match split_frame(&frame) {
         Ok(Some((decoded, _))) => {
             let api = decoded
                 .header
                 .api()
                 .map_err(|_| Closing::UnknownApi(decoded.header.api_key))?;
+            if api != ApiKey::Produce {
+                decoded.check_body().map_err(Closing::BadFrame)?;
+            }
             (
                 api,
                 decoded.header.correlation_id,

@@ -236,6 +236,15 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
     let Ok(request) = frame.access::<ProduceRequest>() else {
         return error_response(ApiKey::Produce, correlation_id, ErrorCode::INVALID_REQUEST);
     };
+    // The connection left the body's crc to this check, one pass with the batch's. A body
+    // that fails it is answered whatever its acks say: they are part of what failed.
+    let batch = match frame.check_body_with_batch(request.batch.as_slice()) {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::debug!(%error, "produce frame refused");
+            return error_response(ApiKey::Produce, correlation_id, ErrorCode::CORRUPT_MESSAGE);
+        }
+    };
     let acks = Acks::from(&request.acks);
     let respond = |error: ErrorCode, base_offset: u64, log_start_offset: u64| {
         if acks == Acks::None {
@@ -264,10 +273,14 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
     } else {
         Duration::from_millis(u64::from(timeout_ms))
     };
-    match leader
-        .produce(request.batch.as_slice(), acks, timeout)
-        .await
-    {
+    let batch = match batch {
+        Ok(batch) => batch,
+        Err(error) => {
+            let code = produce_error_code(&ReplError::from(error));
+            return respond(code, 0, leader.log().offsets().log_start);
+        }
+    };
+    match leader.produce_view(batch, acks, timeout).await {
         // With `acks = none` nobody waits for the commit; the leader starts it itself.
         Ok(appended) => respond(
             ErrorCode::NONE,

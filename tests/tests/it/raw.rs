@@ -1,9 +1,10 @@
 //! The broker over raw frames: topics, produce and fetch on every shard, long poll, restart.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use protocol::api::*;
-use protocol::{Acks, BatchBuilder, Batches, ErrorCode};
+use protocol::{Acks, BatchBuilder, Batches, ErrorCode, FrameBuf, encode_frame};
 use ringmq_tests::{RawConn, TestBroker};
 
 fn batch(values: &[&str]) -> Vec<u8> {
@@ -247,4 +248,70 @@ fn unknown_topics_and_bad_requests_get_error_codes() {
         produce(&mut conn, 6, "one", 0, Acks::Leader, &["x"]).error,
         ErrorCode::UNKNOWN_TOPIC_OR_PARTITION
     );
+}
+
+/// A produce frame's body crc is checked by the shard that appends it, in one pass with the
+/// batch's crc: a frame whose body fails it is answered `CORRUPT_MESSAGE` (even with `acks =
+/// none`, which is part of what failed) and nothing is stored, on the shard that read it and
+/// on the one it was routed to. Fails if either check is skipped.
+#[test]
+fn produce_with_a_corrupt_body_is_refused_on_every_shard() {
+    const TIMEOUT_MARK: u32 = 0x0001_2344;
+    let broker = TestBroker::start();
+    let mut conn = RawConn::connect(broker.address);
+    create_topic(&mut conn, "crc", 2);
+    for partition in 0..2 {
+        for acks in [Acks::Leader, Acks::None] {
+            let mut frame = FrameBuf::new();
+            let request = ProduceRequest {
+                topic: "crc".into(),
+                partition,
+                acks,
+                timeout_ms: TIMEOUT_MARK,
+                batch: batch(&["intact batch, damaged frame"]),
+            };
+            encode_frame(&mut frame, 7, &request).unwrap();
+            let mut bytes = frame.to_vec();
+            // A bit of the timeout, outside the batch: only the body's crc can tell (a
+            // timeout one millisecond longer is as good a request).
+            let mark = TIMEOUT_MARK.to_le_bytes();
+            let at = bytes.windows(4).position(|w| w == mark).unwrap();
+            bytes[at] ^= 1;
+            conn.stream.write_all(&bytes).unwrap();
+            let response: ProduceResponse = conn.recv(7);
+            assert_eq!(
+                response.error,
+                ErrorCode::CORRUPT_MESSAGE,
+                "{partition} {acks:?}"
+            );
+        }
+        // The body re-sealed over a damaged batch: the batch's crc refuses it.
+        let mut frame = FrameBuf::new();
+        let request = ProduceRequest {
+            topic: "crc".into(),
+            partition,
+            acks: Acks::Leader,
+            timeout_ms: 1000,
+            batch: batch(&["damaged batch"]),
+        };
+        encode_frame(&mut frame, 8, &request).unwrap();
+        let mut bytes = frame.to_vec();
+        let at = bytes.windows(7).position(|w| w == b"damaged").unwrap();
+        bytes[at] ^= 0x20;
+        let body_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let body_crc = crc32c::crc32c(&bytes[32..32 + body_len]);
+        bytes[24..28].copy_from_slice(&body_crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&bytes[..28]);
+        bytes[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        conn.stream.write_all(&bytes).unwrap();
+        let response: ProduceResponse = conn.recv(8);
+        assert_eq!(response.error, ErrorCode::CORRUPT_MESSAGE, "{partition}");
+        let (response, values) = fetch(&mut conn, "crc", partition, 0, 0);
+        assert_eq!(response.high_watermark, 0, "{values:?}");
+        // The connection still serves.
+        assert_eq!(
+            produce(&mut conn, 9, "crc", partition, Acks::Leader, &["good"]).error,
+            ErrorCode::NONE
+        );
+    }
 }
