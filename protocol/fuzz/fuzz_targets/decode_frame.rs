@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to the frame decoder and, for every frame that decodes, to every
-//! body's rkyv validation. Copies into a 16-aligned buffer first, as the broker's receive
+//! body's rkyv validation. A produce's one-pass check (body and batch crc together) must
+//! agree with the two separate checks. Copies into a 16-aligned buffer first, as the broker's receive
 //! buffers are. Must never panic, whatever the input.
 //!
 //! The first input byte picks a mode: odd re-seals the first frame's body and header crc32c
@@ -8,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use protocol::api::*;
-use protocol::{BatchView, FrameBuf, decode_frame};
+use protocol::{BatchView, FrameBuf, decode_frame, split_frame};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, data)) = data.split_first() else { return };
@@ -26,7 +27,23 @@ fuzz_target!(|data: &[u8]| {
     let mut rest: &[u8] = &buf;
     // Walk back-to-back frames as a connection would; each frame is a multiple of 16, so
     // every later frame stays aligned.
-    while let Ok(Some((frame, used))) = decode_frame(rest) {
+    while let Ok(Some((frame, used))) = split_frame(rest) {
+        let body_ok = frame.check_body().is_ok();
+        assert_eq!(body_ok, decode_frame(rest).is_ok());
+        if let Ok(produce) = frame.access::<ProduceRequest>() {
+            let batch = produce.batch.as_slice();
+            match frame.check_body_with_batch(batch) {
+                Ok(fused) => {
+                    assert!(body_ok);
+                    assert_eq!(fused.is_ok(), BatchView::new(batch).is_ok());
+                }
+                Err(_) => assert!(!body_ok),
+            }
+        }
+        if !body_ok {
+            rest = rest.get(used..).unwrap_or_default();
+            continue;
+        }
         macro_rules! access_all {
             ($($ty:ty),*) => { $( let _ = frame.access::<$ty>(); )* };
         }
