@@ -585,13 +585,16 @@ async fn run(seed: u64, scenario: Scenario) -> String {
                 Scenario::FollowerDiskFails | Scenario::FollowerDiskHeals
             ) {
                 // More produces until the follower's log has failed: the workload may end
-                // before it joins and writes into the failing range.
+                // before it joins and writes into the failing range. It joins late when the
+                // leader's first probe reached it before it was registered (the pump drops
+                // it) and the leader waited out `PROBE_TIMEOUT`; the rounds, 10 ms apart at
+                // least, outlast several of those (seed 1000874 needed 19 rounds).
                 let follower = cluster.follower.borrow().clone().expect("a follower");
                 let failed = || {
                     follower.log().health() != engine::log::Health::Healthy
                         || follower.reopens() > 0
                 };
-                for round in 0..20 {
+                for round in 0..100 {
                     if failed() {
                         break;
                     }
