@@ -245,8 +245,8 @@ impl DiskQueue {
         let DiskQueue { disk, scheduler } = self;
         (scheduler != "none").then(|| {
             format!(
-                "disk {disk} queues the log's writes and flushes in the {scheduler} I/O \
-                 scheduler. Unless it is a spinning disk, set it to none (as root: echo none > \
+                "disk {disk} queues the log's writes in the {scheduler} I/O scheduler. \
+                 Unless it is a spinning disk, set it to none (as root: echo none > \
                  /sys/block/{disk}/queue/scheduler; see tuning/README.md, \"The disk's I/O \
                  scheduler\")"
             )

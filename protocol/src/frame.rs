@@ -216,9 +216,11 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, DecodeError
     Ok(Some((Frame { header, body }, frame_len)))
 }
 
-/// Re-reads a frame this process already checked with [`decode_frame`] (for example one
-/// handed from the shard that received it to the shard that owns its partition), without
-/// recomputing the body crc. Still checks the header, so it can never read out of bounds.
+/// Re-reads a frame this process already checked with [`decode_frame`], or with
+/// [`split_frame`] where its body is checked later (a produce's, by
+/// [`Frame::check_body_with_batch`]): for example one handed from the shard that received it
+/// to the shard that owns its partition. Does not recompute the body crc. Still checks the
+/// header, so it can never read out of bounds.
 pub fn trusted_frame(buf: &[u8]) -> Option<Frame<'_>> {
     let header = FrameHeader::peek(buf).ok()??;
     let body_end = FRAME_HEADER_BYTES + header.body_len as usize;

@@ -154,8 +154,9 @@ pub fn error_response(api: ApiKey, correlation_id: u64, code: ErrorCode) -> Opti
     }
 }
 
-/// Handles one request frame (already checked by the connection that received it) and
-/// returns the encoded response, or `None` when the request wants none (`acks = none`).
+/// Handles one request frame (checked by the connection that received it, all but a
+/// produce's body crc, which `produce` checks in one pass with its batch) and returns the
+/// encoded response, or `None` when the request wants none (`acks = none`).
 pub async fn handle(shard: &Rc<Shard>, frame: FrameBuf) -> Option<FrameBuf> {
     let decoded = trusted_frame(&frame)?;
     let correlation_id = decoded.header.correlation_id;

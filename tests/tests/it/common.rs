@@ -36,3 +36,19 @@ pub fn read_partition(consumer: &mut Consumer, topic: &str, partition: u32) -> V
     consumer.unassign(topic, partition);
     values
 }
+
+/// Re-seals a frame's header crc over its first 28 bytes, as a hostile client would after
+/// changing a header field.
+pub fn reseal_header(frame: &mut [u8]) {
+    let crc = crc32c::crc32c(&frame[..28]);
+    frame[28..32].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Re-seals a frame's body crc over whatever its body holds now, then its header crc: a
+/// hostile client's frame that only bytecheck or the batch's own crc can refuse.
+pub fn reseal_body(frame: &mut [u8]) {
+    let body_len = u32::from_le_bytes(frame[8..12].try_into().unwrap()) as usize;
+    let crc = crc32c::crc32c(&frame[32..32 + body_len]);
+    frame[24..28].copy_from_slice(&crc.to_le_bytes());
+    reseal_header(frame);
+}

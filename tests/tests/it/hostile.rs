@@ -9,6 +9,8 @@ use protocol::api::*;
 use protocol::{ErrorCode, FrameBuf, encode_frame};
 use ringmq_tests::{RawConn, TestBroker};
 
+use crate::common::{reseal_body, reseal_header};
+
 fn still_serves(broker: &TestBroker) {
     let mut good = RawConn::connect(broker.address);
     good.send(
@@ -19,11 +21,6 @@ fn still_serves(broker: &TestBroker) {
     );
     let response: ApiVersionsResponse = good.recv(42);
     assert_eq!(response.error, ErrorCode::NONE);
-}
-
-fn reseal(frame: &mut [u8]) {
-    let crc = crc32c::crc32c(&frame[..28]);
-    frame[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[test]
@@ -47,7 +44,7 @@ fn header_announcing_4_gib_is_refused() {
         encode_frame(&mut frame, 1, &MetadataRequest { topics: vec![] }).unwrap();
         let mut header = frame[..32].to_vec();
         header[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        reseal(&mut header);
+        reseal_header(&mut header);
         let mut conn = RawConn::connect(broker.address);
         conn.stream.write_all(&header).unwrap();
         assert!(conn.closed_by_peer());
@@ -87,7 +84,7 @@ fn unknown_api_key_closes_the_connection() {
     encode_frame(&mut frame, 1, &MetadataRequest { topics: vec![] }).unwrap();
     let mut bytes = frame.to_vec();
     bytes[12..14].copy_from_slice(&999u16.to_le_bytes());
-    reseal(&mut bytes);
+    reseal_header(&mut bytes);
     let mut conn = RawConn::connect(broker.address);
     conn.stream.write_all(&bytes).unwrap();
     assert!(conn.closed_by_peer());
@@ -112,9 +109,7 @@ fn invalid_body_is_answered_with_invalid_request() {
     let body_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     let root = 32 + body_len - 8;
     bytes[root..root + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
-    let body_crc = crc32c::crc32c(&bytes[32..32 + body_len]);
-    bytes[24..28].copy_from_slice(&body_crc.to_le_bytes());
-    reseal(&mut bytes);
+    reseal_body(&mut bytes);
     let mut conn = RawConn::connect(broker.address);
     conn.stream.write_all(&bytes).unwrap();
     let response: MetadataResponse = conn.recv(5);

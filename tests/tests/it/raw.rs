@@ -7,6 +7,8 @@ use protocol::api::*;
 use protocol::{Acks, BatchBuilder, Batches, ErrorCode, FrameBuf, encode_frame};
 use ringmq_tests::{RawConn, TestBroker};
 
+use crate::common::reseal_body;
+
 fn batch(values: &[&str]) -> Vec<u8> {
     let mut builder = BatchBuilder::new();
     for value in values {
@@ -298,11 +300,7 @@ fn produce_with_a_corrupt_body_is_refused_on_every_shard() {
         let mut bytes = frame.to_vec();
         let at = bytes.windows(7).position(|w| w == b"damaged").unwrap();
         bytes[at] ^= 0x20;
-        let body_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        let body_crc = crc32c::crc32c(&bytes[32..32 + body_len]);
-        bytes[24..28].copy_from_slice(&body_crc.to_le_bytes());
-        let header_crc = crc32c::crc32c(&bytes[..28]);
-        bytes[28..32].copy_from_slice(&header_crc.to_le_bytes());
+        reseal_body(&mut bytes);
         conn.stream.write_all(&bytes).unwrap();
         let response: ProduceResponse = conn.recv(8);
         assert_eq!(response.error, ErrorCode::CORRUPT_MESSAGE, "{partition}");
