@@ -173,6 +173,13 @@ pub(crate) struct Reactor {
     /// refcell) every time. Acquire during initialization
     preempt_ptr_head: *const u32,
     preempt_ptr_tail: *const AtomicU32,
+
+    /// RINGMQ: the main ring's completion queue head and tail, and the backlog of
+    /// completions (`ring_depth`) at which the running task queue yields to consume them.
+    /// Replaces upstream's throughput preemption timer (see `sys::Reactor::wait`).
+    main_cq_head: *const AtomicU32,
+    main_cq_tail: *const AtomicU32,
+    main_cq_backlog: u32,
 }
 
 impl Reactor {
@@ -185,6 +192,7 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let sys = sys::Reactor::new(notifier, io_memory, ring_depth, blocking_thread)?;
         let (preempt_ptr_head, preempt_ptr_tail) = sys.preempt_pointers();
+        let (main_cq_head, main_cq_tail) = sys.main_cq_pointers();
         Ok(Reactor {
             sys,
             timers: RefCell::new(Timers::new()),
@@ -193,6 +201,9 @@ impl Reactor {
             record_io_latencies,
             preempt_ptr_head,
             preempt_ptr_tail: preempt_ptr_tail as _,
+            main_cq_head: main_cq_head as _,
+            main_cq_tail: main_cq_tail as _,
+            main_cq_backlog: u32::try_from(ring_depth).unwrap_or(u32::MAX).max(1),
         })
     }
 
@@ -208,6 +219,19 @@ impl Reactor {
     pub(crate) fn need_preempt(&self) -> bool {
         (unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) })
             || self.sys.preempt_due()
+            || self.main_cq_backlog()
+    }
+
+    /// RINGMQ: whether `main_cq_backlog` completions wait on the main ring.
+    #[inline(always)]
+    fn main_cq_backlog(&self) -> bool {
+        let (head, tail) = unsafe {
+            (
+                (*self.main_cq_head).load(Ordering::Relaxed),
+                (*self.main_cq_tail).load(Ordering::Acquire),
+            )
+        };
+        tail.wrapping_sub(head) >= self.main_cq_backlog
     }
 
     pub(crate) fn id(&self) -> usize {

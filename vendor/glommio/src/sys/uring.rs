@@ -956,49 +956,6 @@ impl SleepableRing {
         source
     }
 
-    /// This function prepares a timer that fires only after a given number of
-    /// CQEs are available on the main ring. This timer is linked with a write
-    /// to the latency ring's event fd such that this timer triggers a
-    /// preemption via the latency ring.
-    fn prepare_throughput_preemption_timer(&mut self, min_events: u32, event_fd: RawFd) -> Source {
-        assert!(min_events >= 1, "min_events should be at least 1");
-        let timer_source = Source::new(
-            IoRequirements::default(),
-            -1,
-            SourceType::Timeout(TimeSpec64::MAX, min_events),
-            None,
-            None,
-        );
-
-        const EVENTFD_WAKEUP: &[u64; 1] = &[1u64; 1];
-        let write_op = UringDescriptor {
-            fd: event_fd,
-            flags: SubmissionFlags::empty(),
-            user_data: 0,
-            args: UringOpDescriptor::Write(EVENTFD_WAKEUP as *const u64 as _, 8, 0),
-        };
-
-        let op = match &*timer_source.source_type() {
-            SourceType::Timeout(ts, events) => {
-                UringOpDescriptor::Timeout(&ts.raw as *const _, *events)
-            }
-            _ => unreachable!(),
-        };
-        let queue = self.submission_queue();
-        queue.borrow_mut().submissions.push_front(write_op);
-        queue.borrow_mut().submissions.push_front(UringDescriptor {
-            args: op,
-            fd: -1,
-            flags: SubmissionFlags::IO_LINK,
-            user_data: to_user_data(
-                self.source_map
-                    .borrow_mut()
-                    .add_source(&timer_source, queue.clone()),
-            ),
-        });
-        timer_source
-    }
-
     fn install_eventfd(&mut self, eventfd_src: &Source) -> bool {
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             // Now must wait on the `eventfd` in case someone wants to wake us up.
@@ -1243,7 +1200,6 @@ pub(crate) struct Reactor {
     link_src: Cell<Option<Source>>,
     /// RINGMQ: when the running task queue must yield (replaces a TIMEOUT armed per turn).
     preempt_deadline: Cell<Option<Instant>>,
-    throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
 
@@ -1377,7 +1333,6 @@ impl Reactor {
             latency_timer_deadline: Cell::new(None),
             link_src: Cell::new(None),
             preempt_deadline: Cell::new(None),
-            throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1859,25 +1814,12 @@ impl Reactor {
         // the sleep's user timer now (preemption is a deadline, see `preempt_due`), and it
         // stays armed across turns while it still fits (see below).
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        // RINGMQ: it stays armed until it fires. Upstream cancelled and re-armed it at every
-        // turn: three SQEs and three CQEs per turn, and an io_uring_enter even in a turn that
-        // had nothing else to submit. Kept armed, it counts the main ring's completions since
-        // it was armed rather than since this turn, so it may preempt sooner; it still fires
-        // only after `ring_depth` completions.
-        let armed = self.throughput_preemption_timeout_src.take();
-        if armed.as_ref().is_some_and(|src| src.result().is_none()) {
-            self.throughput_preemption_timeout_src.set(armed);
-        } else {
-            drop(armed);
-            self.throughput_preemption_timeout_src.set(Some(
-                main_ring.prepare_throughput_preemption_timer(
-                    self.ring_depth() as u32,
-                    self.eventfd_src.raw(),
-                ),
-            ));
-        }
+        // RINGMQ: no throughput preemption timer. Upstream armed a TIMEOUT that fired after
+        // `ring_depth` completions on the main ring, linked with an eventfd WRITE that made
+        // the latency ring flare. The kernel hands an eventfd write to an io-wq worker, so
+        // every firing woke a thread on this core (about 250 a second at 10,000 durable
+        // records a second) and held the executor inside io_uring_enter for 30-60 us.
+        // `need_preempt` reads the main ring's completion backlog instead (`main_cq_pointers`).
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1971,6 +1913,14 @@ impl Reactor {
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
         self.blocking_thread.flush()
+    }
+
+    /// RINGMQ: the main ring's completion queue head and tail, for `need_preempt`'s count of
+    /// completions waiting to be consumed.
+    pub(crate) fn main_cq_pointers(&self) -> (*const u32, *const u32) {
+        let mut main_ring = self.main_ring.borrow_mut();
+        let cq = unsafe { &main_ring.ring.raw_mut().cq };
+        (cq.khead, cq.ktail)
     }
 
     pub(crate) fn preempt_pointers(&self) -> (*const u32, *const u32) {
