@@ -956,6 +956,8 @@ impl SleepableRing {
         source
     }
 
+    // RINGMQ: `prepare_throughput_preemption_timer` was here; see `Reactor::wait`.
+
     fn install_eventfd(&mut self, eventfd_src: &Source) -> bool {
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             // Now must wait on the `eventfd` in case someone wants to wake us up.
