@@ -231,7 +231,11 @@ pub fn trusted_frame(buf: &[u8]) -> Option<Frame<'_>> {
 impl<'a> Frame<'a> {
     /// Checks the body's crc.
     pub fn check_body(&self) -> Result<(), DecodeError> {
-        let computed = crc32c::crc32c(self.body);
+        self.body_crc_is(crc32c::crc32c(self.body))
+    }
+
+    /// Whether `computed`, the crc32c of the body, is the one the header carries.
+    fn body_crc_is(&self, computed: u32) -> Result<(), DecodeError> {
         if computed != self.header.body_crc {
             return Err(DecodeError::BodyChecksum {
                 stored: self.header.body_crc,
@@ -257,13 +261,7 @@ impl<'a> Frame<'a> {
         };
         let batch_crc = crc32c::crc32c(covered);
         let upto = crate::crc::combine(crc32c::crc32c(before), batch_crc, covered.len());
-        let computed = crc32c::crc32c_append(upto, after);
-        if computed != self.header.body_crc {
-            return Err(DecodeError::BodyChecksum {
-                stored: self.header.body_crc,
-                computed,
-            });
-        }
+        self.body_crc_is(crc32c::crc32c_append(upto, after))?;
         Ok(BatchView::with_crc(batch, batch_crc))
     }
 

@@ -234,11 +234,17 @@ pub(super) fn local_leader(
 
 async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
     let correlation_id = frame.header.correlation_id;
+    // The connection left the body's crc to this shard: checked in one pass with the batch's
+    // below, or here when the body is no produce archive at all, to tell damage in transit
+    // from a malformed request. A body that fails it is answered whatever its acks say:
+    // they are part of what failed.
     let Ok(request) = frame.access::<ProduceRequest>() else {
-        return error_response(ApiKey::Produce, correlation_id, ErrorCode::INVALID_REQUEST);
+        let code = match frame.check_body() {
+            Ok(()) => ErrorCode::INVALID_REQUEST,
+            Err(_) => ErrorCode::CORRUPT_MESSAGE,
+        };
+        return error_response(ApiKey::Produce, correlation_id, code);
     };
-    // The connection left the body's crc to this check, one pass with the batch's. A body
-    // that fails it is answered whatever its acks say: they are part of what failed.
     let batch = match frame.check_body_with_batch(request.batch.as_slice()) {
         Ok(batch) => batch,
         Err(error) => {
@@ -274,14 +280,11 @@ async fn produce(shard: &Rc<Shard>, frame: &Frame<'_>) -> Option<FrameBuf> {
     } else {
         Duration::from_millis(u64::from(timeout_ms))
     };
-    let batch = match batch {
-        Ok(batch) => batch,
-        Err(error) => {
-            let code = produce_error_code(&ReplError::from(error));
-            return respond(code, 0, leader.log().offsets().log_start);
-        }
+    let produced = match batch {
+        Ok(batch) => leader.produce_view(batch, acks, timeout).await,
+        Err(error) => Err(ReplError::from(error)),
     };
-    match leader.produce_view(batch, acks, timeout).await {
+    match produced {
         // With `acks = none` nobody waits for the commit; the leader starts it itself.
         Ok(appended) => respond(
             ErrorCode::NONE,

@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to the frame decoder and, for every frame that decodes, to every
 //! body's rkyv validation. A produce's one-pass check (body and batch crc together) must
-//! agree with the two separate checks. Copies into a 16-aligned buffer first, as the broker's receive
-//! buffers are. Must never panic, whatever the input.
+//! agree with the two separate checks. Copies into a 16-aligned buffer first, as the
+//! broker's receive buffers are. Must never panic, whatever the input.
 //!
 //! The first input byte picks a mode: odd re-seals the first frame's body and header crc32c
 //! (as a hostile client would), so the fuzzer reaches bytecheck instead of the checksums.

@@ -313,3 +313,39 @@ fn produce_with_a_corrupt_body_is_refused_on_every_shard() {
         );
     }
 }
+
+/// A produce body damaged where the archive's root points (no produce archive at all, so
+/// the batch cannot be found) is still told from a malformed request by the body's crc:
+/// damaged in transit, `CORRUPT_MESSAGE`; the same bytes re-sealed, `INVALID_REQUEST`.
+#[test]
+fn produce_whose_archive_is_damaged_is_told_from_an_invalid_one() {
+    let broker = TestBroker::start();
+    let mut conn = RawConn::connect(broker.address);
+    create_topic(&mut conn, "root", 1);
+    for (resealed, expected) in [
+        (false, ErrorCode::CORRUPT_MESSAGE),
+        (true, ErrorCode::INVALID_REQUEST),
+    ] {
+        let mut frame = FrameBuf::new();
+        let request = ProduceRequest {
+            topic: "root".into(),
+            partition: 0,
+            acks: Acks::Leader,
+            timeout_ms: 1000,
+            batch: batch(&["never stored"]),
+        };
+        encode_frame(&mut frame, 5, &request).unwrap();
+        let mut bytes = frame.to_vec();
+        let body_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let root = 32 + body_len - 8;
+        bytes[root..root + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+        if resealed {
+            reseal_body(&mut bytes);
+        }
+        conn.stream.write_all(&bytes).unwrap();
+        let response: ProduceResponse = conn.recv(5);
+        assert_eq!(response.error, expected, "re-sealed: {resealed}");
+    }
+    let (response, values) = fetch(&mut conn, "root", 0, 0, 0);
+    assert_eq!(response.high_watermark, 0, "{values:?}");
+}
